@@ -1,0 +1,1 @@
+"""The biom3d command line."""

@@ -1,0 +1,5 @@
+import sys
+
+from biom3d.cli.app import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""The `biom3d` command. Top level imports typer and the stdlib only: each command imports what it needs
+when it runs, so `--help` and `--version` stay under a quarter of a second."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="biom3d",
+    help="3D biomedical image segmentation: preprocess, train, predict, evaluate, all from one command.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+plugins_app = typer.Typer(help="List installed plugins and the components they offer.", rich_markup_mode=None)
+config_app = typer.Typer(help="Validate, show, export the schema of, or import configs.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(plugins_app, name="plugins")
+app.add_typer(config_app, name="config")
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        def v(dist: str) -> str:
+            try:
+                return version(dist)
+            except PackageNotFoundError:
+                return "not installed"
+
+        typer.echo(f"biom3d-cli {v('biom3d-cli')} (biom3d-core {v('biom3d-core')}, Python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print versions and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+# -- plugins -----------------------------------------------------------------------------------------------
+@plugins_app.callback(invoke_without_command=True)
+def plugins(
+    ctx: typer.Context,
+    components: Annotated[bool, typer.Option("--components", "-c", help="List every component by kind.")] = False,
+    kind: Annotated[str | None, typer.Option("--kind", "-k", help="Only components of this kind (implies --components).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List plugins (name, distribution, version, state) and, with --components, what they offer."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from biom3d.cli import plugins_cmd
+
+    plugins_cmd.list_plugins(components=components or kind is not None, kind=kind, as_json=as_json)
+
+
+@plugins_app.command("show")
+def plugins_show(
+    name: Annotated[str, typer.Argument(help="Plugin name, as `biom3d plugins` lists it.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show one plugin: state, reason, notes and every component it offers."""
+    from biom3d.cli import plugins_cmd
+
+    plugins_cmd.show_plugin(name, as_json=as_json)
+
+
+# -- config ------------------------------------------------------------------------------------------------
+@config_app.command("validate")
+def config_validate(
+    files: Annotated[list[Path], typer.Argument(help="Config files (YAML).")],
+) -> None:
+    """Check structure and every component's params; report all problems with their paths (exit 2)."""
+    from biom3d.cli import config_cmd
+
+    config_cmd.validate_files(files)
+
+
+@config_app.command("show")
+def config_show(file: Annotated[Path, typer.Argument(help="Config file (YAML).")]) -> None:
+    """Print the resolved config: qualified ids, every default filled in."""
+    from biom3d.cli import config_cmd
+
+    config_cmd.show(file)
+
+
+@config_app.command("schema")
+def config_schema(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Write the JSON Schema of configs for the installed plugins (for editor completion)."""
+    from biom3d.cli import config_cmd
+
+    config_cmd.schema(output)
+
+
+# -- entry point -------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Run the app; a biom3d error becomes one paragraph on stderr and its exit code (--debug: traceback)."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except SystemExit as exc:
+        return _exit_code(exc.code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except Exception as exc:
+        if _state["debug"] or not _is_biom3d_error(exc):
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        return getattr(exc, "exit_code", 1)
+    return 0
+
+
+def _is_biom3d_error(exc: BaseException) -> bool:
+    errors = sys.modules.get("biom3d.core.errors")
+    return errors is not None and isinstance(exc, errors.Biom3dError)
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

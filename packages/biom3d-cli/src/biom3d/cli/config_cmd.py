@@ -1,0 +1,50 @@
+"""`biom3d config validate | show | schema`: configs without torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def validate_files(files: list[Path]) -> None:
+    from biom3d.core.config import load_config
+    from biom3d.core.errors import ConfigError
+
+    failed: list[ConfigError] = []
+    for file in files:
+        try:
+            cfg = load_config(file)
+        except ConfigError as exc:
+            failed.append(exc)
+            continue
+        used = [cfg.model.name, cfg.loss.name, cfg.dataset.name, cfg.trainer.name]
+        typer.echo(f"{file}: valid (model {used[0]}, loss {used[1]}, dataset {used[2]}, trainer {used[3]})")
+    if len(failed) == 1:
+        raise failed[0]
+    if failed:
+        problems = [p for exc in failed for p in exc.problems]
+        for exc in failed[:-1]:
+            typer.echo(f"error: {exc}", err=True)
+        raise ConfigError(failed[-1].problems, source=failed[-1].source) if problems else failed[-1]
+
+
+def show(file: Path) -> None:
+    from biom3d.core.config import load_config
+
+    typer.echo(load_config(file).to_yaml().rstrip())
+
+
+def schema(output: Path | None) -> None:
+    from biom3d.core.schema import config_schema
+
+    text = json.dumps(config_schema(), indent=2)
+    if output is None:
+        typer.echo(text)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_text(text + "\n", encoding="utf-8")
+    tmp.replace(output)
+    typer.echo(f"wrote {output}")

@@ -1,0 +1,82 @@
+"""`biom3d plugins`: states of every plugin and, on request, their components. Never imports torch."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from biom3d.cli.tables import table
+
+
+def list_plugins(*, components: bool, kind: str | None, as_json: bool) -> None:
+    registry = _registry()
+    comps = registry.components(kind) if kind else registry.components()
+    if as_json:
+        payload = {"plugins": [p.as_dict() | {"components": _count(registry, p.name)} for p in registry.plugins.values()]}
+        if components:
+            payload["components"] = [c.as_dict() for c in comps]
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    rows = [
+        (p.name, p.dist, p.version, p.state, _count(registry, p.name) if p.state == "loaded" else "", _why(p))
+        for p in registry.plugins.values()
+    ]
+    typer.echo(table(["plugin", "distribution", "version", "state", "components", "reason / notes"], rows, max_width=100))
+    if components:
+        typer.echo("")
+        typer.echo(_components_table(comps))
+
+
+def show_plugin(name: str, *, as_json: bool) -> None:
+    from biom3d.core.errors import InputError
+
+    registry = _registry()
+    matches = [p for key, p in registry.plugins.items() if key == name or p.name == name]
+    if not matches:
+        known = ", ".join(p.name for p in registry.plugins.values())
+        raise InputError(f"no plugin named '{name}'; installed plugins: {known}")
+    for info in matches:
+        comps = [c for c in registry.components() if c.plugin is info]
+        if as_json:
+            typer.echo(json.dumps(info.as_dict() | {"components": [c.as_dict() for c in comps]}, indent=2))
+            continue
+        typer.echo(f"{info.name}: {info.state}")
+        typer.echo(f"  distribution: {info.dist or '-'} {info.version or ''}".rstrip())
+        typer.echo(f"  module:       {info.module or '-'}")
+        if info.import_time is not None:
+            typer.echo(f"  import time:  {info.import_time * 1000:.1f} ms")
+        if info.reason:
+            typer.echo(f"  reason:       {info.reason}")
+        for note in info.notes:
+            typer.echo(f"  note:         {note}")
+        if comps:
+            typer.echo("")
+            typer.echo(_components_table(comps))
+
+
+def _components_table(comps) -> str:
+    rows = [(c.kind, c.qid, ", ".join(c.spec.aliases), _extra(c), c.spec.summary) for c in comps]
+    return table(["kind", "id", "aliases", "suffixes/roles", "summary"], rows, max_width=80)
+
+
+def _extra(comp) -> str:
+    d = comp.as_dict()
+    if "suffixes" in d:
+        return " ".join(d["suffixes"]) + (" (folders)" if comp.spec.directory else "")
+    return ",".join(d.get("roles", []))
+
+
+def _count(registry, plugin: str) -> int:
+    return sum(1 for c in registry.components() if c.plugin.name == plugin)
+
+
+def _why(info) -> str:
+    parts = [info.reason] if info.reason else []
+    return "; ".join(parts + list(info.notes))
+
+
+def _registry():
+    from biom3d.core.registry import get_registry
+
+    return get_registry()

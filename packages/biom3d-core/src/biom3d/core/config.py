@@ -1,0 +1,325 @@
+"""Run configs: YAML read with ``safe_load``, validated in two phases, resolved to qualified ids.
+
+Phase A checks structure with plain pydantic models and needs no plugin. Phase B resolves each
+``{name, params}`` envelope through the registry and validates its params against the component's model,
+with the run context available to validators. Every problem of both phases is reported at once, each with
+its path (``model.params.num_pools[2]``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from biom3d.core.errors import ConfigError, Problem
+from biom3d.core.upgrades import CURRENT_SCHEMA_VERSION, ENVELOPE_LISTS, ENVELOPE_SLOTS, upgrade
+
+Triple = tuple[int, int, int]
+
+
+class Envelope(BaseModel):
+    """A module choice: the component's name (qualified id, short name or alias) and its params."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="Qualified id (plugin/name), short name or alias.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The component's own parameters.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+class DataConfig(BaseModel):
+    """Where the data lives. Relative paths are relative to the config file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: str | None = Field(None, description="Folder of raw training images.")
+    masks: str | None = Field(None, description="Folder of raw training masks, paired with images by name.")
+    preprocessed: str | None = Field(None, description="Folder written by `biom3d preprocess`.")
+    folds: str | None = Field(None, description="folds.csv (default: <preprocessed>/folds.csv).")
+    fingerprint: str | None = Field(None, description="fingerprint.json (default: <preprocessed>/fingerprint.json).")
+    test_images: str | None = Field(None, description="Folder of images to predict after training (`biom3d run`).")
+    test_masks: str | None = Field(None, description="Ground truth for test_images, to evaluate predictions.")
+    predictions: str | None = Field(None, description="Where `biom3d run` writes predictions (default: in the run folder).")
+
+
+class TrainConfig(BaseModel):
+    """Stand-alone training hyper-parameters; each has a `biom3d train` flag."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(1000, ge=1, description="Number of epochs.")
+    iters_per_epoch: int = Field(250, ge=1, description="Training batches per epoch.")
+    val_iters: int = Field(50, ge=0, description="Validation batches per validation round (0: no validation).")
+    val_every: int = Field(1, ge=1, description="Validate every N epochs.")
+    batch_size: int = Field(2, ge=1, description="Patches per batch.")
+    lr: float = Field(1e-2, gt=0, description="Initial learning rate.")
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="Optimizer.")
+    momentum: float = Field(0.99, ge=0, lt=1, description="SGD momentum.")
+    nesterov: bool = Field(True, description="Nesterov momentum (SGD).")
+    weight_decay: float = Field(3e-5, ge=0, description="Weight decay.")
+    scheduler: Literal["cosine", "poly", "constant"] = Field("cosine", description="Learning-rate schedule.")
+    grad_clip: float | None = Field(12.0, gt=0, description="Clip the gradient norm to this value (null: off).")
+    fold: int = Field(0, ge=0, description="Validation fold from folds.csv.")
+    workers: int = Field(2, ge=0, description="Data-loader worker processes.")
+    fp16: bool = Field(True, description="Mixed precision (CUDA only; ignored on CPU).")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'.")
+    seed: int | None = Field(42, description="Random seed (null: not seeded).")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        head = value.split(":")[0]
+        if head not in {"auto", "cpu", "cuda", "mps"}:
+            raise ValueError("must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return value
+
+
+def _envelope(name: str) -> Any:
+    return Field(default_factory=lambda: Envelope(name=name))
+
+
+DEFAULT_CALLBACKS = ("lr-schedule", "checkpoint", "csv-log", "progress", "curves", "snapshots")
+
+
+class Config(BaseModel):
+    """A biom3d run config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = Field(CURRENT_SCHEMA_VERSION, description="Config format version.")
+    name: str = Field("biom3d", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name (run folder prefix).")
+    runs_dir: str = Field("runs", description="Folder that holds run folders.")
+    stages: list[Literal["preprocess", "train", "predict", "eval"]] = Field(
+        default_factory=lambda: ["preprocess", "train", "predict", "eval"],
+        description="Stages `biom3d run` executes (those without data are skipped).",
+    )
+
+    # values shared by several modules, written once (the run context)
+    num_classes: int = Field(1, ge=1, description="Number of foreground classes.")
+    in_channels: int = Field(1, ge=1, description="Image channels.")
+    multilabel: bool = Field(False, description="Masks are 4D multi-label (sigmoid outputs) instead of label maps.")
+    patch_size: Triple | None = Field(None, description="Training patch size (D, H, W).")
+    aug_patch_size: Triple | None = Field(None, description="Enlarged patch cropped before rotation.")
+    num_pools: Triple | None = Field(None, description="Poolings per axis.")
+    spacing: tuple[float, float, float] | None = Field(None, description="Target voxel spacing (median).")
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    preprocessor: Envelope = _envelope("seg-preprocess")
+    dataset: Envelope = _envelope("patch-dataset")
+    model: Envelope = _envelope("unet3d-vgg-deep")
+    loss: Envelope = _envelope("dice-ce")
+    metrics: list[Envelope] = Field(default_factory=lambda: [Envelope(name="dice"), Envelope(name="iou")])
+    trainer: Envelope = _envelope("seg-trainer")
+    predictor: Envelope = _envelope("sliding-window")
+    postprocessors: list[Envelope] = Field(default_factory=lambda: [Envelope(name="argmax")])
+    callbacks: list[Envelope] = Field(default_factory=lambda: [Envelope(name=n) for n in DEFAULT_CALLBACKS])
+    reader: Envelope | None = Field(None, description="Force one reader instead of choosing by suffix.")
+    writer: Envelope | None = Field(None, description="Force one writer instead of the input's format.")
+
+    _source: Path | None = PrivateAttr(None)
+
+    @property
+    def source_dir(self) -> Path | None:
+        """Folder of the file this config came from: relative data paths start there."""
+        return self._source.parent if self._source is not None else None
+
+    def path(self, value: str | None) -> Path | None:
+        """A data path from this config, made absolute against the config's folder."""
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        if not p.is_absolute() and self.source_dir is not None:
+            p = self.source_dir / p
+        return p
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+
+
+# slot -> (kind, required role for metric kinds)
+SLOTS: dict[str, tuple[str, str | None]] = {
+    "preprocessor": ("preprocessor", None),
+    "dataset": ("dataset", None),
+    "model": ("model", None),
+    "loss": ("metric", "loss"),
+    "metrics": ("metric", "metric"),
+    "trainer": ("trainer", None),
+    "predictor": ("predictor", None),
+    "postprocessors": ("postprocessor", None),
+    "callbacks": ("callback", None),
+    "reader": ("reader", None),
+    "writer": ("writer", None),
+}
+assert set(SLOTS) == set(ENVELOPE_SLOTS) | set(ENVELOPE_LISTS)
+
+
+# -- public entry points ------------------------------------------------------------------------------------
+def load_config(path: str | Path, *, registry: Any = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, upgrade, validate and resolve a YAML config file. Raises ConfigError with every problem."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    cfg = validate(raw, registry=registry, source=str(path))
+    cfg._source = path.resolve()
+    return cfg
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """``yaml.safe_load`` a mapping, with errors that name the file (and line)."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist", source=str(path))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", source=str(path)) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the top level must be a mapping, got {type(raw).__name__}", source=str(path))
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``train.epochs``) on a copy of ``raw``; None values are skipped."""
+    import copy
+
+    raw = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return raw
+
+
+def validate(raw: dict[str, Any], *, registry: Any = None, source: str | None = None, resolve: bool = True) -> Config:
+    """Both phases; the returned Config has qualified ids and every param default filled in."""
+    raw = upgrade(raw, source=source)
+    problems: list[Problem] = []
+    cfg: Config | None = None
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        problems += _problems(exc, model=Config)
+    if resolve:
+        if registry is None:
+            from biom3d.core.registry import get_registry
+
+            registry = get_registry()
+        resolved = _resolve_envelopes(raw, registry, cfg, problems)
+    if problems:
+        raise ConfigError(problems, source=source)
+    assert cfg is not None
+    if resolve:
+        cfg = cfg.model_copy(update=resolved)
+    return cfg
+
+
+# -- phase B ------------------------------------------------------------------------------------------------
+def _resolve_envelopes(raw: dict[str, Any], registry: Any, cfg: Config | None, problems: list[Problem]) -> dict[str, Any]:
+    from biom3d.core.context import RunContext
+    from biom3d.core.registry import ResolutionError
+
+    ctx = RunContext.from_config(cfg) if cfg is not None else None
+    defaults = Config.model_construct()
+    resolved: dict[str, Any] = {}
+    for slot, (kind, role) in SLOTS.items():
+        value = raw.get(slot, getattr(defaults, slot) if slot in Config.model_fields else None)
+        if value is None:
+            resolved[slot] = None
+            continue
+        many = slot in ENVELOPE_LISTS
+        if many and not isinstance(value, list):
+            continue  # phase A reported it
+        items = value if many else [value]
+        out = []
+        for i, item in enumerate(items):
+            path = f"{slot}[{i}]" if many else slot
+            try:
+                env = item if isinstance(item, Envelope) else Envelope.model_validate(item)
+            except ValidationError:
+                continue  # phase A reported it
+            try:
+                comp = registry.resolve(kind, env.name)
+            except ResolutionError as exc:
+                problems.append(Problem(f"{path}.name", str(exc)))
+                continue
+            if role and role not in comp.spec.roles:
+                problems.append(Problem(f"{path}.name", f"'{comp.qid}' cannot be used as a {role} (roles: {', '.join(sorted(comp.spec.roles))})"))
+                continue
+            try:
+                params = comp.validate_params(env.params, ctx)
+            except ValidationError as exc:
+                problems += _problems(exc, prefix=f"{path}.params", model=comp.spec.params)
+                continue
+            out.append(Envelope(name=comp.qid, params=params.model_dump(mode="json")))
+        resolved[slot] = out if many else (out[0] if out else None)
+    return resolved
+
+
+# -- error formatting ---------------------------------------------------------------------------------------
+def _problems(exc: ValidationError, *, prefix: str = "", model: type[BaseModel] | None = None) -> list[Problem]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        path = format_path(prefix, loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden" and model is not None:
+            hint = _close_field(model, loc)
+            msg = "unknown key" + (f"; did you mean '{hint}'?" if hint else "")
+        elif err["type"] not in ("missing",) and _is_scalar(err.get("input")):
+            msg = f"{msg} (got {err['input']!r})"
+        out.append(Problem(path, msg))
+    return out
+
+
+def format_path(prefix: str, loc: tuple[Any, ...]) -> str:
+    """``('num_pools', 2)`` under ``model.params`` -> ``model.params.num_pools[2]``."""
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.startswith("function-") or part in ("tagged-union", "str"):  # pydantic union branches
+            continue
+        else:
+            path = f"{path}.{part}" if path else str(part)
+    return path
+
+
+def _close_field(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    node: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(node, "model_fields", {}).get(part)
+        ann = getattr(field, "annotation", None)
+        args = getattr(ann, "__args__", ()) or (ann,)
+        node = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if node is None:
+            return None
+    names = list(getattr(node, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool) and len(repr(value)) < 60

@@ -1,0 +1,229 @@
+"""The registry: every component offered by loaded plugins, addressed by qualified id ``plugin/name``.
+
+A qualified id always resolves. A short name or alias resolves only when exactly one loaded plugin offers it;
+otherwise the error lists the candidates. Nothing is decided by install order or registration order.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from biom3d.core.errors import InputError, PluginError
+from biom3d.core.plugins import PluginInfo
+from biom3d.core.specs import KINDS, ComponentSpec, ReaderSpec, WriterSpec
+
+
+class ResolutionError(InputError):
+    """A name does not resolve to exactly one component."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """One offered component: its spec and the plugin that offered it."""
+
+    plugin: PluginInfo
+    spec: ComponentSpec
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def qid(self) -> str:
+        return f"{self.plugin.name}/{self.spec.name}"
+
+    def load(self) -> Any:
+        """Import the target; an import error names the component, the plugin and its distribution."""
+        try:
+            return self.spec.load()
+        except Exception as exc:
+            raise PluginError(
+                f"{self.kind} '{self.qid}': {self.plugin.label} could not load {self.spec.target!r}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def validate_params(self, params: Mapping[str, Any] | BaseModel | None, context: Any = None) -> BaseModel:
+        """Validate raw params against the spec's model; ``context`` reaches pydantic validators."""
+        if isinstance(params, self.spec.params):
+            return params
+        if isinstance(params, BaseModel):
+            params = params.model_dump()
+        return self.spec.params.model_validate(dict(params or {}), context={"run": context})
+
+    def build(self, params: Mapping[str, Any] | BaseModel | None = None, ctx: Any = None) -> Any:
+        """Call the factory target as ``factory(validated_params, ctx)``."""
+        return self.load()(self.validate_params(params, ctx), ctx)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {
+            "kind": self.kind,
+            "id": self.qid,
+            "name": self.name,
+            "aliases": list(self.spec.aliases),
+            "summary": self.spec.summary,
+            "plugin": self.plugin.name,
+            "target": self.spec.target if isinstance(self.spec.target, str) else repr(self.spec.target),
+        }
+        if isinstance(self.spec, ReaderSpec | WriterSpec):
+            d["suffixes"] = list(self.spec.suffixes)
+            d["priority"] = self.spec.priority
+        roles = getattr(self.spec, "roles", None)
+        if roles:
+            d["roles"] = sorted(roles)
+        return d
+
+
+class Registry:
+    """Loaded components by kind, with name resolution and plugin states."""
+
+    def __init__(self, plugins: Mapping[str, PluginInfo], records: Iterable[tuple[str, ComponentSpec]]):
+        self.plugins: dict[str, PluginInfo] = dict(plugins)
+        self._by_kind: dict[str, list[Component]] = defaultdict(list)
+        for plugin_name, spec in records:
+            self._by_kind[spec.kind].append(Component(self.plugins[plugin_name], spec))
+        for comps in self._by_kind.values():
+            comps.sort(key=lambda c: c.qid)
+        self._note_clashes()
+
+    # -- queries -----------------------------------------------------------------------------------------
+    def components(self, kind: str | None = None) -> list[Component]:
+        if kind is None:
+            return [c for k in KINDS for c in self._by_kind.get(k, [])]
+        _check_kind(kind)
+        return list(self._by_kind.get(kind, []))
+
+    def resolve(self, kind: str, name: str) -> Component:
+        """The one component ``name`` designates, or a ResolutionError that says what to write instead."""
+        _check_kind(kind)
+        if not isinstance(name, str) or not name:
+            raise ResolutionError(f"a {kind} name must be a non-empty string, got {name!r}")
+        comps = self._by_kind.get(kind, [])
+        if "/" in name:
+            plugin, _, short = name.partition("/")
+            hits = [c for c in comps if c.plugin.name == plugin and short in c.spec.names]
+            if hits:
+                return hits[0]
+            info = self.plugins.get(plugin)
+            if info is not None and info.state != "loaded":
+                raise ResolutionError(
+                    f"unknown {kind} '{name}': {info.label} is {info.state}: {info.reason}"
+                )
+            raise ResolutionError(self._not_found(kind, name, short))
+        hits = [c for c in comps if name in c.spec.names]
+        if len(hits) == 1:
+            return hits[0]
+        if hits:
+            ids = ", ".join(c.qid for c in hits)
+            raise ResolutionError(
+                f"{kind} name '{name}' is ambiguous: offered by several plugins ({ids}); write one of these qualified ids"
+            )
+        raise ResolutionError(self._not_found(kind, name, name))
+
+    def reader_for(self, path: str | Path) -> Component:
+        """The reader for ``path``: directory readers for folders, else longest suffix, then priority."""
+        return self._file_component("reader", Path(path))
+
+    def writer_for(self, path: str | Path) -> Component:
+        return self._file_component("writer", Path(path))
+
+    def suffixes(self, kind: str = "reader") -> list[str]:
+        return sorted({s for c in self.components(kind) for s in c.spec.suffixes})  # type: ignore[attr-defined]
+
+    def used_plugins(self, qids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Plugin -> dist/version/components for a set of qualified ids (what a run folder records)."""
+        out: dict[str, dict[str, Any]] = {}
+        for qid in qids:
+            plugin = qid.partition("/")[0]
+            info = self.plugins.get(plugin)
+            entry = out.setdefault(plugin, {"dist": info and info.dist, "version": info and info.version, "components": []})
+            entry["components"].append(qid)
+        return out
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _file_component(self, kind: str, path: Path) -> Component:
+        comps = self.components(kind)
+        if path.is_dir():
+            ranked = sorted((c for c in comps if c.spec.directory), key=lambda c: (-c.spec.priority, c.qid))
+        else:
+            scored = [(len(m), c.spec.priority, c) for c in comps if (m := c.spec.matches(path.name))]
+            ranked = [c for _, _, c in sorted(scored, key=lambda t: (-t[0], -t[1], t[2].qid))]
+        if ranked:
+            return ranked[0]
+        what = "folders" if path.is_dir() else f"'{''.join(path.suffixes) or path.name}' files"
+        known = ", ".join(self.suffixes(kind)) or "none"
+        raise ResolutionError(
+            f"no {kind} for {path}: no installed plugin offers a {kind} for {what} (known suffixes: {known}). "
+            f"Install biom3d-io (or another plugin with a {kind} for this format)."
+        )
+
+    def _not_found(self, kind: str, name: str, short: str) -> str:
+        comps = self._by_kind.get(kind, [])
+        choices: dict[str, str] = {}
+        for c in comps:
+            for n in (*c.spec.names, c.qid):
+                choices[n.lower()] = n
+        close = difflib.get_close_matches(name.lower(), list(choices), n=3, cutoff=0.6)
+        close += [k for k in difflib.get_close_matches(short.lower(), list(choices), n=3, cutoff=0.6) if k not in close]
+        msg = f"unknown {kind} '{name}'"
+        if close:
+            msg += ". Did you mean: " + ", ".join(f"'{choices[k]}'" for k in close[:3]) + "?"
+        elif comps:
+            msg += f". Available: {', '.join(c.qid for c in comps)}"
+        else:
+            msg += f". No installed plugin offers a {kind}"
+        broken = [p for p in self.plugins.values() if p.state in ("failed", "incompatible")]
+        if broken:
+            msg += ". Plugins that did not load and might provide it: " + "; ".join(
+                f"{p.label} {p.state}: {p.reason}" for p in broken
+            )
+        return msg
+
+    def _note_clashes(self) -> None:
+        for kind, comps in self._by_kind.items():
+            owners: dict[str, set[str]] = defaultdict(set)
+            for c in comps:
+                for n in c.spec.names:
+                    owners[n].add(c.plugin.name)
+            for short, plugins in owners.items():
+                if len(plugins) > 1:
+                    for p in sorted(plugins):
+                        others = ", ".join(sorted(plugins - {p}))
+                        note = f"{kind} name '{short}' is also offered by {others}: configs must use '{p}/...' ids"
+                        if note not in self.plugins[p].notes:
+                            self.plugins[p].notes.append(note)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+_default: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry of installed plugins, discovered once on first use."""
+    global _default
+    if _default is None:
+        from biom3d.core.plugins import discover
+
+        _default = discover()
+    return _default
+
+
+def set_registry(registry: Registry | None) -> Registry | None:
+    """Swap the process-wide registry (tests, embedding applications); returns the previous one."""
+    global _default
+    previous, _default = _default, registry
+    return previous

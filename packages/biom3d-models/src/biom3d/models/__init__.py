@@ -1,0 +1,1 @@
+"""biom3d-models."""
