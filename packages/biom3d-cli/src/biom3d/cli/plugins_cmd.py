@@ -22,7 +22,7 @@ def list_plugins(*, components: bool, kind: str | None, as_json: bool) -> None:
         (p.name, p.dist, p.version, p.state, _count(registry, p.name) if p.state == "loaded" else "", _why(p))
         for p in registry.plugins.values()
     ]
-    typer.echo(table(["plugin", "distribution", "version", "state", "components", "reason / notes"], rows, max_width=100))
+    typer.echo(table(["plugin", "distribution", "version", "state", "components", "reason / notes"], rows, max_width=400))
     if components:
         typer.echo("")
         typer.echo(_components_table(comps))

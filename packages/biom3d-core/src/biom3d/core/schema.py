@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import ConfigDict, Field, create_model
 
-from biom3d.core.config import Config, SLOTS
+from biom3d.core.config import SLOTS, Config
 from biom3d.core.upgrades import ENVELOPE_LISTS
 
 

@@ -1,0 +1,42 @@
+"""What biom3d imports at discovery: params models and spec records. No torch here."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from biom3d.core import hookimpl
+from biom3d.core.specs import MetricSpec, ModelSpec
+
+
+class TinyUNetParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    features: int = Field(8, ge=1, le=256, description="Feature maps of the first level (doubled below).")
+    levels: int = Field(2, ge=1, le=5, description="Number of 2x down-samplings.")
+
+
+class FocalParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gamma: float = Field(2.0, ge=0, description="Focusing exponent; 0 gives cross-entropy.")
+
+
+@hookimpl
+def biom3d_models():
+    yield ModelSpec(
+        name="tiny-unet",
+        aliases=("TinyUNet",),
+        target="biom3d_example.nets:build_tiny_unet",
+        params=TinyUNetParams,
+        summary="A small 3D U-Net (example plugin).",
+    )
+
+
+@hookimpl
+def biom3d_metrics():
+    yield MetricSpec(
+        name="focal",
+        target="biom3d_example.losses:build_focal",
+        params=FocalParams,
+        roles=frozenset({"loss"}),
+        higher_is_better=False,
+        summary="Focal loss on softmax outputs (example plugin).",
+    )

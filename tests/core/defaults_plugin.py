@@ -1,0 +1,54 @@
+"""Offers every component a default config names, with no params, so config tests need no real plugin."""
+
+from biom3d.core import hookimpl
+from biom3d.core.config import DEFAULT_CALLBACKS
+from biom3d.core.specs import (
+    CallbackSpec,
+    DatasetSpec,
+    PostprocessorSpec,
+    PredictorSpec,
+    PreprocessorSpec,
+    TrainerSpec,
+)
+
+
+def _noop(params, ctx):
+    return None
+
+
+@hookimpl
+def biom3d_preprocessors():
+    yield PreprocessorSpec(name="seg-preprocess", target=_noop)
+
+
+@hookimpl
+def biom3d_datasets():
+    yield DatasetSpec(name="patch-dataset", target=_noop)
+
+
+@hookimpl
+def biom3d_models():
+    from biom3d.core.specs import ModelSpec
+
+    yield ModelSpec(name="unet3d-vgg-deep", target=_noop)
+
+
+@hookimpl
+def biom3d_trainers():
+    yield TrainerSpec(name="seg-trainer", target=_noop)
+
+
+@hookimpl
+def biom3d_predictors():
+    yield PredictorSpec(name="sliding-window", target=_noop)
+
+
+@hookimpl
+def biom3d_postprocessors():
+    yield PostprocessorSpec(name="argmax", target=_noop)
+
+
+@hookimpl
+def biom3d_callbacks():
+    for name in DEFAULT_CALLBACKS:
+        yield CallbackSpec(name=name, target=_noop)

@@ -1,0 +1,51 @@
+"""Repository layout rules that keep the namespace package and the plugin contract working."""
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = sorted((ROOT / "packages").glob("biom3d-*"))
+
+
+def test_five_distributions():
+    assert [p.name for p in PACKAGES] == ["biom3d-cli", "biom3d-core", "biom3d-io", "biom3d-models", "biom3d-monai"]
+
+
+def test_no_distribution_ships_a_biom3d_init():
+    # one src/biom3d/__init__.py would turn the PEP 420 namespace into a regular package and hide the others
+    offenders = [p for pkg in PACKAGES for p in [pkg / "src" / "biom3d" / "__init__.py"] if p.exists()]
+    assert offenders == []
+    import biom3d
+
+    assert getattr(biom3d, "__file__", None) is None and len(list(biom3d.__path__)) == len(PACKAGES)
+
+
+def test_each_distribution_declares_its_plugin_and_builds_with_hatchling():
+    for pkg in PACKAGES:
+        meta = tomllib.loads((pkg / "pyproject.toml").read_text())
+        assert meta["build-system"]["build-backend"] == "hatchling.build"
+        assert meta["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"] == ["src/biom3d"]
+        short = pkg.name.removeprefix("biom3d-")
+        if short == "core":
+            assert "biom3d.plugins" not in meta["project"].get("entry-points", {})  # builtins register directly
+            continue
+        assert meta["project"]["entry-points"]["biom3d.plugins"] == {short: f"biom3d.{short}.plugin"}
+        assert any(d.startswith("biom3d-core") for d in meta["project"]["dependencies"])
+        assert (pkg / "src" / "biom3d" / short / "plugin.py").is_file()
+
+
+def test_torch_is_pinned_in_requirements_and_ranged_in_metadata():
+    reqs = (ROOT / "requirements.txt").read_text().splitlines()
+    assert "torch==2.13.0" in reqs
+    assert [r for r in reqs if r.startswith("-e ")] == [f"-e packages/{p.name}" for p in PACKAGES[1:2] + PACKAGES[2:] + PACKAGES[:1]]
+    for pkg in PACKAGES:
+        deps = tomllib.loads((pkg / "pyproject.toml").read_text())["project"]["dependencies"]
+        assert not [d for d in deps if d.startswith("torch") and "==" in d], pkg.name
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("python3.11 -m venv")]
+    test_command = next(c for c in commands if "pytest" in c)
+    assert "requirements-dev.txt" in test_command
+    assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
