@@ -26,6 +26,8 @@ class RunContext:
     workers: int = 0
     run_dir: Path | None = None
     config_dir: Path | None = None
+    data_dir: Path | None = None
+    folds_path: Path | None = None
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -53,6 +55,9 @@ class RunContext:
             fold=train.fold,
             workers=train.workers,
             config_dir=config.source_dir,
+            data_dir=config.path(config.data.preprocessed),
+            folds_path=config.path(config.data.folds)
+            or (config.path(config.data.preprocessed) / "folds.csv" if config.data.preprocessed else None),
         )
         values.update(extra)
         return cls(**values)
