@@ -1,4 +1,4 @@
-"""Offers every component a default config names, with no params, so config tests need no real plugin."""
+"""Stand-ins for default-config components that other distributions provide, so core tests need none of them."""
 
 from biom3d.core import hookimpl
 from biom3d.core.config import DEFAULT_CALLBACKS
@@ -7,18 +7,12 @@ from biom3d.core.specs import (
     DatasetSpec,
     PostprocessorSpec,
     PredictorSpec,
-    PreprocessorSpec,
     TrainerSpec,
 )
 
 
 def _noop(params, ctx):
     return None
-
-
-@hookimpl
-def biom3d_preprocessors():
-    yield PreprocessorSpec(name="seg-preprocess", target=_noop)
 
 
 @hookimpl

@@ -104,9 +104,49 @@ def config_schema(
     config_cmd.schema(output)
 
 
+# -- data ------------------------------------------------------------------------------------------------
+@app.command()
+def autoconfig(
+    median: Annotated[tuple[float, float, float], typer.Option("--median", help="Median image shape D H W.")],
+    max_dim: Annotated[int, typer.Option(help="Side of the largest cubic patch (its volume is the budget).", min=8)] = 128,
+    max_pool: Annotated[int, typer.Option(help="Most poolings per axis.", min=0, max=10)] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Patch size, pooling per axis, batch size and augmentation patch for a median shape (no data needed)."""
+    from biom3d.cli import data_cmd
+
+    data_cmd.autoconfig(median, max_dim=max_dim, max_pool=max_pool, as_json=as_json)
+
+
+@app.command()
+def preprocess(
+    images: Annotated[Path, typer.Option("--images", "-i", help="Folder of images.")],
+    masks: Annotated[Path, typer.Option("--masks", "-m", help="Folder of masks (paired with images by name).")],
+    num_classes: Annotated[int, typer.Option("--num-classes", "-k", min=1, help="Foreground classes.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder [default: preprocessed/<images folder name>].")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=0)] = 2,
+    name: Annotated[str | None, typer.Option(help="Run name written in the config.")] = None,
+    multilabel: Annotated[bool, typer.Option("--multilabel", help="Masks are 4D multi-label (sigmoid outputs).")] = False,
+    norm: Annotated[str, typer.Option(help="Normalisation: zscore or ct.")] = "zscore",
+    channel_axis: Annotated[int | None, typer.Option(help="Channel axis of stored images (default: detect).")] = None,
+    mask_fix: Annotated[str, typer.Option(help="auto, strict or binarize (see README).")] = "auto",
+    max_dim: Annotated[int, typer.Option(help="Side of the largest cubic patch.", min=8)] = 128,
+    max_pool: Annotated[int, typer.Option(help="Most poolings per axis.", min=0, max=10)] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the fold split.")] = 42,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an output folder made from other data.")] = False,
+) -> None:
+    """Scan, fingerprint, auto-configure, normalise, resample, split folds; write a config for `biom3d train`."""
+    from biom3d.cli import data_cmd
+
+    data_cmd.preprocess(images=images, masks=masks, num_classes=num_classes, out=out, workers=workers, name=name,
+                        multilabel=multilabel, params={"norm": norm, "channel_axis": channel_axis, "mask_fix": mask_fix},
+                        max_dim=max_dim, max_pool=max_pool, seed=seed, overwrite=overwrite)
+
+
 # -- entry point -------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Run the app; a biom3d error becomes one paragraph on stderr and its exit code (--debug: traceback)."""
+    _setup_logging()
     try:
         app(args=argv, standalone_mode=True)
     except SystemExit as exc:
@@ -120,6 +160,18 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(f"error: {exc}", err=True)
         return getattr(exc, "exit_code", 1)
     return 0
+
+
+def _setup_logging() -> None:
+    import logging
+
+    logger = logging.getLogger("biom3d")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _is_biom3d_error(exc: BaseException) -> bool:

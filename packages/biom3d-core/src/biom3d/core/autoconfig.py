@@ -49,7 +49,7 @@ def auto_config(
     min_fmaps = max(max_dims) / 2**max_pool
     pools = tuple(_clip(math.floor(math.log2(d / min_fmaps)), 0, max_pool) for d in patch)
     sizes = [max(2**p, _round_to(d, 2**p)) for d, p in zip(patch, pools, strict=True)]
-    sizes = _grow(sizes, pools, shape, math.prod(max_dims))
+    sizes = _grow(_shrink(sizes, pools, shape, math.prod(max_dims)), pools, shape, math.prod(max_dims))
     batch = _clip(math.floor(memory_factor * REFERENCE_VOXELS / math.prod(sizes)), 2, max(2, max_batch))
     patch_size = tuple(int(s) for s in sizes)
     return AutoConfig(patch_size, pools, batch, aug_patch_size(patch_size))
@@ -125,6 +125,18 @@ def _grow(sizes: list[int], pools: Sequence[int], median: list[float], budget: f
             return sizes
         _, i, step = min(candidates)
         sizes[i] += step
+
+
+def _shrink(sizes: list[int], pools: Sequence[int], median: list[float], budget: float) -> list[int]:
+    """Rounding up may overshoot the budget: take a pooling step off the axis furthest above its share."""
+    sizes = list(sizes)
+    while math.prod(sizes) > budget:
+        options = [(s / median[i], i) for i, s in enumerate(sizes) if s - 2 ** pools[i] >= 2 ** pools[i]]
+        if not options:
+            return sizes
+        _, i = max(options)
+        sizes[i] -= 2 ** pools[i]
+    return sizes
 
 
 def _round_to(value: float, step: int) -> int:

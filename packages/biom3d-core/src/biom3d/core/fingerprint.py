@@ -1,0 +1,72 @@
+"""The dataset fingerprint: median shape and spacing, foreground intensity statistics, channel layout.
+
+It drives auto-configuration and CT normalisation, and a run folder keeps it so prediction preprocesses new
+images exactly as the training images were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from biom3d.core.errors import DataError
+from biom3d.core.preprocessing import CaseStats
+from biom3d.core.resample import target_shape
+
+FINGERPRINT_VERSION = 1
+
+
+def build_fingerprint(stats: Sequence[CaseStats], *, num_classes: int, multilabel: bool, resample: bool = True) -> dict[str, Any]:
+    """Aggregate per-case statistics; refuses datasets that mix channel counts or 2D and 3D images."""
+    if not stats:
+        raise DataError("no images to fingerprint")
+    _check_consistency(stats)
+    spacings = [s.spacing for s in stats]
+    has_spacing = resample and all(sp is not None for sp in spacings)
+    spacing = tuple(float(v) for v in np.median(np.array(spacings, dtype=float), axis=0)) if has_spacing else None
+    shapes = np.array([target_shape(s.shape, s.spacing, spacing) if spacing else s.shape for s in stats])
+    channels = stats[0].channels
+    intensity = []
+    for c in range(channels):
+        values = np.concatenate([np.asarray(s.samples[c], dtype=np.float64) for s in stats if s.samples[c]] or [np.zeros(1)])
+        p = np.percentile(values, [0.5, 5, 95, 99.5])
+        intensity.append({
+            "mean": float(values.mean()), "std": float(values.std()), "median": float(np.median(values)),
+            "p00_5": float(p[0]), "p05": float(p[1]), "p95": float(p[2]), "p99_5": float(p[3]),
+        })
+    axes = sorted({s.channel_axis for s in stats}, key=lambda a: -1 if a is None else a)
+    return {
+        "version": FINGERPRINT_VERSION,
+        "num_images": len(stats),
+        "num_classes": num_classes,
+        "multilabel": multilabel,
+        "in_channels": channels,
+        "channel_axis": axes,
+        "median_shape": [float(v) for v in np.median(shapes, axis=0)],
+        "spacing": list(spacing) if spacing else None,
+        "original_median_shape": [float(v) for v in np.median(np.array([s.shape for s in stats]), axis=0)],
+        "intensity": intensity,
+    }
+
+
+def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_consistency(stats: Sequence[CaseStats]) -> None:
+    problems = []
+    channels = {s.channels for s in stats}
+    if len(channels) > 1:
+        first = stats[0]
+        problems += [f"{s.key}: {s.channels} channel(s), but {first.key} has {first.channels}"
+                     for s in stats if s.channels != first.channels]
+    flat = [s for s in stats if s.shape[0] == 1]
+    if flat and len(flat) < len(stats):
+        problems += [f"{s.key}: a 2D image in a 3D dataset (shape {s.shape[1:]})" for s in flat]
+    if problems:
+        raise DataError("the dataset is not consistent:\n  " + "\n  ".join(problems[:10])
+                        + "\nAll images must have the same number of channels and dimensions.")

@@ -1,0 +1,49 @@
+"""Run a function over items in worker processes with a progress bar, keeping results in input order.
+
+``workers <= 1`` runs in-process (easier to debug, no start-up cost). Workers are spawned, not forked:
+forking a process that already started torch threads can deadlock.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def parallel_map(fn: Callable[..., T], items: Sequence[Any], *, args: Iterable[Any] = (), workers: int = 0,
+                 desc: str = "", progress: bool = True) -> list[T]:
+    from tqdm.auto import tqdm
+
+    args = tuple(args)
+    results: list[Any] = [None] * len(items)
+    bar = tqdm(total=len(items), desc=desc, disable=not progress, unit="img", dynamic_ncols=True)
+    try:
+        if workers <= 1 or len(items) <= 1:
+            for i, item in enumerate(items):
+                results[i] = fn(item, *args)
+                bar.update()
+            return results
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx, initializer=_init_worker) as pool:
+            futures = {pool.submit(fn, item, *args): i for i, item in enumerate(items)}
+            for fut in as_completed(futures):
+                results[futures[fut]] = fut.result()
+                bar.update()
+        return results
+    finally:
+        bar.close()
+
+
+def _init_worker() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass

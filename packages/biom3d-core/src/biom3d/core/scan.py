@@ -1,0 +1,113 @@
+"""Find images and masks and pair them by relative name, before any work starts.
+
+A case's key is its path relative to the folder with the reader's suffix removed (``sub/case01``), so
+``case01.tif`` pairs with ``case01.nii.gz``. Every problem (missing partner, duplicate name, unknown format)
+is collected and reported in one error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from biom3d.core.errors import DataError
+
+DICOM_SUFFIXES = (".dcm", ".ima")
+MAX_LISTED = 10
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image file (or DICOM folder) with its case key and the reader chosen for it."""
+
+    key: str
+    path: Path
+    reader: str  # qualified id of the reader
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    image: Item
+    mask: Item | None
+
+
+def scan_folder(folder: Path, registry, *, what: str = "images") -> list[Item]:
+    """Every readable item under ``folder``, sorted by key; unknown files are errors, not skipped silently."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{what} folder {folder} does not exist (or is not a folder); check the path")
+    items: list[Item] = []
+    problems: list[str] = []
+    seen: dict[str, Path] = {}
+    for path in _entries(folder):
+        comp, key = _choose(path, folder, registry)
+        if comp is None:
+            problems.append(f"{path.relative_to(folder)}: no reader for this file type")
+            continue
+        if key in seen:
+            problems.append(f"{path.relative_to(folder)} and {seen[key].relative_to(folder)} have the same name '{key}'")
+            continue
+        seen[key] = path
+        items.append(Item(key, path, comp.qid))
+    if problems:
+        raise DataError(_listing(f"{what} folder {folder} has {len(problems)} problem(s)", problems,
+                                 "Known suffixes: " + ", ".join(registry.suffixes("reader")) + "."))
+    if not items:
+        raise DataError(
+            f"{what} folder {folder} holds no image files; supported: {', '.join(registry.suffixes('reader'))}"
+        )
+    return sorted(items, key=lambda i: i.key)
+
+
+def pair(images: list[Item], masks: list[Item] | None, *, images_dir: Path, masks_dir: Path | None) -> list[Case]:
+    """Pair images with masks by key; list every unmatched file in one error."""
+    if masks is None:
+        return [Case(i.key, i, None) for i in images]
+    by_key = {m.key: m for m in masks}
+    image_keys = {i.key for i in images}
+    problems = [f"image {i.path.relative_to(images_dir)} has no mask in {masks_dir}" for i in images if i.key not in by_key]
+    problems += [f"mask {m.path.relative_to(masks_dir)} has no image in {images_dir}" for m in masks if m.key not in image_keys]
+    if problems:
+        raise DataError(_listing("images and masks do not pair up", problems,
+                                 "Masks pair with images by file name (without suffix) and sub-folder."))
+    return [Case(i.key, i, by_key[i.key]) for i in images]
+
+
+def scan_dataset(images_dir: Path, masks_dir: Path | None, registry) -> list[Case]:
+    images = scan_folder(images_dir, registry, what="images")
+    masks = scan_folder(masks_dir, registry, what="masks") if masks_dir is not None else None
+    return pair(images, masks, images_dir=Path(images_dir), masks_dir=None if masks_dir is None else Path(masks_dir))
+
+
+def _entries(folder: Path):
+    """Files, plus folders that hold a DICOM series (yielded once, their files skipped)."""
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            if any(p.suffix.lower() in DICOM_SUFFIXES or p.name == "DICOMDIR" for p in path.iterdir() if p.is_file()):
+                yield path
+            else:
+                yield from _entries(path)
+        elif path.is_file():
+            yield path
+
+
+def _choose(path: Path, root: Path, registry):
+    from biom3d.core.registry import ResolutionError
+
+    try:
+        comp = registry.reader_for(path)
+    except ResolutionError:
+        return None, None
+    rel = path.relative_to(root).as_posix()
+    suffix = comp.spec.matches(path.name) if not path.is_dir() else None
+    key = rel[: -len(suffix)] if suffix else rel
+    return comp, key
+
+
+def _listing(head: str, problems: list[str], hint: str) -> str:
+    shown = problems[:MAX_LISTED]
+    more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    return head + ":\n  " + "\n  ".join(shown) + more + "\n" + hint
