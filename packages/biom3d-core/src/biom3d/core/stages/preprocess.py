@@ -189,9 +189,9 @@ def _claim_output(out: Path, state: dict[str, Any], overwrite: bool) -> None:
                 f"{out} already holds data preprocessed from other inputs or settings (differs in: "
                 f"{', '.join(changed)}); choose another --out or pass --overwrite to replace it"
             )
-    elif not marker.is_file() and out.is_dir() and any(out.iterdir()) and not overwrite:
-        if not any((out / d).is_dir() for d in ("images", "masks", "fg")):
-            raise DataError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    elif (not marker.is_file() and out.is_dir() and any(out.iterdir()) and not overwrite
+          and not any((out / d).is_dir() for d in ("images", "masks", "fg"))):
+        raise DataError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     atomic_write_text(marker, json.dumps(state, indent=2))
 
 
