@@ -1,13 +1,10 @@
 """Stand-ins for default-config components that other distributions provide, so core tests need none of them."""
 
 from biom3d.core import hookimpl
-from biom3d.core.config import DEFAULT_CALLBACKS
 from biom3d.core.specs import (
-    CallbackSpec,
     DatasetSpec,
     PostprocessorSpec,
     PredictorSpec,
-    TrainerSpec,
 )
 
 
@@ -28,11 +25,6 @@ def biom3d_models():
 
 
 @hookimpl
-def biom3d_trainers():
-    yield TrainerSpec(name="seg-trainer", target=_noop)
-
-
-@hookimpl
 def biom3d_predictors():
     yield PredictorSpec(name="sliding-window", target=_noop)
 
@@ -40,9 +32,3 @@ def biom3d_predictors():
 @hookimpl
 def biom3d_postprocessors():
     yield PostprocessorSpec(name="argmax", target=_noop)
-
-
-@hookimpl
-def biom3d_callbacks():
-    for name in DEFAULT_CALLBACKS:
-        yield CallbackSpec(name=name, target=_noop)

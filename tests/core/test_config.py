@@ -23,7 +23,7 @@ def test_minimal_config_resolves_to_qualified_ids_and_defaults(registry):
     assert cfg.model.params == {"num_pools": None, "depth": 4, "norm": "instance"}
     assert cfg.loss.name == "sample/dice-ce"
     assert [m.name for m in cfg.metrics] == ["sample/dice", "sample/iou"]
-    assert cfg.callbacks[0].name == "base/lr-schedule"
+    assert cfg.callbacks[0].name == "core/lr-schedule"
     assert cfg.train.epochs == 1000 and cfg.train.optimizer == "sgd" and cfg.train.momentum == 0.99
     # the resolved config is itself a valid config and resolves to the same thing
     again = validate(yaml.safe_load(cfg.to_yaml()), registry=registry)

@@ -143,6 +143,33 @@ def preprocess(
                         max_dim=max_dim, max_pool=max_pool, seed=seed, overwrite=overwrite)
 
 
+# -- training --------------------------------------------------------------------------------------------
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Argument(help="Config (YAML), e.g. the one `biom3d preprocess` wrote.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue this run folder from its last checkpoint.")] = None,
+    finetune: Annotated[Path | None, typer.Option(help="Start from this run folder's trained weights.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="train.epochs (with --resume: extend the run).", min=1)] = None,
+    iters_per_epoch: Annotated[int | None, typer.Option(help="train.iters_per_epoch.", min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="train.batch_size.", min=1)] = None,
+    lr: Annotated[float | None, typer.Option(help="train.lr.")] = None,
+    fold: Annotated[int | None, typer.Option(help="train.fold.", min=0)] = None,
+    workers: Annotated[int | None, typer.Option(help="train.workers (data-loader processes).", min=0)] = None,
+    fp16: Annotated[bool | None, typer.Option("--fp16/--no-fp16", help="train.fp16 (CUDA only).")] = None,
+    device: Annotated[str | None, typer.Option(help="train.device: auto, cpu, cuda, cuda:N, mps.")] = None,
+    seed: Annotated[int | None, typer.Option(help="train.seed.")] = None,
+    val_iters: Annotated[int | None, typer.Option(help="train.val_iters.", min=0)] = None,
+    runs_dir: Annotated[Path | None, typer.Option(help="Folder for run folders [default: runs_dir of the config].")] = None,
+) -> None:
+    """Train a model; writes runs/<name>-<timestamp>/ (config, checkpoints, log.csv, curves.png, snapshots/)."""
+    from biom3d.cli import train_cmd
+
+    overrides = {"train.epochs": epochs, "train.iters_per_epoch": iters_per_epoch, "train.batch_size": batch_size,
+                 "train.lr": lr, "train.fold": fold, "train.workers": workers, "train.fp16": fp16,
+                 "train.device": device, "train.seed": seed, "train.val_iters": val_iters}
+    train_cmd.train(config, resume=resume, finetune=finetune, overrides=overrides, runs_dir=runs_dir)
+
+
 # -- entry point -------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Run the app; a biom3d error becomes one paragraph on stderr and its exit code (--debug: traceback)."""

@@ -1,27 +1,47 @@
-"""The Builder: turns a resolved config into live components, handing each factory the run context."""
+"""The Builder: turns a resolved config into live components, handing each factory the run context, and
+runs the stages: ``Builder(config).train()``, ``Builder.resume(run_dir)``, ``Builder.finetune(run_dir, config)``.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from biom3d.core.config import SLOTS, Config, Envelope, load_config, validate
 from biom3d.core.context import RunContext
+from biom3d.core.errors import ConfigError, Problem
 from biom3d.core.registry import Component, Registry, get_registry
+
+log = logging.getLogger("biom3d")
+ARCHITECTURE_FIELDS = ("in_channels", "patch_size", "aug_patch_size", "num_pools", "spacing")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: list[dict[str, float]]
 
 
 class Builder:
-    """Entry point of the Python API: ``Builder("config.yaml").build("model")``."""
+    """Entry point of the Python API."""
 
-    def __init__(self, config: Config | str | Path | dict[str, Any], *, registry: Registry | None = None, **context: Any):
+    def __init__(self, config: Config | str | Path | dict[str, Any], *, registry: Registry | None = None,
+                 overrides: dict[str, Any] | None = None, **context: Any):
         self.registry = registry or get_registry()
         if isinstance(config, str | Path):
-            config = load_config(config, registry=self.registry)
+            config = load_config(config, registry=self.registry, overrides=overrides)
         elif isinstance(config, dict):
-            config = validate(config, registry=self.registry)
+            from biom3d.core.config import apply_overrides
+
+            config = validate(apply_overrides(config, overrides or {}), registry=self.registry)
+        elif overrides:
+            raise TypeError("overrides apply to a config file or dict, not to a Config object")
         self.config: Config = config
         self.context: RunContext = RunContext.from_config(config, **context)
 
+    # -- components ----------------------------------------------------------------------------------------
     def component(self, slot: str, index: int = 0) -> tuple[Component, Envelope]:
         """The component a config slot selects (``metrics``, ``callbacks``... take an index)."""
         kind, _ = SLOTS[slot]
@@ -45,3 +65,123 @@ class Builder:
         """Build any registered component by kind and name, outside the config's choices."""
         ctx = self.context.replace(**context) if context else self.context
         return self.registry.resolve(kind, name).build(params or {}, ctx)
+
+    # -- training ------------------------------------------------------------------------------------------
+    def train(self, *, runs_dir: str | Path | None = None, run_dir: str | Path | None = None) -> TrainResult:
+        """Train in a new run folder ``<runs_dir>/<name>-<timestamp>`` (or the given empty ``run_dir``)."""
+        from biom3d.core import runs
+
+        self._check_trainable()
+        if run_dir is None:
+            run_dir = runs.new_run_dir(Path(runs_dir or self.config.runs_dir), self.config.name)
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.write_run_files(run_dir, self.config, self.registry, data_dir=self.context.data_dir,
+                             folds=self.context.folds_path)
+        return self._fit(run_dir)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, *, epochs: int | None = None, registry: Registry | None = None,
+               overrides: dict[str, Any] | None = None) -> TrainResult:
+        """Continue an interrupted run from its last good checkpoint; ``epochs`` extends a finished one."""
+        from biom3d.core import runs
+        from biom3d.core.checkpoints import load_latest
+
+        run_dir = Path(run_dir)
+        registry = registry or get_registry()
+        overrides = dict(overrides or {})
+        if epochs is not None:
+            overrides["train.epochs"] = epochs
+        config = runs.load_run_config(run_dir, registry=registry, overrides=overrides)
+        builder = cls(config, registry=registry)
+        state, path = load_latest(run_dir / "checkpoints")
+        log.info("resuming %s from %s (epoch %d done)", run_dir, path.name, int(state["epoch"]) + 1)
+        if overrides:
+            from biom3d.core.atomic import atomic_write_text
+
+            atomic_write_text(run_dir / runs.CONFIG, runs.portable_yaml(config))
+        return builder._fit(run_dir, resume=state)
+
+    @classmethod
+    def finetune(cls, run_dir: str | Path, config: Config | str | Path | dict[str, Any], *,
+                 registry: Registry | None = None, overrides: dict[str, Any] | None = None,
+                 runs_dir: str | Path | None = None) -> TrainResult:
+        """A new run from ``run_dir``'s trained weights, on the new config's data and schedule. What the
+        network needs (model and its params, channels, patch, pooling, spacing) is kept from the old run."""
+        from biom3d.core import runs
+        from biom3d.core.checkpoints import load_weights
+
+        registry = registry or get_registry()
+        old = runs.load_run_config(Path(run_dir), registry=registry)
+        builder = cls(config, registry=registry, overrides=overrides)
+        kept = {f: getattr(old, f) for f in ARCHITECTURE_FIELDS}
+        kept["model"] = old.model
+        changed = {k: (getattr(builder.config, k), v) for k, v in kept.items() if getattr(builder.config, k) != v}
+        builder.config = builder.config.model_copy(update=kept)
+        builder.context = RunContext.from_config(builder.config)
+        log.info("fine-tuning from %s: kept model %s, patch %s, pooling %s, channels %s", run_dir, old.model.name,
+                 old.patch_size, old.num_pools, old.in_channels)
+        for key, (new, kept_value) in changed.items():
+            log.info("  %s: the new config asked for %s, kept %s from the trained run", key,
+                     getattr(new, "name", new), getattr(kept_value, "name", kept_value))
+        weights = load_weights(Path(run_dir))["model"]
+        builder._check_trainable()
+        new_dir = runs.new_run_dir(Path(runs_dir or builder.config.runs_dir), builder.config.name)
+        runs.write_run_files(new_dir, builder.config, registry, data_dir=builder.context.data_dir,
+                             folds=builder.context.folds_path)
+        return builder._fit(new_dir, init_weights=weights)
+
+    def _fit(self, run_dir: Path, *, resume: dict[str, Any] | None = None,
+             init_weights: dict[str, Any] | None = None) -> TrainResult:
+        from biom3d.core.trainer import TrainJob, resolve_device
+
+        ctx = self.context.replace(run_dir=run_dir, device=str(resolve_device(self.config.train.device)))
+        build = lambda slot, index=None: self._build_with(ctx, slot, index)  # noqa: E731
+        model = build("model")
+        if init_weights is not None:
+            _load_matching(model, init_weights)
+        loss = build("loss")
+        _check_deep_supervision(self.config, model, loss)
+        metrics = []
+        for i, env in enumerate(self.config.metrics):
+            comp = self.registry.resolve("metric", env.name)
+            metrics.append((comp.name, build("metrics", i), comp.spec.higher_is_better))
+        job = TrainJob(model=model, loss=loss, metrics=metrics, data=build("dataset"), callbacks=build("callbacks"),
+                       train=self.config.train, run_dir=run_dir, resume=resume)
+        history = build("trainer").fit(job)
+        return TrainResult(run_dir, history)
+
+    def _build_with(self, ctx: RunContext, slot: str, index: int | None = None) -> Any:
+        env = getattr(self.config, slot)
+        if isinstance(env, list) and index is None:
+            return [self._build_with(ctx, slot, i) for i in range(len(env))]
+        comp, env = self.component(slot, index or 0)
+        return comp.build(env.params, ctx)
+
+    def _check_trainable(self) -> None:
+        problems = []
+        if self.context.data_dir is None:
+            problems.append(Problem("data.preprocessed", "not set: run `biom3d preprocess` and train its config.yaml"))
+        elif not (self.context.data_dir / "images").is_dir():
+            problems.append(Problem("data.preprocessed", f"{self.context.data_dir} holds no preprocessed images/ folder"))
+        if self.context.patch_size is None:
+            problems.append(Problem("patch_size", "not set: `biom3d preprocess` writes it, or give [D, H, W]"))
+        if problems:
+            raise ConfigError(problems, source=str(self.config._source or ""))
+
+
+def _check_deep_supervision(config: Config, model: Any, loss: Any) -> None:
+    if getattr(model, "deep_supervision", False) and not getattr(loss, "deep_supervision", False):
+        raise ConfigError([Problem("loss", f"the model {config.model.name} outputs deep-supervision heads but the loss "
+                                   f"{config.loss.name} takes one output; use loss: {{name: deep-supervision, params: "
+                                   f"{{loss: {{name: {config.loss.name}}}}}}} or set model.params.deep_supervision: false")])
+
+
+def _load_matching(model: Any, weights: dict[str, Any]) -> None:
+    """Load every tensor whose name and shape match; report the rest (e.g. a new number of classes)."""
+    own = model.state_dict()
+    usable = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(weights) - set(usable))
+    model.load_state_dict(usable, strict=False)
+    log.info("loaded %d of %d trained tensors%s", len(usable), len(own),
+             f"; re-initialised {len(skipped)} that changed shape ({', '.join(skipped[:4])}...)" if skipped else "")

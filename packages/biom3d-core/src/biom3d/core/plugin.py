@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from biom3d.core.hookspecs import hookimpl
-from biom3d.core.specs import PreprocessorSpec
+from biom3d.core.specs import CallbackSpec, PreprocessorSpec, TrainerSpec
 
 
 class PreprocessParams(BaseModel):
@@ -42,3 +42,64 @@ def biom3d_preprocessors():
         params=PreprocessParams,
         summary="Channel detection, mask checks, z-score/CT normalisation, resampling to the median spacing.",
     )
+
+
+class TrainerParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@hookimpl
+def biom3d_trainers():
+    yield TrainerSpec(
+        name="seg-trainer",
+        target="biom3d.core.trainer:build_trainer",
+        params=TrainerParams,
+        summary="SGD/Adam loop with gradient clipping, mixed precision on CUDA, validation, six callback points.",
+    )
+
+
+class LRScheduleParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    warmup_epochs: int = Field(0, ge=0, description="Linear warm-up epochs before the schedule starts.")
+    min_lr: float = Field(0.0, ge=0, description="Learning rate at the end of the schedule.")
+    poly_exponent: float = Field(0.9, gt=0, description="Exponent of the poly schedule.")
+
+
+class CheckpointParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    every: int = Field(1, ge=1, description="Write last.pt every N epochs (and at the end).")
+    save_best: bool = Field(True, description="Write best.pt when the monitored value improves.")
+
+
+class ProgressParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bar: bool = Field(True, description="Show a progress bar per epoch.")
+    refresh_every: int = Field(5, ge=1, description="Update loss and throughput every N batches.")
+
+
+class SnapshotParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    every: int = Field(1, ge=1, description="Write a snapshot every N epochs (when validation ran).")
+
+
+class EarlyStoppingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    patience: int = Field(20, ge=1, description="Validations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+
+
+@hookimpl
+def biom3d_callbacks():
+    target = "biom3d.core.callbacks:build_"
+    yield CallbackSpec(name="lr-schedule", target=target + "lr_schedule", params=LRScheduleParams,
+                       summary="Cosine, poly or constant learning rate from train.scheduler, optional warm-up.")
+    yield CallbackSpec(name="checkpoint", target=target + "checkpoint", params=CheckpointParams,
+                       summary="checkpoints/last.pt and best.pt, written atomically with full training state.")
+    yield CallbackSpec(name="csv-log", target=target + "csv_log", summary="log.csv: per-epoch losses, metrics, lr, time.")
+    yield CallbackSpec(name="progress", target=target + "progress", params=ProgressParams,
+                       summary="Console progress bar per epoch and one summary line per epoch.")
+    yield CallbackSpec(name="curves", target=target + "curves", summary="curves.png: loss and metric curves.")
+    yield CallbackSpec(name="snapshots", target=target + "snapshots", params=SnapshotParams,
+                       summary="snapshots/: PNG overlays of a validation slice (image, truth, prediction).")
+    yield CallbackSpec(name="early-stopping", target=target + "early_stopping", params=EarlyStoppingParams,
+                       summary="Stop when the monitored metric stops improving.")

@@ -1,0 +1,122 @@
+"""The default predictor (``core/sliding-window``): overlapping tiles, Hann-weighted blending and flip
+test-time augmentation, with tiles and flips batched through the network.
+
+Memory stays bounded: the two accumulators (probabilities and weights) are the only full-size buffers;
+each tile is read from the (padded) input and added back in place.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FLIPS: tuple[tuple[int, ...], ...] = tuple(c for r in range(4) for c in itertools.combinations((0, 1, 2), r))
+
+
+def build_predictor(params, ctx) -> SlidingWindowPredictor:
+    patch = params.patch_size or ctx.patch_size
+    if patch is None:
+        from biom3d.core.errors import ConfigError
+
+        raise ConfigError("the predictor needs a patch size: set patch_size in the config or predictor.params")
+    return SlidingWindowPredictor(tuple(patch), overlap=params.overlap, tta=params.tta, batch_size=params.batch_size,
+                                  multilabel=ctx.multilabel, device=ctx.device)
+
+
+class SlidingWindowPredictor:
+    def __init__(self, patch: Sequence[int], *, overlap: float = 0.5, tta: bool = True, batch_size: int = 2,
+                 multilabel: bool = False, device: str | torch.device = "cpu"):
+        self.patch = tuple(int(p) for p in patch)
+        self.overlap, self.tta, self.batch_size = overlap, tta, batch_size
+        self.multilabel = multilabel
+        self.device = torch.device(device)
+        self.window = hann_window(self.patch, device=self.device)
+
+    @torch.inference_mode()
+    def __call__(self, models: Sequence[torch.nn.Module] | torch.nn.Module, image) -> torch.Tensor:
+        """``image`` (C, D, H, W) -> probabilities (out_channels, D, H, W) on the CPU, averaged over
+        flips and models."""
+        models = [models] if isinstance(models, torch.nn.Module) else list(models)
+        for m in models:
+            m.eval()
+        x = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image).float()
+        shape = tuple(x.shape[1:])
+        x, pads = pad_to(x, self.patch)
+        flips = FLIPS if self.tta else ((),)
+        probs = weights = None
+        amp = self.device.type == "cuda"
+        for boxes in _batches(tile_starts(tuple(x.shape[1:]), self.patch, self.overlap), self.batch_size):
+            tiles = torch.stack([x[(slice(None), *b)] for b in boxes]).to(self.device, non_blocking=True)
+            # every flip of every tile in one forward pass
+            batch = torch.cat([tiles.flip([d + 2 for d in f]) if f else tiles for f in flips])
+            out = None
+            for model in models:
+                with torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
+                    logits = model(batch)
+                if isinstance(logits, list | tuple):
+                    logits = logits[0]
+                p = self._activate(logits.float())
+                out = p if out is None else out.add_(p)
+            out = out.view(len(flips), len(boxes), *out.shape[1:])
+            merged = torch.zeros_like(out[0])
+            for i, f in enumerate(flips):
+                merged += out[i].flip([d + 2 for d in f]) if f else out[i]
+            merged.mul_(self.window / (len(flips) * len(models)))
+            if probs is None:
+                probs = torch.zeros((merged.shape[1], *x.shape[1:]), dtype=torch.float32)
+                weights = torch.zeros(tuple(x.shape[1:]), dtype=torch.float32)
+            merged, window = merged.cpu(), self.window.cpu()
+            for tile, box in zip(merged, boxes, strict=True):
+                probs[(slice(None), *box)] += tile
+                weights[box] += window
+        probs /= weights
+        crop = tuple(slice(lo, lo + s) for lo, s in zip(pads, shape, strict=True))
+        return probs[(slice(None), *crop)].contiguous()
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+
+
+def hann_window(patch: Sequence[int], *, device: str | torch.device = "cpu", floor: float = 1e-4) -> torch.Tensor:
+    """Separable Hann window sampled at voxel centres (never exactly zero, so every voxel keeps a weight)."""
+    axes = []
+    for n in patch:
+        i = torch.arange(n, dtype=torch.float64)
+        axes.append(0.5 - 0.5 * torch.cos(2 * math.pi * (i + 0.5) / n))
+    w = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    return w.clamp_min(floor).float().to(device)
+
+
+def tile_starts(shape: Sequence[int], patch: Sequence[int], overlap: float) -> list[tuple[slice, ...]]:
+    """Boxes covering ``shape`` with at least ``overlap`` between neighbours, evenly spread; an axis no
+    longer than the patch gets a single tile."""
+    per_axis = []
+    for size, p in zip(shape, patch, strict=True):
+        step = max(1, int(round(p * (1 - overlap))))
+        n = 1 if size <= p else math.ceil((size - p) / step) + 1
+        starts = [int(round(i * (size - p) / (n - 1))) for i in range(n)] if n > 1 else [0]
+        per_axis.append(starts)
+    return [tuple(slice(s, s + p) for s, p in zip(starts, patch, strict=True)) for starts in itertools.product(*per_axis)]
+
+
+def pad_to(x: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Zero-pad (C, D, H, W) symmetrically up to the patch size where smaller; returns the low pads."""
+    lows, pad = [], []
+    for size, p in zip(x.shape[1:], patch, strict=True):
+        total = max(0, p - size)
+        lows.append(total // 2)
+        pad.append((total // 2, total - total // 2))
+    if not any(total for total, _ in pad) and not any(hi for _, hi in pad):
+        return x, tuple(lows)
+    flat = [v for lo_hi in reversed(pad) for v in lo_hi]
+    return F.pad(x, flat), tuple(lows)
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
