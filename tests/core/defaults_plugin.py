@@ -3,8 +3,6 @@
 from biom3d.core import hookimpl
 from biom3d.core.specs import (
     DatasetSpec,
-    PostprocessorSpec,
-    PredictorSpec,
 )
 
 
@@ -22,13 +20,3 @@ def biom3d_models():
     from biom3d.core.specs import ModelSpec
 
     yield ModelSpec(name="unet3d-vgg-deep", target=_noop)
-
-
-@hookimpl
-def biom3d_predictors():
-    yield PredictorSpec(name="sliding-window", target=_noop)
-
-
-@hookimpl
-def biom3d_postprocessors():
-    yield PostprocessorSpec(name="argmax", target=_noop)

@@ -62,10 +62,10 @@ def test_every_pairing_problem_in_one_error(registry, tmp_path):
 
 
 def test_duplicates_unknown_files_empty_and_missing_folders(registry, tmp_path):
-    _touch(tmp_path / "img", "a.tif", "a.tiff", "notes.txt")
+    _touch(tmp_path / "img", "a.tif", "a.tiff", "notes.xyz", "eval.csv")
     with pytest.raises(DataError) as info:
         scan_folder(tmp_path / "img", registry)
-    assert "same name 'a'" in str(info.value) and "notes.txt: no reader" in str(info.value)
+    assert "same name 'a'" in str(info.value) and "notes.xyz: no reader" in str(info.value) and "eval.csv" not in str(info.value)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no image files"):
         scan_folder(tmp_path / "empty", registry)

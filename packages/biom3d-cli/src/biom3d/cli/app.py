@@ -170,6 +170,36 @@ def train(
     train_cmd.train(config, resume=resume, finetune=finetune, overrides=overrides, runs_dir=runs_dir)
 
 
+# -- prediction and evaluation ---------------------------------------------------------------------------
+@app.command()
+def predict(
+    runs: Annotated[list[Path], typer.Argument(help="Run folder(s); several make an ensemble.")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="Image file, DICOM folder, or folder of images.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created).")],
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Flip test-time augmentation [default: run's].")] = None,
+    overlap: Annotated[float | None, typer.Option(help="Tile overlap, 0 to <1 [default: run's, 0.5].", min=0.0, max=0.95)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+) -> None:
+    """Predict masks, written in the input's format and metadata under the same relative names."""
+    from biom3d.cli import predict_cmd
+
+    predict_cmd.predict(runs, input, output, tta=tta, overlap=overlap, device=device, overwrite=overwrite)
+
+
+@app.command("eval")
+def evaluate(
+    pred: Annotated[Path, typer.Option("--pred", "-p", help="Folder of predicted masks.")],
+    truth: Annotated[Path, typer.Option("--truth", "-t", help="Folder of ground-truth masks (paired by name).")],
+    num_classes: Annotated[int | None, typer.Option("--num-classes", "-k", min=1, help="Classes [default: from the labels].")] = None,
+    csv: Annotated[Path | None, typer.Option(help="CSV to write [default: <pred>/eval.csv].")] = None,
+) -> None:
+    """Dice and IoU per file, per class and mean; writes a CSV."""
+    from biom3d.cli import predict_cmd
+
+    predict_cmd.evaluate(pred, truth, num_classes=num_classes, csv=csv)
+
+
 # -- entry point -------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Run the app; a biom3d error becomes one paragraph on stderr and its exit code (--debug: traceback)."""

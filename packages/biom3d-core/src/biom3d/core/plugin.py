@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from biom3d.core.hookspecs import hookimpl
-from biom3d.core.specs import CallbackSpec, PreprocessorSpec, TrainerSpec
+from biom3d.core.specs import CallbackSpec, PostprocessorSpec, PredictorSpec, PreprocessorSpec, TrainerSpec
 
 
 class PreprocessParams(BaseModel):
@@ -103,3 +103,47 @@ def biom3d_callbacks():
                        summary="snapshots/: PNG overlays of a validation slice (image, truth, prediction).")
     yield CallbackSpec(name="early-stopping", target=target + "early_stopping", params=EarlyStoppingParams,
                        summary="Stop when the monitored metric stops improving.")
+
+
+class PredictorParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    overlap: float = Field(0.5, ge=0, lt=1, description="Overlap between neighbouring tiles (fraction of the patch).")
+    tta: bool = Field(True, description="Average over the 8 flips (identity + 7 axis combinations).")
+    batch_size: int = Field(2, ge=1, description="Tiles per forward pass (each with its flips).")
+    patch_size: tuple[int, int, int] | None = Field(None, description="Tile size (null: the run's patch_size).")
+
+
+@hookimpl
+def biom3d_predictors():
+    yield PredictorSpec(
+        name="sliding-window",
+        target="biom3d.core.predictor:build_predictor",
+        params=PredictorParams,
+        summary="Overlapping tiles, Hann-weighted blending, batched flip test-time augmentation.",
+    )
+
+
+class ThresholdParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    threshold: float = Field(0.5, gt=0, lt=1, description="Probability above which a voxel belongs to a class.")
+
+
+class ClassesParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    classes: list[int] | None = Field(None, description="Classes to clean (null: all).")
+
+
+class RemoveSmallParams(ClassesParams):
+    min_size: int | None = Field(None, ge=1, description="Smallest component kept, in voxels (null: Otsu threshold).")
+
+
+@hookimpl
+def biom3d_postprocessors():
+    target = "biom3d.core.postprocess:build_"
+    yield PostprocessorSpec(name="argmax", target=target + "argmax", summary="Softmax outputs -> label map.")
+    yield PostprocessorSpec(name="threshold", target=target + "threshold", params=ThresholdParams,
+                            summary="Sigmoid outputs -> multi-label mask (probability > threshold).")
+    yield PostprocessorSpec(name="keep-largest", target=target + "keep_largest", params=ClassesParams,
+                            summary="Keep the largest connected component of each class.")
+    yield PostprocessorSpec(name="remove-small", target=target + "remove_small", params=RemoveSmallParams,
+                            summary="Drop components below an Otsu threshold of component volumes (or min_size).")

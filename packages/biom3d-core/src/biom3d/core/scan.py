@@ -13,6 +13,7 @@ from pathlib import Path
 from biom3d.core.errors import DataError
 
 DICOM_SUFFIXES = (".dcm", ".ima")
+NOT_IMAGES = (".csv", ".json", ".txt", ".md", ".log", ".yaml", ".yml", ".pdf", ".html")  # reports beside data
 MAX_LISTED = 10
 
 
@@ -60,38 +61,57 @@ def scan_folder(folder: Path, registry, *, what: str = "images") -> list[Item]:
     return sorted(items, key=lambda i: i.key)
 
 
-def pair(images: list[Item], masks: list[Item] | None, *, images_dir: Path, masks_dir: Path | None) -> list[Case]:
+def pair(images: list[Item], masks: list[Item] | None, *, images_dir: Path, masks_dir: Path | None,
+         names: tuple[str, str] = ("image", "mask")) -> list[Case]:
     """Pair images with masks by key; list every unmatched file in one error."""
     if masks is None:
         return [Case(i.key, i, None) for i in images]
     by_key = {m.key: m for m in masks}
     image_keys = {i.key for i in images}
-    problems = [f"image {i.path.relative_to(images_dir)} has no mask in {masks_dir}" for i in images if i.key not in by_key]
-    problems += [f"mask {m.path.relative_to(masks_dir)} has no image in {images_dir}" for m in masks if m.key not in image_keys]
+    a, b = names
+    problems = [f"{a} {i.path.relative_to(images_dir)} has no {b} in {masks_dir}" for i in images if i.key not in by_key]
+    problems += [f"{b} {m.path.relative_to(masks_dir)} has no {a} in {images_dir}" for m in masks if m.key not in image_keys]
     if problems:
-        raise DataError(_listing("images and masks do not pair up", problems,
-                                 "Masks pair with images by file name (without suffix) and sub-folder."))
+        raise DataError(_listing(f"{a}s and {b}s do not pair up", problems,
+                                 f"{b.capitalize()}s pair with {a}s by file name (without suffix) and sub-folder."))
     return [Case(i.key, i, by_key[i.key]) for i in images]
 
 
-def scan_dataset(images_dir: Path, masks_dir: Path | None, registry) -> list[Case]:
-    images = scan_folder(images_dir, registry, what="images")
-    masks = scan_folder(masks_dir, registry, what="masks") if masks_dir is not None else None
-    return pair(images, masks, images_dir=Path(images_dir), masks_dir=None if masks_dir is None else Path(masks_dir))
+def scan_dataset(images_dir: Path, masks_dir: Path | None, registry,
+                 names: tuple[str, str] = ("image", "mask")) -> list[Case]:
+    images = scan_folder(images_dir, registry, what=names[0] + "s")
+    masks = scan_folder(masks_dir, registry, what=names[1] + "s") if masks_dir is not None else None
+    return pair(images, masks, images_dir=Path(images_dir), masks_dir=None if masks_dir is None else Path(masks_dir),
+                names=names)
+
+
+def scan_input(path: Path, registry) -> tuple[Path, list[Item]]:
+    """A single file (or DICOM folder) or a folder of them, as (root, items)."""
+    path = Path(path)
+    if path.is_file() or (path.is_dir() and _is_series(path)):
+        comp, key = _choose(path, path.parent, registry)
+        if comp is None:
+            raise DataError(f"{path}: no reader for this file type; supported: {', '.join(registry.suffixes('reader'))}")
+        return path.parent, [Item(key, path, comp.qid)]
+    return path, scan_folder(path, registry, what="input")
 
 
 def _entries(folder: Path):
     """Files, plus folders that hold a DICOM series (yielded once, their files skipped)."""
     for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
+        if path.name.startswith(".") or path.suffix.lower() in NOT_IMAGES:
             continue
         if path.is_dir():
-            if any(p.suffix.lower() in DICOM_SUFFIXES or p.name == "DICOMDIR" for p in path.iterdir() if p.is_file()):
+            if _is_series(path):
                 yield path
             else:
                 yield from _entries(path)
         elif path.is_file():
             yield path
+
+
+def _is_series(folder: Path) -> bool:
+    return any(p.suffix.lower() in DICOM_SUFFIXES or p.name == "DICOMDIR" for p in folder.iterdir() if p.is_file())
 
 
 def _choose(path: Path, root: Path, registry):

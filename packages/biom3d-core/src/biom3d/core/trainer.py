@@ -151,7 +151,7 @@ class SegTrainer:
     def _validate(self, loader) -> dict[str, float]:
         self.model.eval()
         losses, per_class = [], {name: [] for name, _, _ in self.job.metrics}
-        sample = None
+        sample, sample_fg = None, -1.0
         for batch in loader:
             image = batch["image"].to(self.device)
             target = batch["mask"].to(self.device)
@@ -161,8 +161,10 @@ class SegTrainer:
             output = output.float()
             for name, metric, _ in self.job.metrics:
                 per_class[name].append(metric.per_class(output, target).float().cpu())
-            if sample is None or _foreground(target) > _foreground(sample[1]):
-                sample = (image[0].cpu().numpy(), target[0].cpu().numpy(), self._discretize(output[0]).cpu().numpy())
+            fg = float((target[0] > 0).float().mean())
+            if fg > sample_fg:  # keep the validation patch with the most foreground for snapshots
+                sample, sample_fg = (image[0].cpu().numpy(), target[0].cpu().numpy(),
+                                     self._discretize(output[0]).cpu().numpy()), fg
         self.last_val_sample = sample
         logs = {"val_loss": float(np.mean(losses))}
         for name, values in per_class.items():
@@ -203,10 +205,6 @@ class SegTrainer:
     def _call(self, hook: str, *args) -> None:
         for cb in self.job.callbacks:
             getattr(cb, hook)(self, *args)
-
-
-def _foreground(target) -> float:
-    return float((target > 0).float().mean()) if target is not None else -1.0
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,0 +1,116 @@
+"""`biom3d eval`: Dice and IoU between a folder of predictions and a folder of ground truths, paired by
+name (never by sort order), per file, per class and mean; written to a CSV table.
+
+Masks may be 0/1, 0/255 or label maps (2D or 3D), or 4D multi-label masks. A class absent from both the
+prediction and the truth scores 1 (perfect agreement), so means are never NaN.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from biom3d.core.atomic import atomic_write_text
+from biom3d.core.errors import DataError
+from biom3d.core.scan import scan_dataset
+
+
+@dataclass
+class EvalReport:
+    rows: list[dict[str, object]] = field(default_factory=list)  # file, class, dice, iou
+    classes: list[int] = field(default_factory=list)
+
+    def mean(self, metric: str, cls: int | None = None) -> float:
+        values = [r[metric] for r in self.rows if cls is None or r["class"] == cls]
+        return float(np.mean(values)) if values else float("nan")
+
+    def table(self) -> str:
+        files = sorted({str(r["file"]) for r in self.rows})
+        width = max([len(f) for f in files] + [8])
+        head = f"{'file':<{width}}  " + "  ".join(f"dice_{c:<4} iou_{c:<5}" for c in self.classes)
+        lines = [head]
+        for f in files:
+            by_class = {r["class"]: r for r in self.rows if r["file"] == f}
+            lines.append(f"{f:<{width}}  " + "  ".join(
+                f"{by_class[c]['dice']:<9.4f} {by_class[c]['iou']:<9.4f}" for c in self.classes))
+        lines.append(f"{'mean':<{width}}  " + "  ".join(
+            f"{self.mean('dice', c):<9.4f} {self.mean('iou', c):<9.4f}" for c in self.classes))
+        lines.append(f"mean Dice {self.mean('dice'):.4f}  mean IoU {self.mean('iou'):.4f}  ({len(files)} files)")
+        return "\n".join(lines)
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["file", "class", "dice", "iou"])
+        for r in sorted(self.rows, key=lambda r: (str(r["file"]), r["class"])):
+            writer.writerow([r["file"], r["class"], f"{r['dice']:.6f}", f"{r['iou']:.6f}"])
+        for c in self.classes:
+            writer.writerow(["mean", c, f"{self.mean('dice', c):.6f}", f"{self.mean('iou', c):.6f}"])
+        writer.writerow(["mean", "all", f"{self.mean('dice'):.6f}", f"{self.mean('iou'):.6f}"])
+        return buf.getvalue()
+
+
+def evaluate(pred_dir: str | Path, truth_dir: str | Path, *, num_classes: int | None = None,
+             csv_path: str | Path | None = None, registry=None) -> EvalReport:
+    from biom3d.core.context import RunContext
+    from biom3d.core.registry import get_registry
+
+    registry = registry or get_registry()
+    cases = scan_dataset(Path(pred_dir), Path(truth_dir), registry, names=("prediction", "ground truth"))
+    ctx = RunContext()
+    read = lambda item: np.asarray(registry.resolve("reader", item.reader).build({}, ctx)(item.path).array)  # noqa: E731
+    pairs, problems = [], []
+    for case in cases:
+        pred, truth = _squeeze(read(case.image)), _squeeze(read(case.mask))
+        if pred.shape != truth.shape:
+            problems.append(f"{case.key}: prediction {pred.shape} vs ground truth {truth.shape}")
+            continue
+        pairs.append((case.key, pred, truth))
+    if problems:
+        raise DataError("predictions and ground truths differ in shape:\n  " + "\n  ".join(problems[:10])
+                        + "\nThey must be on the same grid (predictions are written on the input image's grid).")
+    labelled = [(k, _labels(p, num_classes, f"prediction {k}"), _labels(t, num_classes, f"ground truth {k}"))
+                for k, p, t in pairs]
+    multilabel = any(t.ndim == 4 for _, _, t in labelled)
+    if num_classes is None:
+        num_classes = max(int(t.shape[0]) if t.ndim == 4 else int(max(t.max(), p.max())) for _, p, t in labelled) or 1
+    report = EvalReport(classes=list(range(1, num_classes + 1)))
+    for key, pred, truth in labelled:
+        for c in report.classes:
+            p = pred[c - 1] > 0 if multilabel else pred == c
+            t = truth[c - 1] > 0 if multilabel else truth == c
+            report.rows.append({"file": key, "class": c, **scores(p, t)})
+    if csv_path is not None:
+        atomic_write_text(Path(csv_path), report.to_csv())
+    return report
+
+
+def scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Dice = 2|P∩T| / (|P| + |T|) and IoU = |P∩T| / |P∪T|; both 1 when P and T are empty."""
+    inter = float(np.logical_and(pred, truth).sum())
+    total = float(pred.sum()) + float(truth.sum())
+    if total == 0:
+        return {"dice": 1.0, "iou": 1.0}
+    return {"dice": 2 * inter / total, "iou": inter / (total - inter)}
+
+
+def _squeeze(array: np.ndarray) -> np.ndarray:
+    return array.squeeze() if array.ndim > 3 and 1 in array.shape else array
+
+
+def _labels(array: np.ndarray, num_classes: int | None, what: str) -> np.ndarray:
+    """0/255 and other two-level binary masks -> 0/1; label maps kept; more labels than classes refused."""
+    values = np.unique(array)
+    if array.ndim == 4:
+        return (array > 0).astype(np.uint8)
+    if len(values) == 2 and values[0] == 0 and (num_classes in (None, 1) or values[1] > (num_classes or 1)):
+        return (array > 0).astype(np.uint8)
+    if np.any(np.mod(values, 1) != 0) or values.min() < 0:
+        raise DataError(f"{what}: values {values[:6].tolist()} are not class labels")
+    if num_classes is not None and values.max() > num_classes:
+        raise DataError(f"{what}: labels up to {int(values.max())} but --num-classes is {num_classes}")
+    return array.astype(np.int64)

@@ -1,0 +1,138 @@
+"""`biom3d predict`: preprocess each input exactly as the run's training data, predict with one run or an
+ensemble (probabilities averaged on the original grid), post-process, and write masks in the input's format
+and metadata under the same relative names."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from biom3d.core.errors import DataError, InputError, RunError
+from biom3d.core.scan import Item, scan_input
+
+log = logging.getLogger("biom3d")
+DICOM_OUTPUT_SUFFIX = ".nii.gz"
+
+
+@dataclass
+class LoadedRun:
+    """One trained run ready to predict: its model, preprocessor, predictor and fingerprint."""
+
+    run_dir: Path
+    builder: Any
+    model: Any
+    preprocessor: Any
+    predictor: Any
+    fingerprint: dict[str, Any]
+
+
+def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Path, *, tta: bool | None = None,
+            overlap: float | None = None, device: str = "auto", overwrite: bool = False, registry=None,
+            progress: bool = True) -> list[Path]:
+    """Predict every image under ``inputs`` (a file, a DICOM folder, or a folder of them) into ``output``."""
+    from tqdm.auto import tqdm
+
+    from biom3d.core.registry import get_registry
+
+    registry = registry or get_registry()
+    runs = [load_run(Path(r), registry=registry, tta=tta, overlap=overlap, device=device) for r in run_dirs]
+    if not runs:
+        raise InputError("give at least one run folder to predict with")
+    _check_ensemble(runs)
+    root, items = scan_input(Path(inputs), registry)
+    output = Path(output)
+    targets = [(item, output / output_name(item)) for item in items]
+    existing = [str(t) for _, t in targets if t.exists()]
+    if existing and not overwrite:
+        raise DataError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; pass --overwrite to "
+                        "replace them or choose another --output")
+    first = runs[0].builder
+    post = first.build("postprocessors")
+    written = []
+    for item, target in tqdm(targets, desc="predict", disable=not progress, unit="img"):
+        reader = registry.resolve("reader", item.reader).build({}, first.context)
+        image = reader(item.path)
+        mask = predict_image(runs, image)
+        for step in post:
+            mask = step(mask)
+        mask = _to_input_layout(mask, image)
+        writer = _writer(first, registry, target, overwrite)
+        writer(target, mask, image)
+        written.append(target)
+    return written
+
+
+def load_run(run_dir: Path, *, registry, tta: bool | None = None, overlap: float | None = None,
+             device: str = "auto") -> LoadedRun:
+    from biom3d.core import runs
+    from biom3d.core.builder import Builder
+    from biom3d.core.checkpoints import load_weights
+    from biom3d.core.trainer import resolve_device
+
+    overrides = {"predictor.params.tta": tta, "predictor.params.overlap": overlap}
+    config = runs.load_run_config(run_dir, registry=registry, overrides={k: v for k, v in overrides.items() if v is not None})
+    fp_path = run_dir / runs.FINGERPRINT
+    if not fp_path.is_file():
+        raise RunError(f"{run_dir} has no {runs.FINGERPRINT}: it was not trained on preprocessed data")
+    dev = resolve_device(device)
+    builder = Builder(config, registry=registry, device=str(dev))
+    model = builder.build("model")
+    model.load_state_dict(load_weights(run_dir, map_location=dev)["model"])
+    model.to(dev).eval()
+    return LoadedRun(run_dir, builder, model, builder.build("preprocessor"), builder.build("predictor"),
+                     json.loads(fp_path.read_text()))
+
+
+def predict_image(runs: Sequence[LoadedRun], image) -> np.ndarray:
+    """Probabilities (C, D, H, W) on the image's own grid, averaged over the runs."""
+    total = None
+    for run in runs:
+        array, _ = run.preprocessor.image_array(image)
+        x = run.preprocessor.image(array, image.spacing, run.fingerprint)
+        probs = run.predictor([run.model], x)
+        probs = run.preprocessor.restore(probs, array.shape[1:])
+        total = probs if total is None else total.add_(probs)
+    return (total / len(runs)).numpy()
+
+
+def output_name(item: Item) -> str:
+    """Same relative name and format as the input; DICOM series become NIfTI files."""
+    if item.path.is_dir():
+        return item.key + DICOM_OUTPUT_SUFFIX
+    return item.key + item.path.name[len(Path(item.key).name):]
+
+
+def _to_input_layout(mask: np.ndarray, image) -> np.ndarray:
+    """Drop the depth axis the preprocessor added to 2D inputs."""
+    axes = image.meta.get("axes")
+    flat = np.asarray(image.array).ndim == 2 or (axes is not None and "Z" not in axes.upper())
+    if flat:
+        return mask[..., 0, :, :] if mask.ndim == 4 else mask[0]
+    return mask
+
+
+def _writer(builder, registry, target: Path, overwrite: bool):
+    env = builder.config.writer
+    comp = registry.resolve("writer", env.name) if env is not None else registry.writer_for(target)
+    params = dict(env.params) if env is not None else {}
+    if "overwrite" in comp.spec.params.model_fields:
+        params["overwrite"] = overwrite
+    return comp.build(params, builder.context)
+
+
+def _check_ensemble(runs: Sequence[LoadedRun]) -> None:
+    first = runs[0].builder.config
+    for run in runs[1:]:
+        cfg = run.builder.config
+        if (cfg.num_classes, cfg.multilabel, cfg.in_channels) != (first.num_classes, first.multilabel, first.in_channels):
+            raise InputError(
+                f"runs {runs[0].run_dir} and {run.run_dir} cannot be ensembled: classes/multilabel/channels differ "
+                f"({first.num_classes}/{first.multilabel}/{first.in_channels} vs "
+                f"{cfg.num_classes}/{cfg.multilabel}/{cfg.in_channels})"
+            )
