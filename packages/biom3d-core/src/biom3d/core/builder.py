@@ -133,8 +133,10 @@ class Builder:
 
     def _fit(self, run_dir: Path, *, resume: dict[str, Any] | None = None,
              init_weights: dict[str, Any] | None = None) -> TrainResult:
-        from biom3d.core.trainer import TrainJob, resolve_device
+        from biom3d.core.trainer import TrainJob, resolve_device, seed_everything
 
+        if resume is None:
+            seed_everything(self.config.train.seed)  # before building: weight initialisation is random too
         ctx = self.context.replace(run_dir=run_dir, device=str(resolve_device(self.config.train.device)))
         build = lambda slot, index=None: self._build_with(ctx, slot, index)  # noqa: E731
         model = build("model")

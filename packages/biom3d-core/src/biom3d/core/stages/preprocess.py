@@ -28,7 +28,7 @@ from biom3d.core.context import RunContext
 from biom3d.core.errors import Biom3dError, DataError
 from biom3d.core.fingerprint import build_fingerprint, fingerprint_hash
 from biom3d.core.folds import make_folds, write_folds
-from biom3d.core.parallel import parallel_map
+from biom3d.core.parallel import parallel_map, worker_pool
 from biom3d.core.scan import Case, scan_dataset
 
 log = logging.getLogger("biom3d")
@@ -76,7 +76,15 @@ def preprocess_dataset(
     readers = {c.qid: c.spec for c in registry.components("reader")}
     job = _Job(comp.spec, prep_params, ctx, readers)
 
-    stats = parallel_map(_stats_task, cases, args=(job,), workers=workers, desc="scan", progress=progress)
+    with worker_pool(min(workers, len(cases))) as pool:
+        return _run(cases, job, pool, out, images, masks, comp, prep_params, num_classes=num_classes,
+                    multilabel=multilabel, seed=seed, max_dim=max_dim, max_pool=max_pool, overwrite=overwrite,
+                    progress=progress, name=name, config_extra=config_extra, registry=registry)
+
+
+def _run(cases, job, pool, out, images, masks, comp, prep_params, *, num_classes, multilabel, seed, max_dim,
+         max_pool, overwrite, progress, name, config_extra, registry) -> PreprocessResult:
+    stats = parallel_map(_stats_task, cases, args=(job,), pool=pool, desc="scan", progress=progress)
     errors = [s for s in stats if isinstance(s, str)]
     if errors:
         raise DataError(f"{len(errors)} case(s) cannot be used:\n  " + "\n  ".join(errors[:10])
@@ -90,7 +98,7 @@ def preprocess_dataset(
     _claim_output(out, state, overwrite)
     split = len(cases) == 1
     todo = [c for c in cases if overwrite or not _done(out, c.key, split)]
-    parallel_map(_process_task, todo, args=(job, fingerprint, out, split), workers=workers, desc="preprocess",
+    parallel_map(_process_task, todo, args=(job, fingerprint, out, split), pool=pool, desc="preprocess",
                  progress=progress)
 
     keys = [f"{c.key}-{part}" for c in cases for part in ("train", "val")] if split else [c.key for c in cases]
