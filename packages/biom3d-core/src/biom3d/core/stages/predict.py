@@ -97,7 +97,7 @@ def predict_image(runs: Sequence[LoadedRun], image) -> np.ndarray:
         x = run.preprocessor.image(array, image.spacing, run.fingerprint)
         probs = run.predictor([run.model], x)
         probs = run.preprocessor.restore(probs, array.shape[1:])
-        total = probs if total is None else total.add_(probs)
+        total = probs if total is None else total + probs
     return (total / len(runs)).numpy()
 
 

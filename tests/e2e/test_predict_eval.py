@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+
+from biom3d.core.errors import DataError, PluginError
+from biom3d.core.stages.evaluate import evaluate
+from biom3d.core.stages.predict import predict
+from tests.e2e.conftest import SHAPE, SPACING
+
+
+def _read(path):
+    from biom3d.core.registry import get_registry
+
+    reg = get_registry()
+    return reg.reader_for(path).build({}, None)(path)
+
+
+def test_predict_writes_masks_with_the_input_metadata_and_evaluates(trained, dataset, tmp_path):
+    out = tmp_path / "pred"
+    written = predict([trained.run_dir], dataset / "test" / "images", out, progress=False)
+    assert sorted(p.name for p in written) == ["case0.tif", "case1.tif"]
+    pred = _read(out / "case0.tif")
+    assert pred.array.shape == SHAPE and pred.spacing == pytest.approx(SPACING)
+    assert set(np.unique(pred.array)) <= {0, 1}
+    report = evaluate(out, dataset / "test" / "masks", csv_path=tmp_path / "eval.csv")
+    assert report.classes == [1] and len(report.rows) == 2
+    assert 0.0 <= report.mean("dice") <= 1.0
+    assert (tmp_path / "eval.csv").read_text().splitlines()[0] == "file,class,dice,iou"
+    with pytest.raises(DataError, match="already exist.*--overwrite"):
+        predict([trained.run_dir], dataset / "test" / "images", out, progress=False)
+
+
+def test_tta_and_ensemble_change_probabilities_not_the_format(trained, dataset, tmp_path):
+    from biom3d.core.registry import get_registry
+    from biom3d.core.stages.predict import load_run, predict_image
+
+    reg = get_registry()
+    image = _read(dataset / "test" / "images" / "case0.tif")
+    with_tta = predict_image([load_run(trained.run_dir, registry=reg)], image)
+    without = predict_image([load_run(trained.run_dir, registry=reg, tta=False)], image)
+    assert with_tta.shape == without.shape == (2, *SHAPE)
+    assert np.allclose(with_tta.sum(0), 1, atol=1e-4) and not np.allclose(with_tta, without)
+    both = predict_image([load_run(trained.run_dir, registry=reg), load_run(trained.run_dir, registry=reg, tta=False)], image)
+    assert np.allclose(both, (with_tta + without) / 2, atol=1e-5)  # an ensemble averages probabilities
+    written = predict([trained.run_dir, trained.run_dir], dataset / "test" / "images" / "case1.tif", tmp_path / "ens",
+                      tta=False, progress=False)
+    assert [p.name for p in written] == ["case1.tif"]
+
+
+def test_nifti_metadata_round_trip(trained, tmp_path):
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.random.default_rng(0).random(SHAPE).astype(np.float32))
+    img.SetSpacing((0.5, 0.5, 2.0))
+    img.SetOrigin((10.0, -4.0, 3.5))
+    img.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, -1))
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    sitk.WriteImage(img, str(tmp_path / "in" / "sub" / "vol.nii.gz"))
+    predict([trained.run_dir], tmp_path / "in", tmp_path / "out", tta=False, progress=False)
+    out = sitk.ReadImage(str(tmp_path / "out" / "sub" / "vol.nii.gz"))
+    assert out.GetSize() == img.GetSize()
+    assert out.GetSpacing() == pytest.approx(img.GetSpacing())
+    assert out.GetOrigin() == pytest.approx(img.GetOrigin())
+    assert out.GetDirection() == pytest.approx(img.GetDirection())
+
+
+def test_a_run_needing_a_missing_plugin_fails_up_front(trained, tmp_path):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained.run_dir, run)
+    record = json.loads((run / "plugins.json").read_text())
+    record["used"]["acme"] = {"dist": "biom3d-acme", "version": "0.3.1", "components": ["acme/net"]}
+    (run / "plugins.json").write_text(json.dumps(record))
+    with pytest.raises(PluginError, match=r"plugin 'acme' \(biom3d-acme 0.3.1\) is not installed.*pip install 'biom3d-acme==0.3.1'"):
+        predict([run], tmp_path, tmp_path / "out", progress=False)
+
+
+def test_eval_pairs_by_name_not_order(tmp_path):
+    from tests.e2e.conftest import write_tiff
+
+    a = np.zeros(SHAPE, np.uint8)
+    a[2:6, 2:6, 2:6] = 1
+    b = np.zeros(SHAPE, np.uint8)
+    b[8:12, 8:16, 8:16] = 1
+    write_tiff(tmp_path / "pred" / "zeta.tif", a * 255)  # 0/255 prediction
+    write_tiff(tmp_path / "pred" / "alpha.tif", b)
+    write_tiff(tmp_path / "truth" / "alpha.tif", b)
+    write_tiff(tmp_path / "truth" / "zeta.tif", a)
+    report = evaluate(tmp_path / "pred", tmp_path / "truth")
+    assert report.mean("dice") == 1.0 and report.mean("iou") == 1.0
+    write_tiff(tmp_path / "truth" / "omega.tif", a)
+    with pytest.raises(DataError, match="ground truth omega.tif has no prediction"):
+        evaluate(tmp_path / "pred", tmp_path / "truth")
+    (tmp_path / "truth" / "omega.tif").unlink()
+    write_tiff(tmp_path / "truth" / "zeta.tif", np.zeros((16, 24, 20), np.uint8))
+    with pytest.raises(DataError, match="differ in shape"):
+        evaluate(tmp_path / "pred", tmp_path / "truth")
