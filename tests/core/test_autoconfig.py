@@ -75,3 +75,8 @@ def test_bad_inputs():
         auto_config((0, 10, 10))
     with pytest.raises(ValueError):
         auto_config((10, 10, 10, 10))
+
+
+def test_rotation_plane_tie_keeps_the_thin_axis_out():
+    assert rotation_plane((32, 128, 64)) == (1, 2)
+    assert aug_patch_size((32, 128, 64)) == (32, 144, 144)

@@ -113,3 +113,15 @@ def test_bad_inputs_get_one_clear_error_and_nothing_written(tmp_path, case, mess
         preprocess_dataset(images, masks, out, num_classes=1, workers=0, progress=False)
     assert info.value.exit_code == 2
     assert not (out / "images").exists()
+
+
+def test_written_config_names_installed_components():
+    from biom3d.core.plugins import discover
+    from biom3d.core.stages.preprocess import default_components
+
+    paper = default_components(discover())
+    assert paper["model"]["name"] == "unet3d-vgg-deep" and paper["dataset"]["name"] == "patch-dataset"
+    monai_only = default_components(discover(environ={"BIOM3D_PLUGINS": "monai"}))
+    assert monai_only["model"]["name"] == "dyn-unet" and monai_only["dataset"]["name"] == "monai-dataset"
+    assert monai_only["loss"]["name"] == "dice-ce-loss"
+    assert [m["name"] for m in monai_only["metrics"]] == ["dice-metric", "mean-iou"]

@@ -200,6 +200,44 @@ def evaluate(
     predict_cmd.evaluate(pred, truth, num_classes=num_classes, csv=csv)
 
 
+# -- pipeline ----------------------------------------------------------------------------------------------
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Argument(help="Config (YAML) naming data and stages.")] = None,
+    images: Annotated[Path | None, typer.Option("--images", "-i", help="Training images (no config needed).")] = None,
+    masks: Annotated[Path | None, typer.Option("--masks", "-m", help="Training masks.")] = None,
+    num_classes: Annotated[int | None, typer.Option("--num-classes", "-k", min=1, help="Foreground classes.")] = None,
+    test_images: Annotated[Path | None, typer.Option(help="Images to predict after training.")] = None,
+    test_masks: Annotated[Path | None, typer.Option(help="Their ground truth, to evaluate.")] = None,
+    name: Annotated[str | None, typer.Option(help="Pipeline name [default: the images folder's name].")] = None,
+    runs_dir: Annotated[Path | None, typer.Option(help="Where the pipeline folder goes [default: runs].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="train.epochs.", min=1)] = None,
+    iters_per_epoch: Annotated[int | None, typer.Option(help="train.iters_per_epoch.", min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="train.batch_size.", min=1)] = None,
+    workers: Annotated[int | None, typer.Option(help="train.workers.", min=0)] = None,
+    device: Annotated[str | None, typer.Option(help="train.device.")] = None,
+) -> None:
+    """Preprocess, train, predict and evaluate in one go; a re-run resumes where it stopped."""
+    from biom3d.cli import run_cmd
+
+    run_cmd.run(config, images=images, masks=masks, num_classes=num_classes, test_images=test_images,
+                test_masks=test_masks, name=name, runs_dir=runs_dir,
+                overrides={"train.epochs": epochs, "train.iters_per_epoch": iters_per_epoch,
+                           "train.batch_size": batch_size, "train.workers": workers, "train.device": device})
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's data and results.")] = Path("biom3d-demo"),
+    epochs: Annotated[int | None, typer.Option(help="Override the demo's epochs.", min=1)] = None,
+    iters_per_epoch: Annotated[int | None, typer.Option(help="Override the demo's iterations per epoch.", min=1)] = None,
+) -> None:
+    """Train, predict and evaluate on a real 3D nuclei volume (no data needed); prints the held-out Dice."""
+    from biom3d.cli import demo as demo_mod
+
+    demo_mod.run_demo(out, epochs=epochs, iters=iters_per_epoch)
+
+
 # -- entry point -------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Run the app; a biom3d error becomes one paragraph on stderr and its exit code (--debug: traceback)."""

@@ -15,10 +15,11 @@ from typing import IO
 
 @contextlib.contextmanager
 def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
+    """Yield a temporary path beside ``path`` (ending in ``suffix``, so format-sniffing writers work); on
+    success it replaces ``path``, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -39,3 +40,13 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete temporaries a killed process left behind (``.<name>.<random>...tmp``); returns how many."""
+    count = 0
+    for tmp in Path(folder).rglob(".*.tmp*"):
+        if tmp.is_file() and ".tmp" in tmp.name:
+            tmp.unlink(missing_ok=True)
+            count += 1
+    return count

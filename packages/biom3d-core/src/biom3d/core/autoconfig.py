@@ -74,8 +74,11 @@ def rotation_plane(patch_size: Sequence[int]) -> tuple[int, ...]:
     n = len(patch_size)
     if n < 3 or max(patch_size) <= ANISOTROPY * min(patch_size):
         return tuple(range(n))
+    smallest = min(range(n), key=lambda a: patch_size[a])
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    return min(pairs, key=lambda ij: max(patch_size[ij[0]], patch_size[ij[1]]) / min(patch_size[ij[0]], patch_size[ij[1]]))
+    # the most similar pair; on a tie, keep the thinnest axis (a z-stack's) out of the rotation
+    return min(pairs, key=lambda ij: (max(patch_size[ij[0]], patch_size[ij[1]]) / min(patch_size[ij[0]], patch_size[ij[1]]),
+                                      smallest in ij))
 
 
 def aug_patch_size(patch_size: Sequence[int]) -> tuple[int, ...]:

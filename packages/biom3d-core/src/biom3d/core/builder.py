@@ -94,6 +94,9 @@ class Builder:
             overrides["train.epochs"] = epochs
         config = runs.load_run_config(run_dir, registry=registry, overrides=overrides)
         builder = cls(config, registry=registry)
+        from biom3d.core.atomic import remove_stale_temporaries
+
+        remove_stale_temporaries(run_dir)  # a kill mid-write leaves its temporary file
         state, path = load_latest(run_dir / "checkpoints")
         log.info("resuming %s from %s (epoch %d done)", run_dir, path.name, int(state["epoch"]) + 1)
         if overrides:

@@ -87,6 +87,16 @@ class TrainConfig(BaseModel):
         return value
 
 
+class AutoConfigSettings(BaseModel):
+    """Budget of auto-configuration (used by `biom3d preprocess` and `biom3d run`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_dim: int = Field(128, ge=8, le=1024, description="Side of the largest cubic patch; its volume is the budget.")
+    max_pool: int = Field(5, ge=0, le=10, description="Most poolings per axis.")
+    max_batch: int = Field(16, ge=2, le=1024, description="Largest batch size for small patches.")
+
+
 def _envelope(name: str) -> Any:
     return Field(default_factory=lambda: Envelope(name=name))
 
@@ -118,6 +128,7 @@ class Config(BaseModel):
 
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    autoconfig: AutoConfigSettings = Field(default_factory=AutoConfigSettings)
 
     preprocessor: Envelope = _envelope("seg-preprocess")
     dataset: Envelope = _envelope("patch-dataset")

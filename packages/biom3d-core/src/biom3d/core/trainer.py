@@ -167,11 +167,14 @@ class SegTrainer:
                                      self._discretize(output[0]).cpu().numpy()), fg
         self.last_val_sample = sample
         logs = {"val_loss": float(np.mean(losses))}
+        metric_by_name = {name: metric for name, metric, _ in self.job.metrics}
         for name, values in per_class.items():
             scores = torch.stack(values).mean(0)
             logs[f"val_{name}"] = float(scores.mean())
-            for c, v in enumerate(scores.tolist(), start=0 if self.ctx.multilabel else 1):
-                logs[f"val_{name}_{c}"] = float(v)
+            labels = getattr(metric_by_name[name], "class_labels", None)
+            for i, v in enumerate(scores.tolist()):
+                label = labels[i] if labels else (i if self.ctx.multilabel else i + 1)
+                logs[f"val_{name}_{label}"] = float(v)
         return logs
 
     # -- helpers -------------------------------------------------------------------------------------------

@@ -33,9 +33,10 @@ class LoadedRun:
 
 
 def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Path, *, tta: bool | None = None,
-            overlap: float | None = None, device: str = "auto", overwrite: bool = False, registry=None,
-            progress: bool = True) -> list[Path]:
-    """Predict every image under ``inputs`` (a file, a DICOM folder, or a folder of them) into ``output``."""
+            overlap: float | None = None, device: str = "auto", overwrite: bool = False, skip_existing: bool = False,
+            registry=None, progress: bool = True) -> list[Path]:
+    """Predict every image under ``inputs`` (a file, a DICOM folder, or a folder of them) into ``output``.
+    ``skip_existing`` resumes an interrupted prediction instead of refusing to touch existing outputs."""
     from tqdm.auto import tqdm
 
     from biom3d.core.registry import get_registry
@@ -48,6 +49,8 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
     root, items = scan_input(Path(inputs), registry)
     output = Path(output)
     targets = [(item, output / output_name(item)) for item in items]
+    if skip_existing and not overwrite:
+        targets = [(item, t) for item, t in targets if not t.exists()]
     existing = [str(t) for _, t in targets if t.exists()]
     if existing and not overwrite:
         raise DataError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; pass --overwrite to "

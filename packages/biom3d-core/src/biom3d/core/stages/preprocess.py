@@ -60,6 +60,7 @@ def preprocess_dataset(
     seed: int = 42,
     max_dim: int = 128,
     max_pool: int = 5,
+    max_batch: int = 16,
     overwrite: bool = False,
     progress: bool = True,
     config_extra: dict[str, Any] | None = None,
@@ -78,19 +79,20 @@ def preprocess_dataset(
 
     with worker_pool(min(workers, len(cases))) as pool:
         return _run(cases, job, pool, out, images, masks, comp, prep_params, num_classes=num_classes,
-                    multilabel=multilabel, seed=seed, max_dim=max_dim, max_pool=max_pool, overwrite=overwrite,
+                    multilabel=multilabel, seed=seed, max_dim=max_dim, max_pool=max_pool, max_batch=max_batch,
+                    overwrite=overwrite,
                     progress=progress, name=name, config_extra=config_extra, registry=registry)
 
 
 def _run(cases, job, pool, out, images, masks, comp, prep_params, *, num_classes, multilabel, seed, max_dim,
-         max_pool, overwrite, progress, name, config_extra, registry) -> PreprocessResult:
+         max_pool, max_batch, overwrite, progress, name, config_extra, registry) -> PreprocessResult:
     stats = parallel_map(_stats_task, cases, args=(job,), pool=pool, desc="scan", progress=progress)
     errors = [s for s in stats if isinstance(s, str)]
     if errors:
         raise DataError(f"{len(errors)} case(s) cannot be used:\n  " + "\n  ".join(errors[:10])
                         + ("\n  ..." if len(errors) > 10 else "") + "\nNothing was written.")
     fingerprint = build_fingerprint(stats, num_classes=num_classes, multilabel=multilabel, resample=prep_params.resample)
-    auto = auto_config(fingerprint["median_shape"], max_dim=max_dim, max_pool=max_pool)
+    auto = auto_config(fingerprint["median_shape"], max_dim=max_dim, max_pool=max_pool, max_batch=max_batch)
     warnings = [w for s in stats for w in s.warnings]
 
     state = {"fingerprint": fingerprint_hash(fingerprint), "preprocessor": comp.qid,
@@ -108,7 +110,7 @@ def _run(cases, job, pool, out, images, masks, comp, prep_params, *, num_classes
     atomic_write_text(out / "fingerprint.json", json.dumps(fingerprint, indent=2))
     config_path = out / "config.yaml"
     _write_config(config_path, images, masks, fingerprint, auto, prep_params, comp.qid, name or out.name,
-                  config_extra or {}, registry)
+                  config_extra or {}, registry, (max_dim, max_pool, max_batch))
     _log_warnings(out, warnings)
     return PreprocessResult(out, config_path, fingerprint, auto, len(todo), len(cases) - len(todo), warnings)
 
@@ -204,7 +206,7 @@ def _claim_output(out: Path, state: dict[str, Any], overwrite: bool) -> None:
 
 
 def _write_config(path: Path, images: Path, masks: Path, fingerprint: dict[str, Any], auto: AutoConfig,
-                  prep_params, prep_id: str, name: str, extra: dict[str, Any], registry) -> None:
+                  prep_params, prep_id: str, name: str, extra: dict[str, Any], registry, budget) -> None:
     import yaml
 
     from biom3d.core.config import apply_overrides, validate
@@ -220,11 +222,11 @@ def _write_config(path: Path, images: Path, masks: Path, fingerprint: dict[str, 
         "aug_patch_size": list(auto.aug_patch_size),
         "num_pools": list(auto.num_pools),
         "spacing": spacing,
+        "autoconfig": dict(zip(("max_dim", "max_pool", "max_batch"), budget, strict=True)),
         "data": {"images": str(images.resolve()), "masks": str(masks.resolve()), "preprocessed": "."},
         "train": {"batch_size": auto.batch_size},
         "preprocessor": {"name": prep_id, "params": prep_params.model_dump(mode="json")},
-        "model": {"name": "unet3d-vgg-deep", "params": {"deep_supervision": True}},
-        "loss": {"name": "deep-supervision", "params": {"loss": {"name": "dice-ce"}}},
+        **default_components(registry),
         "postprocessors": [{"name": "threshold" if fingerprint["multilabel"] else "argmax"}],
     }
     raw = apply_overrides(raw, extra)
@@ -236,6 +238,45 @@ def _write_config(path: Path, images: Path, masks: Path, fingerprint: dict[str, 
     buf.write("# Written by `biom3d preprocess`. Train with: biom3d train " + str(path) + "\n")
     yaml.safe_dump(raw, buf, sort_keys=False, default_flow_style=None)
     atomic_write_text(path, buf.getvalue())
+
+
+# The paper's method (biom3d-io + biom3d-models) first; MONAI's equivalents when only biom3d-monai is installed.
+STACKS: tuple[dict[str, Any], ...] = (
+    {"dataset": {"name": "patch-dataset"},
+     "model": {"name": "unet3d-vgg-deep", "params": {"deep_supervision": True}},
+     "loss": {"name": "deep-supervision", "params": {"loss": {"name": "dice-ce"}}},
+     "metrics": [{"name": "dice"}, {"name": "iou"}]},
+    {"dataset": {"name": "monai-dataset"},
+     "model": {"name": "dyn-unet"},
+     "loss": {"name": "dice-ce-loss"},
+     "metrics": [{"name": "dice-metric"}, {"name": "mean-iou"}]},
+)
+
+
+def default_components(registry) -> dict[str, Any]:
+    """For each slot, the first stack whose components are all installed (else the paper's names)."""
+    from biom3d.core.registry import ResolutionError
+
+    def available(kind: str, env: dict[str, Any]) -> bool:
+        try:
+            registry.resolve(kind, env["name"])
+            return True
+        except ResolutionError:
+            return False
+
+    kinds = {"dataset": "dataset", "model": "model", "loss": "metric", "metrics": "metric"}
+    out: dict[str, Any] = {}
+    for slot, kind in kinds.items():
+        for stack in STACKS:
+            envs = stack[slot] if isinstance(stack[slot], list) else [stack[slot]]
+            if all(available(kind, e) for e in envs):
+                out[slot] = stack[slot]
+                break
+        else:
+            out[slot] = STACKS[0][slot]
+    if out["model"] != STACKS[0]["model"] and out["loss"] == STACKS[0]["loss"]:
+        out["loss"] = {"name": "dice-ce"}  # deep supervision belongs to the paper's network
+    return out
 
 
 def _safe_name(name: str) -> str:
