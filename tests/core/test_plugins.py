@@ -100,3 +100,26 @@ def test_records_are_attributed_and_built_with_validated_params(fake_dists):
     assert built == {"width": 8, "num_pools": (2, 2, 2), "classes": 3}
     metric = reg.resolve("metric", "acme-dice")
     assert metric.plugin.dist == "biom3d-acme"
+
+
+@pytest.mark.parametrize(
+    "requires, problem",
+    [
+        (["biom3d-core>=0.1,<0.2"], None),
+        (["Biom3d_Core (>=0.1,<0.2)"], None),
+        (["biom3d-core<0.1"], "requires biom3d-core<0.1"),
+        (["biom3d-core>=9 ; python_version >= '3'"], "requires biom3d-core>=9"),
+        (["biom3d-core>=9; extra == 'dev'"], None),  # only for an extra: not a requirement of the plugin
+        (["numpy>=1", "torch"], None),
+    ],
+)
+def test_core_requirement_check(requires, problem):
+    from biom3d.core.plugins import _core_requirement_problem
+
+    class Dist:
+        pass
+
+    dist = Dist()
+    dist.requires = requires
+    found = _core_requirement_problem(dist)
+    assert (found is None) if problem is None else (problem in found)

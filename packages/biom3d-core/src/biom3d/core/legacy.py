@@ -291,6 +291,9 @@ class _Import:
                               "train.weight_decay: 3e-5 keeps what it did")
         train["scheduler"] = self._scheduler()
         train["fold"] = int(self.get("FOLD", 0))
+        if train["fold"]:
+            self.notes.append(f"FOLD={train['fold']} -> train.fold: it now picks among the folds `biom3d preprocess` "
+                              "draws (5; fewer under 10 images), not the original's split")
         workers = _first(self.get("NUM_WORKERS"), loader.get("num_workers") if isinstance(loader, dict) else None)
         if workers is not None:
             train["workers"] = int(workers)

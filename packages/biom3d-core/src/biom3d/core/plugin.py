@@ -7,15 +7,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from biom3d.core.hookspecs import hookimpl
-from biom3d.core.specs import CallbackSpec, PostprocessorSpec, PredictorSpec, PreprocessorSpec, TrainerSpec
+from biom3d.core.specs import CallbackSpec, Params, PostprocessorSpec, PredictorSpec, PreprocessorSpec, TrainerSpec
 
 
-class PreprocessParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PreprocessParams(Params):
     norm: Literal["zscore", "ct"] = Field(
         "zscore", description="'zscore': per image mean/std; 'ct': clip to dataset 0.5/99.5 percentiles, dataset mean/std."
     )
@@ -44,8 +42,8 @@ def biom3d_preprocessors():
     )
 
 
-class TrainerParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TrainerParams(Params):
+    """The loop takes its settings from the config's ``train`` section."""
 
 
 @hookimpl
@@ -58,32 +56,27 @@ def biom3d_trainers():
     )
 
 
-class LRScheduleParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class LRScheduleParams(Params):
     warmup_epochs: int = Field(0, ge=0, description="Linear warm-up epochs before the schedule starts.")
     min_lr: float = Field(0.0, ge=0, description="Learning rate at the end of the schedule.")
     poly_exponent: float = Field(0.9, gt=0, description="Exponent of the poly schedule.")
 
 
-class CheckpointParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CheckpointParams(Params):
     every: int = Field(1, ge=1, description="Write last.pt every N epochs (and at the end).")
     save_best: bool = Field(True, description="Write best.pt when the monitored value improves.")
 
 
-class ProgressParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ProgressParams(Params):
     bar: bool = Field(True, description="Show a progress bar per epoch.")
     refresh_every: int = Field(5, ge=1, description="Update loss and throughput every N batches.")
 
 
-class SnapshotParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SnapshotParams(Params):
     every: int = Field(1, ge=1, description="Write a snapshot every N epochs (when validation ran).")
 
 
-class EarlyStoppingParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EarlyStoppingParams(Params):
     patience: int = Field(20, ge=1, description="Validations without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
 
@@ -105,8 +98,7 @@ def biom3d_callbacks():
                        summary="Stop when the monitored metric stops improving.")
 
 
-class PredictorParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PredictorParams(Params):
     overlap: float = Field(0.5, ge=0, lt=1, description="Overlap between neighbouring tiles (fraction of the patch).")
     tta: bool = Field(True, description="Average over the 8 flips (identity + 7 axis combinations).")
     batch_size: int = Field(2, ge=1, description="Tiles per forward pass (each with its flips).")
@@ -123,13 +115,11 @@ def biom3d_predictors():
     )
 
 
-class ThresholdParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ThresholdParams(Params):
     threshold: float = Field(0.5, gt=0, lt=1, description="Probability above which a voxel belongs to a class.")
 
 
-class ClassesParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ClassesParams(Params):
     classes: list[int] | None = Field(None, description="Classes to clean (null: all).")
 
 

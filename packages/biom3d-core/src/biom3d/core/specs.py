@@ -21,10 +21,15 @@ TARGET_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 ROLES = frozenset({"metric", "loss"})
 
 
-class NoParams(BaseModel):
-    """Params model of a component that takes none."""
+class Params(BaseModel):
+    """Base for params models: unknown keys are errors, and the validation schema is built on first use
+    rather than at import, which keeps `biom3d plugins` fast however many plugins are installed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+
+class NoParams(Params):
+    """Params model of a component that takes none."""
 
 
 @dataclass(frozen=True, kw_only=True)
