@@ -104,6 +104,18 @@ def config_schema(
     config_cmd.schema(output)
 
 
+@config_app.command("import")
+def config_import(
+    old: Annotated[Path, typer.Argument(help="config.yaml of an original biom3d 0.1.x run folder.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output file.")] = False,
+) -> None:
+    """Convert an original biom3d config (upper-case keys, {fct, kwargs} modules) into today's format."""
+    from biom3d.cli import config_cmd
+
+    config_cmd.import_legacy(old, output, overwrite=overwrite)
+
+
 # -- data ------------------------------------------------------------------------------------------------
 @app.command()
 def autoconfig(

@@ -48,3 +48,33 @@ def schema(output: Path | None) -> None:
     tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(output)
     typer.echo(f"wrote {output}")
+
+
+def import_legacy(old: Path, output: Path | None, *, overwrite: bool) -> None:
+    import yaml
+
+    from biom3d.core.config import validate
+    from biom3d.core.errors import ConfigError, InputError
+    from biom3d.core.legacy import import_legacy as convert
+    from biom3d.core.legacy import read_legacy_yaml
+
+    if not old.is_file():
+        raise InputError(f"{old} does not exist")
+    try:
+        raw, notes = convert(read_legacy_yaml(old))
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(str(exc), source=str(old)) from exc
+    validate(raw)  # the converted config must work with the installed plugins
+    text = "# Imported from " + str(old) + " by `biom3d config import`\n" + yaml.safe_dump(
+        raw, sort_keys=False, default_flow_style=None)
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
+    if output is None:
+        typer.echo(text.rstrip())
+        return
+    if output.exists() and not overwrite:
+        raise InputError(f"{output} exists; pass --overwrite to replace it")
+    from biom3d.core.atomic import atomic_write_text
+
+    atomic_write_text(output, text)
+    typer.echo(f"wrote {output}", err=True)
