@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+import torch
+
+from biom3d.core.predictor import FLIPS, SlidingWindowPredictor, hann_window, tile_starts
+
+
+class Probe(torch.nn.Module):
+    """A 'network' whose logits depend on position and flips, and that counts its inputs."""
+
+    def __init__(self, out_channels: int = 2):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, out_channels, 3, padding=1)
+        torch.manual_seed(0)
+        torch.nn.init.normal_(self.conv.weight)
+        self.seen = 0
+
+    def forward(self, x):
+        self.seen += x.shape[0]
+        return self.conv(x)
+
+
+def test_flips_are_identity_plus_the_seven_axis_combinations():
+    assert len(FLIPS) == 8 and FLIPS[0] == () and len(set(FLIPS)) == 8
+
+
+@pytest.mark.parametrize(
+    "shape, patch, expected",
+    [
+        ((16, 16, 16), (16, 16, 16), 1),  # no larger than the patch: one tile, not eight
+        ((10, 12, 16), (16, 16, 16), 1),
+        ((32, 16, 16), (16, 16, 16), 3),  # step 8: starts 0, 8, 16
+        ((33, 16, 16), (16, 16, 16), 4),
+        ((96, 160, 160), (64, 64, 64), 2 * 4 * 4),  # the benchmark volume: starts 0,32 and 0,32,64,96
+    ],
+)
+def test_tile_counts(shape, patch, expected):
+    boxes = tile_starts(shape, patch, 0.5)
+    assert len(boxes) == expected
+    covered = np.zeros([max(s, p) for s, p in zip(shape, patch, strict=True)], bool)
+    for box in boxes:
+        covered[box] = True
+    assert covered[tuple(slice(0, s) for s in shape)].all()
+
+
+def reference_blend(model, image, patch, overlap, flips):
+    """Plain loops: every tile and flip, unflipped, softmaxed, Hann-weighted, accumulated, normalised."""
+    x = torch.as_tensor(image)[None]
+    w = hann_window(patch)
+    probs = torch.zeros((2, *image.shape[1:]))
+    weights = torch.zeros(image.shape[1:])
+    for box in tile_starts(image.shape[1:], patch, overlap):
+        tile = x[(slice(None), slice(None), *box)]
+        acc = 0
+        for f in flips:
+            dims = [d + 2 for d in f]
+            out = model(tile.flip(dims) if f else tile)
+            acc = acc + torch.softmax(out.flip(dims) if f else out, 1)[0]
+        probs[(slice(None), *box)] += acc / len(flips) * w
+        weights[box] += w
+    return probs / weights
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_matches_a_plain_hann_blend(tta):
+    model = Probe().eval()
+    image = np.random.default_rng(0).random((1, 20, 24, 28)).astype(np.float32)
+    pred = SlidingWindowPredictor((16, 16, 16), overlap=0.5, tta=tta, batch_size=3)
+    with torch.inference_mode():
+        ours = pred([model], image)
+        ref = reference_blend(model, image, (16, 16, 16), 0.5, FLIPS if tta else ((),))
+    assert ours.shape == (2, 20, 24, 28)
+    assert float((ours - ref).abs().max()) < 1e-4
+    assert torch.allclose(ours.sum(0), torch.ones(20, 24, 28), atol=1e-5)
+
+
+def test_small_volume_is_padded_to_one_tile_and_cropped_back():
+    model = Probe().eval()
+    image = np.random.default_rng(1).random((1, 5, 9, 11)).astype(np.float32)
+    out = SlidingWindowPredictor((8, 16, 16), tta=True)([model], image)
+    assert out.shape == (2, 5, 9, 11)
+    assert model.seen == 8  # one tile, with its eight flips
+
+
+def test_flips_are_batched_with_tiles():
+    calls = []
+
+    class Spy(Probe):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return super().forward(x)
+
+    image = np.zeros((1, 32, 16, 16), np.float32)
+    SlidingWindowPredictor((16, 16, 16), tta=True, batch_size=2)([Spy()], image)
+    assert calls == [16, 8]  # 3 tiles in batches of 2, each with 8 flips in the same forward
+
+
+def test_ensemble_averages_models():
+    a, b = Probe().eval(), Probe().eval()
+    torch.nn.init.normal_(b.conv.weight, std=3)
+    image = np.random.default_rng(2).random((1, 16, 16, 16)).astype(np.float32)
+    pred = SlidingWindowPredictor((16, 16, 16), tta=False)
+    both = pred([a, b], image)
+    assert torch.allclose(both, (pred([a], image) + pred([b], image)) / 2, atol=1e-6)

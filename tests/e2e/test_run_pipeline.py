@@ -1,0 +1,82 @@
+"""`biom3d run`: the whole pipeline from one config, and its resumption after a kill during training."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+
+from tests.e2e.conftest import TINY
+
+
+def _config(tmp_path, dataset, epochs):
+    raw = {
+        "name": "tiny",
+        "runs_dir": str(tmp_path / "runs"),
+        "num_classes": 1,
+        "data": {"images": str(dataset / "train" / "images"), "masks": str(dataset / "train" / "masks"),
+                 "test_images": str(dataset / "test" / "images"), "test_masks": str(dataset / "test" / "masks")},
+        "train": {k.split(".", 1)[1]: v for k, v in TINY.items() if k.startswith("train.")} | {"epochs": epochs},
+        "model": {"name": "unet3d-vgg-deep", "params": {"base_features": 4}},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _biom3d(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "biom3d.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_run_resumes_after_a_kill_during_training_and_skips_finished_stages(dataset, tmp_path):
+    config = _config(tmp_path, dataset, epochs=5)
+    folder = tmp_path / "runs" / "tiny"
+    proc = subprocess.Popen([sys.executable, "-m", "biom3d.cli", "run", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (folder / "run" / "checkpoints" / "last.pt").exists():
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (folder / "run" / "checkpoints" / "last.pt").exists(), "training never started"
+    state = json.loads((folder / "pipeline.json").read_text())
+    assert state["preprocess"]["done"] and "train" not in state
+    prep_mtime = (folder / "preprocessed" / "images" / "case0.npy").stat().st_mtime
+
+    out = _biom3d("run", str(config))
+    assert out.returncode == 0, out.stderr
+    assert "preprocess: done already" in out.stderr and "resuming" in out.stderr
+    assert (folder / "preprocessed" / "images" / "case0.npy").stat().st_mtime == prep_mtime
+    epochs = [line.split(",")[0] for line in (folder / "run" / "log.csv").read_text().splitlines()[1:]]
+    assert epochs == ["0", "1", "2", "3", "4"]
+    assert sorted(p.name for p in (folder / "predictions").iterdir()) == ["case0.tif", "case1.tif"]
+    assert "mean Dice" in out.stdout and (folder / "eval.csv").is_file()
+    state = json.loads((folder / "pipeline.json").read_text())
+    assert all(state[s]["done"] for s in ("preprocess", "train", "predict", "eval"))
+
+    again = _biom3d("run", str(config))
+    assert again.returncode == 0, again.stderr
+    assert "train: done already" in again.stderr and "predict: 0 new mask(s)" in again.stderr
+
+
+def test_run_without_a_config(dataset, tmp_path):
+    out = _biom3d("run", "--images", str(dataset / "train" / "images"), "--masks", str(dataset / "train" / "masks"),
+                  "--num-classes", "1", "--epochs", "1", "--iters-per-epoch", "2", "--workers", "0",
+                  "--runs-dir", str(tmp_path), "--name", "quick")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "quick" / "run" / "checkpoints" / "best.pt").is_file()
+    assert yaml.safe_load((tmp_path / "quick" / "config.yaml").read_text())["num_classes"] == 1
+
+
+def test_bad_paths_are_one_paragraph_errors(tmp_path):
+    (tmp_path / "c.yaml").write_text("num_classes: 1\ndata: {images: nowhere, masks: nowhere}\n")
+    out = _biom3d("run", str(tmp_path / "c.yaml"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "images folder" in out.stderr and "nowhere does not exist" in out.stderr
+    (tmp_path / "t.yaml").write_text("num_classes: 1\npatch_size: [16, 16, 16]\ndata: {preprocessed: missing}\n")
+    out = _biom3d("train", str(tmp_path / "t.yaml"))
+    assert out.returncode == 2 and "data.preprocessed" in out.stderr and "Traceback" not in out.stderr
+    out = _biom3d("preprocess", "-i", str(tmp_path / "none"), "-m", str(tmp_path / "none"), "-k", "1")
+    assert out.returncode == 2 and "does not exist" in out.stderr and "Traceback" not in out.stderr
