@@ -20,3 +20,18 @@ def test_python_api_is_reachable_from_the_package():
 
     assert core.Builder is Builder
     assert callable(core.load_config) and callable(core.get_registry)
+
+
+def test_metric_kind_components_learn_their_slot(biom3d_plugins):
+    from biom3d.core import hookimpl
+    from biom3d.core.specs import MetricSpec
+
+    class Both:
+        @hookimpl
+        def biom3d_metrics(self):
+            yield MetricSpec(name="both", target=lambda p, ctx: ctx.role, roles={"loss", "metric"})
+
+    biom3d_plugins.register(defaults_plugin, name="base")
+    biom3d_plugins.register(Both(), name="both")
+    b = Builder({"loss": "both", "metrics": ["both"]})
+    assert b.build("loss") == "loss" and b.build("metrics") == ["metric"]

@@ -59,7 +59,8 @@ class Builder:
         if isinstance(env, list) and index is None:
             return [self.build(slot, i, **context) for i in range(len(env))]
         comp, env = self.component(slot, index or 0)
-        return comp.build(env.params, ctx)
+        role = SLOTS[slot][1]
+        return comp.build(env.params, ctx.replace(role=role) if role else ctx)
 
     def build_component(self, kind: str, name: str, params: dict[str, Any] | None = None, **context: Any) -> Any:
         """Build any registered component by kind and name, outside the config's choices."""
@@ -161,7 +162,8 @@ class Builder:
         if isinstance(env, list) and index is None:
             return [self._build_with(ctx, slot, i) for i in range(len(env))]
         comp, env = self.component(slot, index or 0)
-        return comp.build(env.params, ctx)
+        role = SLOTS[slot][1]
+        return comp.build(env.params, ctx.replace(role=role) if role else ctx)
 
     def _check_trainable(self) -> None:
         problems = []

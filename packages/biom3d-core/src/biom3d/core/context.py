@@ -29,6 +29,7 @@ class RunContext:
     data_dir: Path | None = None
     folds_path: Path | None = None
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
+    role: str | None = None  # "loss" or "metric": the slot a metric-kind component is built for
 
     @property
     def out_channels(self) -> int:

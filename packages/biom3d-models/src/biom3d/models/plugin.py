@@ -25,9 +25,7 @@ EncoderName = Literal[
     "efficientnet-b6",
     "efficientnet-b7",
 ]
-Pools = tuple[
-    Annotated[int, Field(ge=0, le=8)], Annotated[int, Field(ge=0, le=8)], Annotated[int, Field(ge=0, le=8)]
-]
+Pools = tuple[Annotated[int, Field(ge=0, le=8)], Annotated[int, Field(ge=0, le=8)], Annotated[int, Field(ge=0, le=8)]]
 DEFAULT_INNER_LOSS = "models/dice-ce"
 ENCODER_NAMES: tuple[str, ...] = get_args(EncoderName)
 
@@ -42,11 +40,15 @@ class EncoderParams(BaseModel):
     num_pools: Pools | None = Field(
         None, description="Poolings per axis (D, H, W); default: the run's auto-configured num_pools, else (5, 5, 5)."
     )
-    in_channels: int | None = Field(None, ge=1, le=64, description="Input channels; default: the run's in_channels.")
+    in_channels: int | None = Field(None, ge=1, le=1024, description="Input channels; default: the run's in_channels.")
     norm: Literal["instance", "batch", "group"] = Field("instance", description="Normalisation layer.")
     negative_slope: float = Field(0.01, ge=0, le=1, description="LeakyReLU negative slope of the VGG blocks.")
-    base_features: int = Field(32, ge=1, le=512, description="VGG encoder: feature maps of the first stage (doubled per stage).")
-    max_features: int = Field(320, ge=1, le=2048, description="VGG encoder: cap on feature maps per stage (nnU-Net's 320).")
+    base_features: int = Field(
+        32, ge=1, le=512, description="VGG encoder: feature maps of the first stage (doubled per stage)."
+    )
+    max_features: int = Field(
+        320, ge=1, le=2048, description="VGG encoder: cap on feature maps per stage (nnU-Net's 320)."
+    )
     width_multiplier: float | None = Field(
         None, gt=0, le=4, description="EfficientNet encoder: channel multiplier; default: the variant's (b0: 1.0)."
     )
@@ -64,7 +66,10 @@ class UNetParams(EncoderParams):
         "(use the 'deep-supervision' loss).",
     )
     out_channels: int | None = Field(
-        None, ge=1, le=1024, description="Output channels; default: the run's (num_classes + 1, or num_classes if multilabel)."
+        None,
+        ge=1,
+        le=1024,
+        description="Output channels; default: the run's (num_classes + 1, or num_classes if multilabel).",
     )
 
 
@@ -82,7 +87,9 @@ class ClassifierParams(EncoderParams):
 
 
 # -- losses and metrics ---------------------------------------------------------------------------------------
-class _ModeParams(BaseModel):
+class ModeParams(BaseModel):
+    """Params of a loss that follows the run's softmax / multi-label mode."""
+
     model_config = ConfigDict(extra="forbid")
 
     multilabel: bool | None = Field(
@@ -92,7 +99,7 @@ class _ModeParams(BaseModel):
     )
 
 
-class DiceLossParams(_ModeParams):
+class DiceLossParams(ModeParams):
     smooth: float = Field(1e-5, gt=0, le=1e3, description="Added to numerator and denominator of the soft Dice.")
     include_background: bool = Field(False, description="Score the background channel too (softmax only).")
     batch_dice: bool = Field(True, description="Pool voxels of the whole batch per class (nnU-Net), else per image.")
@@ -120,16 +127,8 @@ class DiceParams(DiceLossParams):
     )
 
 
-class MetricParams(_ModeParams):
+class MetricParams(ModeParams):
     include_background: bool = Field(False, description="Score the background channel too (softmax only).")
-
-
-class CEParams(_ModeParams):
-    pass
-
-
-class BCEParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class InnerLoss(BaseModel):
@@ -143,17 +142,23 @@ class InnerLoss(BaseModel):
     @model_validator(mode="after")
     def _resolve(self, info: ValidationInfo) -> InnerLoss:
         """Resolve the name and validate the params now, so mistakes surface at config validation with paths."""
-        from biom3d.core.registry import get_registry
+        from biom3d.core.registry import ResolutionError, get_registry
 
         run = (info.context or {}).get("run")
         try:
             comp = get_registry().resolve("metric", self.name)
-        except Exception as exc:  # ResolutionError: unknown or ambiguous name
+        except ResolutionError as exc:  # unknown or ambiguous name
             raise _error(("name",), str(exc), self.name) from None
         if "loss" not in comp.spec.roles:
-            raise _error(("name",), f"'{comp.qid}' cannot be used as a loss (roles: {', '.join(sorted(comp.spec.roles))})", self.name)
+            raise _error(
+                ("name",),
+                f"'{comp.qid}' cannot be used as a loss (roles: {', '.join(sorted(comp.spec.roles))})",
+                self.name,
+            )
         if comp.spec.params is DeepSupervisionParams:
-            raise _error(("name",), "deep-supervision cannot wrap itself; name a plain loss such as 'dice-ce'", self.name)
+            raise _error(
+                ("name",), "deep-supervision cannot wrap itself; name a plain loss such as 'dice-ce'", self.name
+            )
         try:
             params = comp.validate_params(self.params, run)
         except ValidationError as exc:
@@ -224,35 +229,65 @@ def biom3d_models():
 def biom3d_metrics():
     loss = frozenset({"loss"})
     yield MetricSpec(
-        name="dice-ce", target="biom3d.models.losses:build_dice_ce", params=DiceCEParams, roles=loss,
-        higher_is_better=False, summary="Soft Dice + cross-entropy (binary CE if multilabel); the default loss.",
-    )  # fmt: skip
+        name="dice-ce",
+        target="biom3d.models.losses:build_dice_ce",
+        params=DiceCEParams,
+        roles=loss,
+        higher_is_better=False,
+        summary="Soft Dice + cross-entropy (binary CE if multilabel); the default loss.",
+    )
     yield MetricSpec(
-        name="dice", target="biom3d.models.metrics:build_dice", params=DiceParams, roles=frozenset({"metric", "loss"}),
-        higher_is_better=True, summary="Dice 2|X∩Y|/(|X|+|Y|): hard per-class score as a metric, 1 - soft Dice as a loss.",
-    )  # fmt: skip
+        name="dice",
+        target="biom3d.models.metrics:build_dice",
+        params=DiceParams,
+        roles=frozenset({"metric", "loss"}),
+        higher_is_better=True,
+        summary="Dice 2|X∩Y|/(|X|+|Y|): hard per-class score as a metric, 1 - soft Dice as a loss.",
+    )
     yield MetricSpec(
-        name="iou", target="biom3d.models.metrics:build_iou", params=MetricParams, roles=frozenset({"metric"}),
-        higher_is_better=True, summary="Intersection over union of discretised predictions, per class and mean.",
-    )  # fmt: skip
+        name="iou",
+        target="biom3d.models.metrics:build_iou",
+        params=MetricParams,
+        roles=frozenset({"metric"}),
+        higher_is_better=True,
+        summary="Intersection over union of discretised predictions, per class and mean.",
+    )
     yield MetricSpec(
-        name="ce", target="biom3d.models.losses:build_ce", params=CEParams, roles=loss,
-        higher_is_better=False, summary="Cross-entropy (softmax), or binary cross-entropy if multilabel.",
-    )  # fmt: skip
+        name="ce",
+        target="biom3d.models.losses:build_ce",
+        params=ModeParams,
+        roles=loss,
+        higher_is_better=False,
+        summary="Cross-entropy (softmax), or binary cross-entropy if multilabel.",
+    )
     yield MetricSpec(
-        name="bce", target="biom3d.models.losses:build_bce", params=BCEParams, roles=loss,
-        higher_is_better=False, summary="Binary cross-entropy on sigmoid outputs (multi-label or binary masks).",
-    )  # fmt: skip
+        name="bce",
+        target="biom3d.models.losses:build_bce",
+        roles=loss,
+        higher_is_better=False,
+        summary="Binary cross-entropy on sigmoid outputs (multi-label or binary masks).",
+    )
     yield MetricSpec(
-        name="dice-bce", target="biom3d.models.losses:build_dice_bce", params=DiceBCEParams, roles=loss,
-        higher_is_better=False, summary="Soft Dice + binary cross-entropy on sigmoid outputs (multi-label or binary).",
-    )  # fmt: skip
+        name="dice-bce",
+        target="biom3d.models.losses:build_dice_bce",
+        params=DiceBCEParams,
+        roles=loss,
+        higher_is_better=False,
+        summary="Soft Dice + binary cross-entropy on sigmoid outputs (multi-label or binary).",
+    )
     yield MetricSpec(
-        name="mse", target="biom3d.models.losses:build_mse", params=CEParams, roles=loss,
-        higher_is_better=False, summary="Mean squared error between probabilities and the one-hot / multi-label target.",
-    )  # fmt: skip
+        name="mse",
+        target="biom3d.models.losses:build_mse",
+        params=ModeParams,
+        roles=loss,
+        higher_is_better=False,
+        summary="Mean squared error between probabilities and the one-hot / multi-label target.",
+    )
     yield MetricSpec(
-        name="deep-supervision", target="biom3d.models.deep_supervision:build_deep_supervision",
-        params=DeepSupervisionParams, roles=loss, higher_is_better=False,
+        name="deep-supervision",
+        target="biom3d.models.deep_supervision:build_deep_supervision",
+        params=DeepSupervisionParams,
+        roles=loss,
+        higher_is_better=False,
         summary="Wraps a loss over deep-supervision outputs, weights halving per stage (nnU-Net).",
-    )  # fmt: skip
+    )
