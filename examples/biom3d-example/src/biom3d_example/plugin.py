@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from biom3d.core import hookimpl
-from biom3d.core.specs import MetricSpec, ModelSpec
+from biom3d.core.specs import MetricSpec, ModelSpec, Params
 
 
-class TinyUNetParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TinyUNetParams(Params):  # unknown keys are errors; schema built on first use
     features: int = Field(8, ge=1, le=256, description="Feature maps of the first level (doubled below).")
     levels: int = Field(2, ge=1, le=5, description="Number of 2x down-samplings.")
 
 
-class FocalParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FocalParams(Params):
     gamma: float = Field(2.0, ge=0, description="Focusing exponent; 0 gives cross-entropy.")
 
 

@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class PatchDatasetParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     fg_rate: float = Field(1 / 3, ge=0, le=1, description="Share of patches centred on a foreground voxel.")
     augment: bool = Field(True, description="Apply TorchIO augmentations to training patches.")

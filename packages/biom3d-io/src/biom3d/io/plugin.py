@@ -23,14 +23,14 @@ SITK = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
 
 
 class NpyReaderParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     mmap: bool = Field(
         False, description="Memory-map the file instead of loading it (large volumes); the array is then read-only."
     )
 
 
 class WriterParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     overwrite: bool = Field(
         False, description="Replace an existing file. Without it, writing over an existing file is an error."
     )

@@ -34,7 +34,7 @@ ENCODER_NAMES: tuple[str, ...] = get_args(EncoderName)
 class EncoderParams(BaseModel):
     """What every network of this plugin shares: the encoder and its pooling."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     encoder: EncoderName = Field("vgg", description="Encoder: 'vgg' (VGG blocks) or 'efficientnet-b0'..'b7'.")
     num_pools: Pools | None = Field(
@@ -90,7 +90,7 @@ class ClassifierParams(EncoderParams):
 class ModeParams(BaseModel):
     """Params of a loss that follows the run's softmax / multi-label mode."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     multilabel: bool | None = Field(
         None,
@@ -111,7 +111,7 @@ class DiceCEParams(DiceLossParams):
 
 
 class DiceBCEParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     smooth: float = Field(1e-5, gt=0, le=1e3, description="Added to numerator and denominator of the soft Dice.")
     batch_dice: bool = Field(True, description="Pool voxels of the whole batch per class (nnU-Net), else per image.")
@@ -134,7 +134,7 @@ class MetricParams(ModeParams):
 class InnerLoss(BaseModel):
     """The loss the deep-supervision wrapper applies at every head, as an envelope."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: str = Field(DEFAULT_INNER_LOSS, min_length=1, description="Qualified id, short name or alias of a loss.")
     params: dict[str, Any] = Field(default_factory=dict, description="The inner loss's own parameters.")
@@ -184,7 +184,7 @@ def _error(loc: tuple[str, ...], message: str, value: Any) -> ValidationError:
 
 
 class DeepSupervisionParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     loss: InnerLoss = Field(
         default_factory=InnerLoss,

@@ -11,7 +11,7 @@ PosInt = Annotated[int, Field(ge=1)]
 
 
 class SaveImageParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     overwrite: bool = Field(False, description="Replace existing files instead of refusing to.")
     compress_level: int = Field(6, ge=0, le=9, description="gzip level of .nii.gz files (0: fastest, 9: smallest).")
@@ -20,7 +20,7 @@ class SaveImageParams(BaseModel):
 class MonaiDatasetParams(BaseModel):
     """Patch sampling and nnU-Net-like augmentation; ``augment: false`` (or zero probabilities) turns it down."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     patch_size: tuple[PosInt, PosInt, PosInt] | None = Field(None, description="Overrides the run's patch size.")
     pos: float = Field(1.0, ge=0.0, description="Relative frequency of patches centred on foreground.")

@@ -15,7 +15,7 @@ BACKGROUND_HELP = "Also score the background channel (softmax outputs only: mult
 
 
 class _ActivationParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     activation: Activation = Field("auto", description=ACTIVATION_HELP)
 

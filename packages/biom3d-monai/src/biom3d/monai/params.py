@@ -82,7 +82,7 @@ def _run_strides(num_pools: Sequence[int] | None) -> list[tuple[int, ...]] | Non
 class _EncoderDecoderParams(BaseModel):
     """Shared by UNet and AttentionUnet: one channel count per level, one stride per down-sampling."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     channels: list[PosInt] | None = Field(
         None, min_length=2, description="Feature maps per level (MONAI `channels`); default base_features*2^i."
@@ -152,7 +152,7 @@ class AttentionUnetParams(_EncoderDecoderParams):
 
 # -- BasicUNet --------------------------------------------------------------------------------------------
 class BasicUNetParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     features: tuple[PosInt, PosInt, PosInt, PosInt, PosInt, PosInt] = Field(
         (32, 32, 64, 128, 256, 32), description="Feature maps of the five encoder levels and of the last decoder."
@@ -174,7 +174,7 @@ class BasicUNetParams(BaseModel):
 
 # -- DynUNet ----------------------------------------------------------------------------------------------
 class DynUNetParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     num_pools: Triple | None = Field(None, description="Poolings per axis; overrides the run's num_pools.")
     base_features: int = Field(32, ge=1, le=512, description="Feature maps of the first stage (doubled per stage).")
@@ -218,7 +218,7 @@ class DynUNetParams(BaseModel):
 
 # -- SegResNet --------------------------------------------------------------------------------------------
 class SegResNetParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     init_filters: int = Field(8, ge=1, le=512, description="Feature maps of the first level (doubled per level).")
     blocks_down: tuple[PosInt, ...] = Field(
@@ -255,7 +255,7 @@ class SegResNetParams(BaseModel):
 
 # -- UNETR and SwinUNETR ----------------------------------------------------------------------------------
 class UNETRParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     feature_size: int = Field(16, ge=1, le=512, description="Feature maps of the convolutional decoder.")
     hidden_size: int = Field(768, ge=1, le=4096, description="Transformer embedding size; a multiple of num_heads.")
@@ -278,7 +278,7 @@ class UNETRParams(BaseModel):
 
 
 class SwinUNETRParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     feature_size: int = Field(24, ge=12, le=384, description="Embedding size; a multiple of 12.")
     depths: tuple[PosInt, PosInt, PosInt, PosInt] = Field((2, 2, 2, 2), description="Swin blocks per stage.")
