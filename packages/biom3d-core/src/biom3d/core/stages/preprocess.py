@@ -77,40 +77,35 @@ def preprocess_dataset(
     readers = {c.qid: c.spec for c in registry.components("reader")}
     job = _Job(comp.spec, prep_params, ctx, readers)
 
-    with worker_pool(min(workers, len(cases))) as pool:
-        return _run(cases, job, pool, out, images, masks, comp, prep_params, num_classes=num_classes,
-                    multilabel=multilabel, seed=seed, max_dim=max_dim, max_pool=max_pool, max_batch=max_batch,
-                    overwrite=overwrite,
-                    progress=progress, name=name, config_extra=config_extra, registry=registry)
+    budget = {"max_dim": max_dim, "max_pool": max_pool, "max_batch": max_batch}
 
-
-def _run(cases, job, pool, out, images, masks, comp, prep_params, *, num_classes, multilabel, seed, max_dim,
-         max_pool, max_batch, overwrite, progress, name, config_extra, registry) -> PreprocessResult:
-    stats = parallel_map(_stats_task, cases, args=(job,), pool=pool, desc="scan", progress=progress)
-    errors = [s for s in stats if isinstance(s, str)]
-    if errors:
-        raise DataError(f"{len(errors)} case(s) cannot be used:\n  " + "\n  ".join(errors[:10])
-                        + ("\n  ..." if len(errors) > 10 else "") + "\nNothing was written.")
-    fingerprint = build_fingerprint(stats, num_classes=num_classes, multilabel=multilabel, resample=prep_params.resample)
-    auto = auto_config(fingerprint["median_shape"], max_dim=max_dim, max_pool=max_pool, max_batch=max_batch)
-    warnings = [w for s in stats for w in s.warnings]
-
-    state = {"fingerprint": fingerprint_hash(fingerprint), "preprocessor": comp.qid,
-             "params": prep_params.model_dump(mode="json"), "images": str(images.resolve()), "masks": str(masks.resolve())}
-    _claim_output(out, state, overwrite)
-    split = len(cases) == 1
-    todo = [c for c in cases if overwrite or not _done(out, c.key, split)]
-    parallel_map(_process_task, todo, args=(job, fingerprint, out, split), pool=pool, desc="preprocess",
-                 progress=progress)
+    with worker_pool(min(workers, len(cases))) as pool:  # one pool for both passes: workers import torch once
+        stats = parallel_map(_stats_task, cases, args=(job,), pool=pool, desc="scan", progress=progress)
+        errors = [s for s in stats if isinstance(s, str)]
+        if errors:
+            raise DataError(f"{len(errors)} case(s) cannot be used:\n  " + "\n  ".join(errors[:10])
+                            + ("\n  ..." if len(errors) > 10 else "") + "\nNothing was written.")
+        fingerprint = build_fingerprint(stats, num_classes=num_classes, multilabel=multilabel,
+                                        resample=prep_params.resample)
+        auto = auto_config(fingerprint["median_shape"], **budget)
+        _claim_output(out, {"fingerprint": fingerprint_hash(fingerprint), "preprocessor": comp.qid,
+                            "params": prep_params.model_dump(mode="json"), "images": str(images.resolve()),
+                            "masks": str(masks.resolve())}, overwrite)
+        split = len(cases) == 1
+        todo = [c for c in cases if overwrite or not _done(out, c.key, split)]
+        parallel_map(_process_task, todo, args=(job, fingerprint, out, split), pool=pool, desc="preprocess",
+                     progress=progress)
 
     keys = [f"{c.key}-{part}" for c in cases for part in ("train", "val")] if split else [c.key for c in cases]
-    folds = {f"{k}.npy": (1 if k.endswith("-train") else 0) for k in keys} if split else \
+    # a single image: fold 0 validates on its 20% part and trains on the 80% part
+    folds = {f"{k}.npy": 0 if k.endswith("-val") else 1 for k in keys} if split else \
         make_folds([f"{k}.npy" for k in keys], seed=seed)
     write_folds(out / "folds.csv", folds)
     atomic_write_text(out / "fingerprint.json", json.dumps(fingerprint, indent=2))
     config_path = out / "config.yaml"
     _write_config(config_path, images, masks, fingerprint, auto, prep_params, comp.qid, name or out.name,
-                  config_extra or {}, registry, (max_dim, max_pool, max_batch))
+                  config_extra or {}, registry, budget)
+    warnings = [w for s in stats for w in s.warnings]
     _log_warnings(out, warnings)
     return PreprocessResult(out, config_path, fingerprint, auto, len(todo), len(cases) - len(todo), warnings)
 
@@ -206,7 +201,8 @@ def _claim_output(out: Path, state: dict[str, Any], overwrite: bool) -> None:
 
 
 def _write_config(path: Path, images: Path, masks: Path, fingerprint: dict[str, Any], auto: AutoConfig,
-                  prep_params, prep_id: str, name: str, extra: dict[str, Any], registry, budget) -> None:
+                  prep_params, prep_id: str, name: str, extra: dict[str, Any], registry,
+                  budget: dict[str, int]) -> None:
     import yaml
 
     from biom3d.core.config import apply_overrides, validate
@@ -222,7 +218,7 @@ def _write_config(path: Path, images: Path, masks: Path, fingerprint: dict[str, 
         "aug_patch_size": list(auto.aug_patch_size),
         "num_pools": list(auto.num_pools),
         "spacing": spacing,
-        "autoconfig": dict(zip(("max_dim", "max_pool", "max_batch"), budget, strict=True)),
+        "autoconfig": budget,
         "data": {"images": str(images.resolve()), "masks": str(masks.resolve()), "preprocessed": "."},
         "train": {"batch_size": auto.batch_size},
         "preprocessor": {"name": prep_id, "params": prep_params.model_dump(mode="json")},
