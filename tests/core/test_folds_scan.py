@@ -71,3 +71,13 @@ def test_duplicates_unknown_files_empty_and_missing_folders(registry, tmp_path):
         scan_folder(tmp_path / "empty", registry)
     with pytest.raises(DataError, match="does not exist"):
         scan_folder(tmp_path / "missing", registry)
+
+
+def test_prediction_names_keep_relative_path_and_format(tmp_path):
+    from biom3d.core.scan import Item
+    from biom3d.core.stages.predict import output_name
+
+    (tmp_path / "patient-7").mkdir()
+    assert output_name(Item("patient-7", tmp_path / "patient-7", "io/dicom")) == "patient-7.nii.gz"
+    assert output_name(Item("sub/img", tmp_path / "sub" / "img.ome.tif", "io/ome-tiff")) == "sub/img.ome.tif"
+    assert output_name(Item("case_01", tmp_path / "case_01.NII.GZ", "io/sitk")) == "case_01.NII.GZ"

@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from biom3d.core.errors import DataError
-from biom3d.io.writers import output_name
+from biom3d.core.scan import Item
+from biom3d.core.stages.predict import output_name
 
 
 def write_dicom_series(folder: Path, array: np.ndarray, spacing: tuple[float, float, float]) -> None:
@@ -64,7 +65,7 @@ def test_dicom_series_is_read_from_its_folder(io, series):
 def test_dicom_prediction_is_written_as_nifti_with_the_series_geometry(io, series, tmp_path):
     folder, array = series
     ref = io.read(folder)
-    out = tmp_path / "preds" / output_name(folder)
+    out = tmp_path / "preds" / output_name(Item(folder.name, folder, "io/dicom"))  # what predict names it
     assert out.name == "patient-1.nii.gz"
     io.write(out, (array > 0).astype(np.uint8), ref)
     pred = sitk.ReadImage(str(out))

@@ -11,7 +11,6 @@ import tifffile
 
 from biom3d.core.errors import DataError
 from biom3d.core.imagedata import ImageData
-from biom3d.io.writers import output_name
 
 ALL_SUFFIXES = [".npy", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr"]
 SITK_SUFFIXES = [".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr"]
@@ -68,7 +67,7 @@ def test_prediction_for_a_nifti_input_carries_its_geometry(io, tmp_path):
     ref = io.read(tmp_path / "case.nii.gz")
     assert ref.array.shape == (5, 6, 7) and ref.spacing == pytest.approx((3.0, 0.9, 0.8))
     mask = (ref.array > 0).astype(np.int64)  # what an argmax gives: narrowed on writing
-    out = tmp_path / "preds" / output_name(ref.path)
+    out = tmp_path / "preds" / ref.path.name
     io.write(out, mask, ref)
 
     pred = sitk.ReadImage(str(out))
@@ -214,13 +213,6 @@ def test_detached_header_formats_are_written_as_one_file(io, tmp_path):
     io.write(tmp_path / "pred.mhd", volume("uint8"), geometry_ref())
     io.write(tmp_path / "pred.nhdr", volume("uint8"), geometry_ref())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.mhd", "pred.nhdr"]
-
-
-def test_output_name(tmp_path):
-    (tmp_path / "patient-7").mkdir()
-    assert output_name(tmp_path / "patient-7") == "patient-7.nii.gz"
-    assert output_name(tmp_path / "img.ome.tif") == "img.ome.tif"
-    assert output_name("data/case_01.nii.gz") == "case_01.nii.gz"
 
 
 def test_unwritable_shapes_are_a_data_error(io, tmp_path):

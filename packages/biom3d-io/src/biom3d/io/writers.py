@@ -1,8 +1,8 @@
-"""Writer factories: ``factory(params, ctx)`` returns ``write(path, array, ref)``, and :func:`output_name`.
+"""Writer factories: ``factory(params, ctx)`` returns ``write(path, array, ref)``.
 
 A prediction is written in its input's format with the input's metadata (``ref``): spacing, origin and
 direction for NIfTI/MetaImage/NRRD, spacing for ImageJ TIFF and OME-TIFF. DICOM inputs get ``.nii.gz``
-predictions: writing a DICOM series of masks (with valid UIDs and per-slice tags) is out of scope.
+predictions (named by the core's predict stage): writing a DICOM series of masks (with valid UIDs and per-slice tags) is out of scope.
 
 Arrays are spatial (D, H, W) or channel-first (C, D, H, W), as the core's stages produce them. Every write is
 atomic (a temporary file beside the target, then a rename), creates parent folders, and refuses to replace an
@@ -33,13 +33,6 @@ OME_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", 
 # MetaImage and NRRD with a detached header (.mhd + .raw, .nhdr + .raw) are written as one file, data inline:
 # a valid file of the same format, and one atomic rename instead of two files that could disagree.
 _INLINE = {".mhd": ".mha", ".nhdr": ".nrrd"}
-
-
-def output_name(input_path: str | Path) -> str:
-    """The file name of the prediction for ``input_path``: the same name for files, ``<folder>.nii.gz`` for a
-    DICOM folder (DICOM predictions are written as NIfTI)."""
-    path = Path(input_path)
-    return f"{path.name}.nii.gz" if path.is_dir() else path.name
 
 
 def build_npy_writer(params: WriterParams, ctx: Any = None) -> Write:
