@@ -91,8 +91,11 @@ def test_flips_are_batched_with_tiles():
             return super().forward(x)
 
     image = np.zeros((1, 32, 16, 16), np.float32)
-    SlidingWindowPredictor((16, 16, 16), tta=True, batch_size=2)([Spy()], image)
-    assert calls == [16, 8]  # 3 tiles in batches of 2, each with 8 flips in the same forward
+    SlidingWindowPredictor((16, 16, 16), tta=True, batch_size=16)([Spy()], image)
+    assert calls == [16, 8]  # 3 tiles: two tiles' 8 flips fill the first forward pass, the third tile's the next
+    calls.clear()
+    SlidingWindowPredictor((16, 16, 16), tta=True, batch_size=3)([Spy()], image)
+    assert calls == [3, 3, 2] * 3  # one tile per step, its flips in passes of 3
 
 
 def test_ensemble_averages_models():

@@ -49,7 +49,10 @@ def test_interrupted_run_resumes_without_half_files(tmp_path, dataset):
     assert not list(out.rglob("*.tmp"))
 
 
-def test_parallel_workers_give_the_same_result(tmp_path, dataset, prepared):
+def test_parallel_workers_give_the_same_result(tmp_path, dataset, prepared, monkeypatch):
+    from biom3d.core.stages import preprocess
+
+    monkeypatch.setattr(preprocess, "IN_PROCESS_BYTES", 0)  # small data runs in-process otherwise
     out = tmp_path / "prep"
     preprocess_dataset(dataset / "train" / "images", dataset / "train" / "masks", out, num_classes=1, workers=2,
                        progress=False)

@@ -24,7 +24,7 @@ CPU_SETTINGS: dict[str, Any] = {
     "autoconfig": {"max_dim": 64, "max_batch": 2},
     "model": {"name": "unet3d-vgg-deep", "params": {"base_features": 8, "deep_supervision": True}},
     "train": {"epochs": 12, "iters_per_epoch": 25, "val_iters": 4, "lr": 0.01, "workers": 1, "device": "auto"},
-    "predictor": {"name": "sliding-window", "params": {"tta": True, "overlap": 0.5, "batch_size": 2}},
+    "predictor": {"name": "sliding-window", "params": {"tta": True, "overlap": 0.5}},
 }
 
 

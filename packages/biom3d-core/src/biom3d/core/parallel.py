@@ -48,10 +48,6 @@ def parallel_map(fn: Callable[..., T], items: Sequence[Any], *, args: Iterable[A
 
 
 def _init_worker() -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
+    """One thread per worker; set before torch or numpy's BLAS is imported in the worker, so it holds."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")

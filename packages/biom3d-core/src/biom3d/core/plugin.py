@@ -101,7 +101,9 @@ def biom3d_callbacks():
 class PredictorParams(Params):
     overlap: float = Field(0.5, ge=0, lt=1, description="Overlap between neighbouring tiles (fraction of the patch).")
     tta: bool = Field(True, description="Average over the 8 flips (identity + 7 axis combinations).")
-    batch_size: int = Field(2, ge=1, description="Tiles per forward pass (each with its flips).")
+    batch_size: int | None = Field(
+        None, ge=1, description="Network inputs (tiles x flips) per forward pass (null: 2 on CPU, 16 on CUDA)."
+    )
     patch_size: tuple[int, int, int] | None = Field(None, description="Tile size (null: the run's patch_size).")
 
 

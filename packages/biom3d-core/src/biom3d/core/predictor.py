@@ -29,12 +29,13 @@ def build_predictor(params, ctx) -> SlidingWindowPredictor:
 
 
 class SlidingWindowPredictor:
-    def __init__(self, patch: Sequence[int], *, overlap: float = 0.5, tta: bool = True, batch_size: int = 2,
+    def __init__(self, patch: Sequence[int], *, overlap: float = 0.5, tta: bool = True, batch_size: int | None = None,
                  multilabel: bool = False, device: str | torch.device = "cpu"):
         self.patch = tuple(int(p) for p in patch)
-        self.overlap, self.tta, self.batch_size = overlap, tta, batch_size
-        self.multilabel = multilabel
         self.device = torch.device(device)
+        self.overlap, self.tta = overlap, tta
+        self.batch_size = batch_size or (16 if self.device.type == "cuda" else 2)  # inputs per forward pass
+        self.multilabel = multilabel
         self.window = hann_window(self.patch, device=self.device)
 
     @torch.inference_mode()
@@ -49,18 +50,14 @@ class SlidingWindowPredictor:
         x, pads = pad_to(x, self.patch)
         flips = FLIPS if self.tta else ((),)
         probs = weights = None
-        amp = self.device.type == "cuda"
-        for boxes in _batches(tile_starts(tuple(x.shape[1:]), self.patch, self.overlap), self.batch_size):
+        # tiles whose flips fill one forward pass are processed together
+        tiles_per_step = max(1, self.batch_size // len(flips))
+        for boxes in _batches(tile_starts(tuple(x.shape[1:]), self.patch, self.overlap), tiles_per_step):
             tiles = torch.stack([x[(slice(None), *b)] for b in boxes]).to(self.device, non_blocking=True)
-            # every flip of every tile in one forward pass
             batch = torch.cat([tiles.flip([d + 2 for d in f]) if f else tiles for f in flips])
             out = None
             for model in models:
-                with torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
-                    logits = model(batch)
-                if isinstance(logits, list | tuple):
-                    logits = logits[0]
-                p = self._activate(logits.float())
+                p = self._activate(self._forward(model, batch))
                 out = p if out is None else out.add_(p)
             out = out.view(len(flips), len(boxes), *out.shape[1:])
             merged = torch.zeros_like(out[0])
@@ -77,6 +74,15 @@ class SlidingWindowPredictor:
         probs /= weights
         crop = tuple(slice(lo, lo + s) for lo, s in zip(pads, shape, strict=True))
         return probs[(slice(None), *crop)].contiguous()
+
+    def _forward(self, model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        """Logits of ``batch`` in chunks of ``batch_size``: on a CPU, small batches are faster and lighter."""
+        chunks = []
+        for chunk in batch.split(self.batch_size):
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+                logits = model(chunk)
+            chunks.append((logits[0] if isinstance(logits, list | tuple) else logits).float())
+        return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)

@@ -8,10 +8,12 @@ thick slices are never blended into each other.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:  # torch is imported only when something is resampled: workers that only scan skip it
+    import torch
 
 
 def target_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:
@@ -35,6 +37,8 @@ def resample_image(
         return image
     if order == 3:
         return _cubic(image, shape, coarse)
+    import torch
+
     return _torch_resample(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), shape, coarse).numpy()
 
 
@@ -43,6 +47,9 @@ def resample_labels(mask: np.ndarray, shape: Sequence[int], *, num_labels: int, 
     """(D, H, W) label map to ``shape``: per-label linear interpolation then argmax, or nearest."""
     if tuple(mask.shape) == tuple(shape):
         return mask
+    import torch
+    import torch.nn.functional as F
+
     t = torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
     if not labelwise:
         out = F.interpolate(t[None, None].float(), size=tuple(shape), mode="nearest-exact")[0, 0]
@@ -63,6 +70,8 @@ def resample_multilabel(mask: np.ndarray, shape: Sequence[int], *, coarse: int |
     """(K, D, H, W) {0,1} masks to ``shape`` by linear interpolation and a 0.5 threshold."""
     if tuple(mask.shape[1:]) == tuple(shape):
         return mask
+    import torch
+
     out = _torch_resample(torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)), shape, coarse)
     return (out > 0.5).numpy().astype(mask.dtype)
 
@@ -71,11 +80,15 @@ def resize_probabilities(probs: torch.Tensor, shape: Sequence[int]) -> torch.Ten
     """(C, d, h, w) probabilities back onto the original grid (trilinear)."""
     if tuple(probs.shape[1:]) == tuple(shape):
         return probs
+    import torch.nn.functional as F
+
     return F.interpolate(probs[None].float(), size=tuple(shape), mode="trilinear", align_corners=False)[0]
 
 
 def _torch_resample(x: torch.Tensor, shape: Sequence[int], coarse: int | None) -> torch.Tensor:
     """(C, D, H, W) -> (C, *shape): trilinear, or in-plane linear then nearest along ``coarse``."""
+    import torch.nn.functional as F
+
     shape = tuple(int(s) for s in shape)
     if coarse is None:
         return F.interpolate(x[None], size=shape, mode="trilinear", align_corners=False)[0]

@@ -33,6 +33,7 @@ from biom3d.core.scan import Case, scan_dataset
 
 log = logging.getLogger("biom3d")
 SPLIT_TRAIN_FRACTION = 0.8
+IN_PROCESS_BYTES = 256 * 2**20  # below this much input, worker start-up (spawn + imports) outweighs the gain
 
 
 @dataclass
@@ -78,6 +79,8 @@ def preprocess_dataset(
     job = _Job(comp.spec, prep_params, ctx, readers)
 
     budget = {"max_dim": max_dim, "max_pool": max_pool, "max_batch": max_batch}
+    if _input_bytes(cases) < IN_PROCESS_BYTES:
+        workers = 0  # starting workers would cost more than they save
 
     with worker_pool(min(workers, len(cases))) as pool:  # one pool for both passes: workers import torch once
         stats = parallel_map(_stats_task, cases, args=(job,), pool=pool, desc="scan", progress=progress)
@@ -162,6 +165,11 @@ def _process_task(case: Case, job: _Job, fingerprint: dict[str, Any], out: Path,
         index[1 + axis] = sl
         m_index = index[1:] if mask.ndim == 3 else index
         _save_case(out, f"{case.key}-{part}", image[tuple(index)], mask[tuple(m_index)], prep)
+
+
+def _input_bytes(cases: list[Case]) -> int:
+    paths = [p for c in cases for p in (c.image.path, c.mask.path if c.mask else None) if p is not None]
+    return sum(f.stat().st_size for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
 
 
 def _save_case(out: Path, key: str, image: np.ndarray, mask: np.ndarray, prep) -> None:
