@@ -56,7 +56,7 @@ def test_failed_plugins_offer_nothing_and_clash_makes_short_name_ambiguous(fake_
     assert reg.resolve("model", "acme/tiny-net").plugin.name == "acme"
     assert reg.resolve("model", "TinyNet").qid == "acme/tiny-net"  # alias offered once
     assert reg.resolve("model", "clash-only").qid == "clash/clash-only"
-    assert any("also offered by clash" in n for n in reg.plugins["acme"].notes)
+    assert any("also offered by plugin 'clash' (biom3d-clash 1.0.0)" in n for n in reg.plugins["acme"].notes)
 
 
 def test_unknown_name_suggests_and_names_failed_plugins(fake_dists):

@@ -111,7 +111,7 @@ class Config(BaseModel):
 
     schema_version: int = Field(CURRENT_SCHEMA_VERSION, description="Config format version.")
     name: str = Field("biom3d", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name (run folder prefix).")
-    runs_dir: str = Field("runs", description="Folder that holds run folders.")
+    runs_dir: str = Field("runs", description="Folder that holds run folders (relative to the working directory).")
     stages: list[Literal["preprocess", "train", "predict", "eval"]] = Field(
         default_factory=lambda: ["preprocess", "train", "predict", "eval"],
         description="Stages `biom3d run` executes (those without data are skipped).",

@@ -198,8 +198,8 @@ class Registry:
             for short, plugins in owners.items():
                 if len(plugins) > 1:
                     for p in sorted(plugins):
-                        others = ", ".join(sorted(plugins - {p}))
-                        note = f"{kind} name '{short}' is also offered by {others}: configs must use '{p}/...' ids"
+                        others = ", ".join(self.plugins[o].label for o in sorted(plugins - {p}))
+                        note = f"{kind} name '{short}' is also offered by {others}: configs must use '{p}/{short}'"
                         if note not in self.plugins[p].notes:
                             self.plugins[p].notes.append(note)
 
