@@ -21,13 +21,10 @@ def validate_files(files: list[Path]) -> None:
             continue
         used = [cfg.model.name, cfg.loss.name, cfg.dataset.name, cfg.trainer.name]
         typer.echo(f"{file}: valid (model {used[0]}, loss {used[1]}, dataset {used[2]}, trainer {used[3]})")
-    if len(failed) == 1:
-        raise failed[0]
+    for exc in failed[:-1]:  # every file's problems are printed; the last one sets the exit code
+        typer.echo(f"error: {exc}", err=True)
     if failed:
-        problems = [p for exc in failed for p in exc.problems]
-        for exc in failed[:-1]:
-            typer.echo(f"error: {exc}", err=True)
-        raise ConfigError(failed[-1].problems, source=failed[-1].source) if problems else failed[-1]
+        raise failed[-1]
 
 
 def show(file: Path) -> None:

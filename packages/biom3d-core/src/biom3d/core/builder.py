@@ -54,13 +54,7 @@ class Builder:
 
     def build(self, slot: str, index: int | None = None, **context: Any) -> Any:
         """Build what a slot selects; a list slot without ``index`` builds every entry."""
-        ctx = self.context.replace(**context) if context else self.context
-        env = getattr(self.config, slot)
-        if isinstance(env, list) and index is None:
-            return [self.build(slot, i, **context) for i in range(len(env))]
-        comp, env = self.component(slot, index or 0)
-        role = SLOTS[slot][1]
-        return comp.build(env.params, ctx.replace(role=role) if role else ctx)
+        return self._build_with(self.context.replace(**context) if context else self.context, slot, index)
 
     def build_component(self, kind: str, name: str, params: dict[str, Any] | None = None, **context: Any) -> Any:
         """Build any registered component by kind and name, outside the config's choices."""
@@ -142,7 +136,9 @@ class Builder:
         if resume is None:
             seed_everything(self.config.train.seed)  # before building: weight initialisation is random too
         ctx = self.context.replace(run_dir=run_dir, device=str(resolve_device(self.config.train.device)))
-        build = lambda slot, index=None: self._build_with(ctx, slot, index)  # noqa: E731
+        def build(slot: str, index: int | None = None) -> Any:
+            return self._build_with(ctx, slot, index)
+
         model = build("model")
         if init_weights is not None:
             _load_matching(model, init_weights)
@@ -158,6 +154,7 @@ class Builder:
         return TrainResult(run_dir, history)
 
     def _build_with(self, ctx: RunContext, slot: str, index: int | None = None) -> Any:
+        """Metric-kind components learn from ``ctx.role`` whether they fill the loss or a metrics slot."""
         env = getattr(self.config, slot)
         if isinstance(env, list) and index is None:
             return [self._build_with(ctx, slot, i) for i in range(len(env))]
