@@ -105,6 +105,7 @@ class PredictorParams(Params):
         None, ge=1, description="Network inputs (tiles x flips) per forward pass (null: 2 on CPU, 16 on CUDA)."
     )
     patch_size: tuple[int, int, int] | None = Field(None, description="Tile size (null: the run's patch_size).")
+    channels_last: bool = Field(True, description="Run the network on channels-last (NDHWC) tensors: faster convolutions.")
 
 
 @hookimpl
