@@ -136,6 +136,7 @@ class Builder:
         if resume is None:
             seed_everything(self.config.train.seed)  # before building: weight initialisation is random too
         ctx = self.context.replace(run_dir=run_dir, device=str(resolve_device(self.config.train.device)))
+
         def build(slot: str, index: int | None = None) -> Any:
             return self._build_with(ctx, slot, index)
 
