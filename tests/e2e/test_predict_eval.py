@@ -96,3 +96,30 @@ def test_eval_pairs_by_name_not_order(tmp_path):
     write_tiff(tmp_path / "truth" / "zeta.tif", np.zeros((16, 24, 20), np.uint8))
     with pytest.raises(DataError, match="differ in shape"):
         evaluate(tmp_path / "pred", tmp_path / "truth")
+
+
+def test_2d_images_go_through_the_whole_pipeline(tmp_path):
+    """(H, W) images: preprocessed as (1, 1, H, W), trained with a 1-voxel depth, predicted back as (H, W)."""
+    import tifffile
+
+    from biom3d.core.builder import Builder
+    from biom3d.core.stages.preprocess import preprocess_dataset
+
+    rng = np.random.default_rng(0)
+    y, x = np.indices((48, 48))
+    for split, n in (("train", 3), ("test", 1)):
+        for i in range(n):
+            mask = np.zeros((48, 48), np.uint8)
+            for c in rng.integers(8, 40, (3, 2)):
+                mask[(y - c[0]) ** 2 + (x - c[1]) ** 2 < 36] = 1
+            for kind, arr in (("img", (mask * 2 + rng.normal(0, 0.5, mask.shape)).astype(np.float32)), ("msk", mask)):
+                (tmp_path / split / kind).mkdir(parents=True, exist_ok=True)
+                tifffile.imwrite(tmp_path / split / kind / f"c{i}.tif", arr)
+    prep = preprocess_dataset(tmp_path / "train" / "img", tmp_path / "train" / "msk", tmp_path / "prep",
+                              num_classes=1, workers=0, progress=False)
+    assert prep.autoconfig.patch_size[0] == 1 and prep.autoconfig.num_pools[0] == 0
+    overrides = {"train.epochs": 1, "train.iters_per_epoch": 3, "train.workers": 0, "train.batch_size": 2,
+                 "model.params.base_features": 4}
+    run = Builder(prep.config_path, overrides=overrides).train(runs_dir=tmp_path / "runs").run_dir
+    written = predict([run], tmp_path / "test" / "img", tmp_path / "pred", progress=False)
+    assert tifffile.imread(written[0]).shape == (48, 48)

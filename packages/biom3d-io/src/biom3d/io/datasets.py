@@ -156,6 +156,7 @@ class Augmenter:
         small = min(patch)
         aniso_axes = tuple(a for a in range(3) if patch[a] > ANISOTROPY * small) or (0, 1, 2)
         swap = tuple(max(1, s // 8) for s in patch)
+        flip_axes = tuple(a for a in range(3) if patch[a] > 1)  # 2D data: a 1-voxel axis has nothing to flip
         self.p_affine, self.multilabel, self.tio = params.p_affine, multilabel, tio
         self.affine = tio.Compose([
             tio.RandomAffine(scales=params.scales, degrees=rot, translation=0),
@@ -163,7 +164,7 @@ class Augmenter:
         ])
         self.transform = tio.Compose([
             tio.RandomAnisotropy(axes=aniso_axes, downsampling=(1.5, 4), p=params.p_anisotropy),
-            tio.RandomFlip(axes=(0, 1, 2), flip_probability=params.p_flip),
+            tio.RandomFlip(axes=flip_axes, flip_probability=params.p_flip),
             tio.RandomBiasField(coefficients=0.2, p=params.p_bias),
             tio.RandomBlur(std=(0.5, 1.0), p=params.p_blur),
             tio.RandomNoise(std=(0, 0.1), p=params.p_noise),
