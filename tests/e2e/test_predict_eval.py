@@ -123,3 +123,34 @@ def test_2d_images_go_through_the_whole_pipeline(tmp_path):
     run = Builder(prep.config_path, overrides=overrides).train(runs_dir=tmp_path / "runs").run_dir
     written = predict([run], tmp_path / "test" / "img", tmp_path / "pred", progress=False)
     assert tifffile.imread(written[0]).shape == (48, 48)
+
+
+def test_multichannel_images_with_multilabel_masks(tmp_path):
+    """(C, D, H, W) images and 4D multi-label masks: sigmoid outputs, threshold, one score per class."""
+    from biom3d.core.builder import Builder
+    from biom3d.core.stages.preprocess import preprocess_dataset
+
+    rng = np.random.default_rng(0)
+    z, y, x = np.indices((12, 24, 24))
+    for split, n in (("train", 3), ("test", 1)):
+        for i in range(n):
+            mask = np.zeros((2, 12, 24, 24), np.uint8)
+            for k in range(2):
+                for c in rng.integers([3, 5, 5], [9, 19, 19], (2, 3)):
+                    mask[k][(z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 < 12] = 1
+            image = (mask * 2 + rng.normal(0, 0.4, mask.shape)).astype(np.float32)
+            for kind, arr in (("img", image), ("msk", mask)):
+                (tmp_path / split / kind).mkdir(parents=True, exist_ok=True)
+                np.save(tmp_path / split / kind / f"c{i}.npy", arr)
+    prep = preprocess_dataset(tmp_path / "train" / "img", tmp_path / "train" / "msk", tmp_path / "prep",
+                              num_classes=2, multilabel=True, workers=0, progress=False)
+    assert prep.fingerprint["in_channels"] == 2 and prep.fingerprint["channel_axis"] == [0]
+    assert np.load(tmp_path / "prep" / "masks" / "c0.npy").shape == (2, 12, 24, 24)
+    overrides = {"train.epochs": 1, "train.iters_per_epoch": 3, "train.workers": 0, "train.batch_size": 2,
+                 "model.params.base_features": 4}
+    result = Builder(prep.config_path, overrides=overrides).train(runs_dir=tmp_path / "runs")
+    assert {"val_dice_1", "val_dice_2"} <= set(result.history[0])  # classes 1..K, as `biom3d eval` numbers them
+    written = predict([result.run_dir], tmp_path / "test" / "img", tmp_path / "pred", progress=False)
+    pred = np.load(written[0])
+    assert pred.shape == (2, 12, 24, 24) and set(np.unique(pred)) <= {0, 1}
+    assert evaluate(tmp_path / "pred", tmp_path / "test" / "msk").classes == [1, 2]

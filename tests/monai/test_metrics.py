@@ -59,3 +59,11 @@ def test_deep_supervision_outputs_score_the_full_resolution(registry):
     truth = torch.randint(0, 2, (1, 4, 4, 4))
     dice = _metric(registry, "dice-metric", RunContext(num_classes=1))
     assert dice([_logits(truth, 2), torch.zeros(1, 2, 2, 2, 2)], truth).item() == pytest.approx(1.0)
+
+
+def test_class_labels_follow_the_background_setting():
+    from biom3d.monai.metrics import SegMetric
+
+    assert SegMetric(None, sigmoid=False, include_background=True).class_labels(3) == [0, 1, 2]
+    assert SegMetric(None, sigmoid=False, include_background=False).class_labels(2) == [1, 2]
+    assert SegMetric(None, sigmoid=True, include_background=True).class_labels(2) == [1, 2]

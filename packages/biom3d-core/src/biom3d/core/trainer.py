@@ -172,8 +172,9 @@ class SegTrainer:
             scores = torch.stack(values).mean(0)
             logs[f"val_{name}"] = float(scores.mean())
             labels = getattr(metric_by_name[name], "class_labels", None)
+            labels = labels(len(scores)) if callable(labels) else labels
             for i, v in enumerate(scores.tolist()):
-                label = labels[i] if labels else (i if self.ctx.multilabel else i + 1)
+                label = labels[i] if labels else i + 1  # foreground classes are 1..K, as in `biom3d eval`
                 logs[f"val_{name}_{label}"] = float(v)
         return logs
 

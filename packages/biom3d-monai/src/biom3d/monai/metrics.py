@@ -56,6 +56,11 @@ class SegMetric:
         self.sigmoid = sigmoid
         self.include_background = include_background
 
+    def class_labels(self, channels: int) -> list[int]:
+        """Class of each ``per_class`` entry: 0 is the background when it is scored."""
+        first = 0 if (self.include_background and not self.sigmoid) else 1
+        return list(range(first, first + channels))
+
     def __call__(self, logits: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         return self.per_class(logits, target).mean()
 
