@@ -260,7 +260,7 @@ def make_dataset_in_child(out: Path, n: int, shape: Sequence[int], seed: int = 0
 # -- our components (imported lazily: never from the original's venv) ----------------------------------------------
 def pools_for(patch: Sequence[int]) -> tuple[int, ...]:
     """Auto-configuration's poolings for a dataset whose median shape is this patch."""
-    from biom3d.core.autoconfig import auto_config
+    from biom3d.core.builtins.autoconfig import auto_config
 
     return auto_config(list(patch)).num_pools
 
@@ -270,7 +270,7 @@ def build_model(patch: Sequence[int], *, base: int = 32, cap: int = 320, deep: b
     import torch
 
     from biom3d.core.context import RunContext
-    from biom3d.core.registry import get_registry
+    from biom3d.core.discovery import get_registry
 
     pools = pools_for(patch)
     ctx = RunContext(num_classes=1, patch_size=tuple(patch), num_pools=pools, seed=seed)
@@ -283,9 +283,9 @@ def build_training(patch: Sequence[int], *, base: int = 32, cap: int = 320, deep
                    seed: int = 0) -> tuple[Any, Any, Any, Any]:
     """:func:`build_model`, its loss (deep-supervision of dice-ce, or dice-ce) and the trainer's default SGD
     (Nesterov, momentum 0.99, lr 0.01, weight decay 3e-5), all resolved like a run does; and the context."""
+    from biom3d.core.builtins.trainer import make_optimizer
     from biom3d.core.config import TrainConfig
-    from biom3d.core.registry import get_registry
-    from biom3d.core.trainer import make_optimizer
+    from biom3d.core.discovery import get_registry
 
     model, ctx = build_model(patch, base=base, cap=cap, deep=deep, seed=seed)
     loss_params = {"loss": {"name": "dice-ce"}} if deep else {}

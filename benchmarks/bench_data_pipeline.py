@@ -137,8 +137,8 @@ def _child_loader(spec: dict) -> None:
     """Patches/s of PatchData's training dataset through a DataLoader set up like the trainer's."""
     import torch
 
-    from biom3d.core.autoconfig import aug_patch_size
     from biom3d.core.context import RunContext
+    from biom3d.core.geometry import aug_patch_size
     from biom3d.io.dataset_params import PatchDatasetParams
     from biom3d.io.datasets import PatchData
 

@@ -78,8 +78,8 @@ def _memory_report() -> None:
 
 def build(which: str, pools: tuple[int, int, int]):
     """Our U-Net, or a DynUNet with the same per-stage kernels, strides and filters."""
-    from biom3d.core.autoconfig import pool_strides
     from biom3d.core.context import RunContext
+    from biom3d.core.geometry import pool_strides
     from biom3d.models.plugin import UNetParams
     from biom3d.models.unet import build_unet
 

@@ -108,7 +108,7 @@ def _setup(spec: dict):
 
 
 def _child_ours(spec: dict) -> None:
-    from biom3d.core.predictor import SlidingWindowPredictor
+    from biom3d.core.builtins.predictor import SlidingWindowPredictor
 
     model, image, patch, ctx = _setup(spec)
     predictor = SlidingWindowPredictor(patch, overlap=OVERLAP, tta=True, batch_size=BATCH)
@@ -126,7 +126,7 @@ def _child_monai(spec: dict) -> None:
     import torch
     from monai.inferers import sliding_window_inference
 
-    from biom3d.core.predictor import FLIPS, hann_window
+    from biom3d.core.builtins.predictor import FLIPS, hann_window
 
     model, image, patch, _ = _setup(spec)
     window = hann_window(patch)
@@ -175,7 +175,7 @@ def reference_blend(model, image, patch: tuple[int, ...], overlap: float):
     """Straightforward Hann-weighted sliding window with 8-flip TTA: one tile and one flip at a time."""
     import torch
 
-    from biom3d.core.predictor import FLIPS, hann_window
+    from biom3d.core.builtins.predictor import FLIPS, hann_window
 
     window = hann_window(patch)
     shape = image.shape[1:]

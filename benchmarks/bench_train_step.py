@@ -104,9 +104,9 @@ def _ours(spec: dict, run_dir: Path):
     that runs one `_train_epoch` over the given batches and returns its seconds."""
     import torch
 
+    from biom3d.core.builtins.trainer import TrainJob, make_optimizer, resolve_device
     from biom3d.core.config import DEFAULT_CALLBACKS, TrainConfig
-    from biom3d.core.registry import get_registry
-    from biom3d.core.trainer import TrainJob, make_optimizer, resolve_device
+    from biom3d.core.discovery import get_registry
 
     torch.set_num_threads(THREADS)
     model, loss, _, ctx = _build(spec)

@@ -49,3 +49,47 @@ def test_ci_runs_the_readme_test_command():
     test_command = next(c for c in commands if "pytest" in c)
     assert "requirements-dev.txt" in test_command
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+CORE = ROOT / "packages" / "biom3d-core" / "src" / "biom3d" / "core"
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules a file imports (absolute names), at any depth: lazy imports count too."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_framework_never_imports_the_builtins():
+    # core's own method is a plugin like the others: the framework and the stages reach it through the registry
+    framework = [p for p in CORE.rglob("*.py") if "builtins" not in p.relative_to(CORE).parts]
+    offenders = {p.relative_to(CORE).as_posix(): sorted(n for n in _imports(p) if n.startswith("biom3d.core.builtins"))
+                 for p in framework}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_no_import_circle_between_registry_and_discovery():
+    import ast
+
+    tree = ast.parse((CORE / "registry.py").read_text(encoding="utf-8"))
+    runtime = {n.module for n in tree.body if isinstance(n, ast.ImportFrom)}  # TYPE_CHECKING imports are nested
+    assert "biom3d.core.discovery" not in runtime and "biom3d.core.registry" in _imports(CORE / "discovery.py")
+
+
+def test_core_modules_stay_small_and_no_names_one_letter_apart():
+    import difflib
+
+    sizes = {p.relative_to(CORE).as_posix(): len(p.read_text(encoding="utf-8").splitlines()) for p in CORE.rglob("*.py")}
+    assert {k: n for k, n in sizes.items() if n > 400} == {}
+    for folder in {p.parent for p in CORE.rglob("*.py")}:
+        stems = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+        close = [(a, b) for i, a in enumerate(stems) for b in stems[i + 1:]
+                 if len(a) > 3 and difflib.SequenceMatcher(None, a, b).ratio() > 0.9]
+        assert close == [], folder

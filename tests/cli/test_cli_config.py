@@ -20,7 +20,7 @@ def test_validate_reports_every_problem_without_torch(tmp_path):
     (tmp_path / "bad.yaml").write_text(BAD)
     rc, out, err, modules = run_cli(["config", "validate", str(tmp_path / "good.yaml")], tmp_path)
     assert rc == 0, err
-    assert "valid (model models/unet3d-vgg-deep" in out
+    assert "valid (stack models/paper: model models/unet3d-vgg-deep" in out
     assert not _heavy(modules)
     rc, out, err, modules = run_cli(["config", "validate", str(tmp_path / "bad.yaml")], tmp_path)
     assert rc == 2 and "Traceback" not in err
@@ -64,6 +64,32 @@ def test_import_original_config(tmp_path):
     rc, out, err, _ = run_cli(["config", "import", str(tmp_path / "ours.yaml")], tmp_path)
     assert rc == 2 and "not an original biom3d config" in err and "Traceback" not in err
 
+
+def test_import_original_python_config(tmp_path):
+    legacy = FIXTURES / "legacy"
+    imported = tmp_path / "imported.yaml"
+    rc, out, err, modules = run_cli(["config", "import", str(legacy / "20250612-140112-unet_nucleus.py"),
+                                     "-o", str(imported)], tmp_path)
+    assert rc == 0, err
+    assert "note: MODEL.kwargs.num_classes (line " in err and "is computed, not evaluated" in err
+    assert not _heavy(modules)  # parsed, never imported: nothing it names is loaded
+    rc, out, err, _ = run_cli(["config", "import", str(legacy / "default_unet.yaml")], tmp_path)
+    assert rc == 0, err
+    assert yaml.safe_load(imported.read_text()) == yaml.safe_load(out)  # the YAML the original saved from it
+    rc, out, err, _ = run_cli(["config", "validate", str(imported)], tmp_path)
+    assert rc == 0, err
+
+
+def test_import_refuses_a_python_config_that_runs_code(tmp_path):
+    marker = tmp_path / "executed"
+    (tmp_path / "evil.py").write_text(f"NUM_CLASSES = 1\n__import__('os').system('touch {marker}')\n")
+    rc, out, err, _ = run_cli(["config", "import", str(tmp_path / "evil.py")], tmp_path)
+    assert rc == 2 and "Traceback" not in err
+    assert f"{tmp_path / 'evil.py'}, line 2: it calls __import__('os').system" in err
+    assert not marker.exists()
+    (tmp_path / "broken.py").write_text("NUM_CLASSES = 1\nPATCH_SIZE = [40, 160\n")
+    rc, out, err, _ = run_cli(["config", "import", str(tmp_path / "broken.py")], tmp_path)
+    assert rc == 2 and "Traceback" not in err and "broken.py, line 2: not valid Python" in err
 
 def test_newer_schema_version_is_refused(tmp_path):
     (tmp_path / "new.yaml").write_text("schema_version: 99\n")

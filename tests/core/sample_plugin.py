@@ -1,11 +1,11 @@
-"""An in-process plugin used through the `biom3d_plugins` fixture."""
+"""An in-process plugin used through the `biom3d_plugins` fixture: a few components and a stack of them."""
 
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from biom3d.core import hookimpl
-from biom3d.core.specs import MetricSpec, ModelSpec, ReaderSpec
+from biom3d.core.specs import DatasetSpec, MetricSpec, ModelSpec, ReaderSpec, StackSpec
 
 
 class NetParams(BaseModel):
@@ -54,3 +54,15 @@ def biom3d_readers():
     yield ReaderSpec(name="ome-tiff", target=build_net, suffixes=(".ome.tif",))
     yield ReaderSpec(name="tiff-fast", target=build_net, suffixes=(".tif",), priority=5)
     yield ReaderSpec(name="dicom", target=build_net, directory=True)
+
+
+@hookimpl
+def biom3d_datasets():
+    yield DatasetSpec(name="crops", target=build_net, summary="Test dataset.")
+
+
+@hookimpl
+def biom3d_stacks():
+    yield StackSpec(name="tiny", priority=10, extends="core/base", summary="Test stack.",
+                    components={"dataset": "sample/crops", "model": "sample/net", "loss": "sample/dice-ce",
+                                "metrics": ["sample/dice", "sample/iou"]})

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from biom3d.core.autoconfig import _reduce, aug_patch_size, auto_config, pool_strides, rotation_plane
+from biom3d.core.builtins.autoconfig import _reduce, auto_config
+from biom3d.core.geometry import aug_patch_size, pool_strides, rotation_plane
 
 
 @pytest.mark.parametrize(

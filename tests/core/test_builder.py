@@ -1,9 +1,8 @@
 from biom3d.core.builder import Builder
-from tests.core import defaults_plugin, sample_plugin
+from tests.core import sample_plugin
 
 
 def test_builder_builds_slots_and_any_component_with_context(biom3d_plugins):
-    biom3d_plugins.register(defaults_plugin, name="base")
     biom3d_plugins.register(sample_plugin, name="sample")
     b = Builder({"num_classes": 2, "num_pools": [3, 5, 5], "model": {"name": "net", "params": {"depth": 2}}})
     assert b.context.num_pools == (3, 5, 5) and b.context.out_channels == 3
@@ -30,8 +29,7 @@ def test_metric_kind_components_learn_their_slot(biom3d_plugins):
         @hookimpl
         def biom3d_metrics(self):
             yield MetricSpec(name="both", target=lambda p, ctx: ctx.role, roles={"loss", "metric"})
-
-    biom3d_plugins.register(defaults_plugin, name="base")
+    biom3d_plugins.register(sample_plugin, name="sample")
     biom3d_plugins.register(Both(), name="both")
     b = Builder({"loss": "both", "metrics": ["both"]})
     assert b.build("loss") == "loss" and b.build("metrics") == ["metric"]

@@ -4,12 +4,11 @@ import yaml
 from biom3d.core.config import Config, load_config, validate
 from biom3d.core.errors import ConfigError
 from biom3d.core.upgrades import CURRENT_SCHEMA_VERSION
-from tests.core import defaults_plugin, sample_plugin
+from tests.core import sample_plugin
 
 
 @pytest.fixture
 def registry(biom3d_plugins):
-    biom3d_plugins.register(defaults_plugin, name="base")
     return biom3d_plugins.register(sample_plugin, name="sample")
 
 
@@ -113,4 +112,5 @@ def test_config_defaults_match_the_paper():
     cfg = Config()
     assert (cfg.train.optimizer, cfg.train.momentum, cfg.train.nesterov, cfg.train.weight_decay) == ("sgd", 0.99, True, 3e-5)
     assert cfg.train.scheduler == "cosine"
-    assert [m.name for m in cfg.metrics] == ["dice", "iou"]
+    # components are the stack's: the bare config names none, so the core names no other distribution's component
+    assert cfg.stack is None and cfg.model is None and cfg.metrics is None

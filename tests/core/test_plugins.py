@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
+from biom3d.core.discovery import discover
 from biom3d.core.errors import PluginError
-from biom3d.core.plugins import discover
 from biom3d.core.registry import ResolutionError
 
 
@@ -114,7 +114,7 @@ def test_records_are_attributed_and_built_with_validated_params(fake_dists):
     ],
 )
 def test_core_requirement_check(requires, problem):
-    from biom3d.core.plugins import _core_requirement_problem
+    from biom3d.core.discovery import _core_requirement_problem
 
     class Dist:
         pass

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from biom3d.core.predictor import FLIPS, SlidingWindowPredictor, hann_window, tile_starts
+from biom3d.core.builtins.predictor import FLIPS, SlidingWindowPredictor, hann_window, tile_starts
 
 
 class Probe(torch.nn.Module):

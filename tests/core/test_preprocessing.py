@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
+from biom3d.core.builtins.plugin import PreprocessParams
+from biom3d.core.builtins.preprocessing import SegPreprocessor, canonical_mask, to_channels_first
+from biom3d.core.builtins.resample import coarse_axis, resample_labels, target_shape
 from biom3d.core.context import RunContext
 from biom3d.core.errors import DataError
-from biom3d.core.plugin import PreprocessParams
-from biom3d.core.preprocessing import SegPreprocessor, canonical_mask, to_channels_first
-from biom3d.core.resample import coarse_axis, resample_labels, target_shape
 
 
 @pytest.mark.parametrize(
@@ -92,13 +92,13 @@ def test_resampling_to_the_median_spacing():
     prep = _prep()
     fp = {"spacing": [2.0, 0.5, 0.5]}
     img = np.random.default_rng(0).random((1, 10, 20, 20)).astype(np.float32)
-    out = prep.image(img, (1.0, 0.5, 0.5), fp)
+    out = prep.transform_image(img, (1.0, 0.5, 0.5), fp)
     assert out.shape == (1, 5, 20, 20)
-    assert prep.image(img, None, fp).shape == img.shape[:1] + img.shape[1:]  # no spacing: no resampling
+    assert prep.transform_image(img, None, fp).shape == img.shape[:1] + img.shape[1:]  # no spacing: no resampling
     mask = np.zeros((10, 20, 20), np.uint8)
     mask[2:8, 5:15, 5:15] = 2
     mask[4:6, 8:12, 8:12] = 1
-    m = prep.mask(mask, (5, 40, 40), {"spacing": None})
+    m = prep.resample_mask(mask, (5, 40, 40), {"spacing": None})
     assert m.shape == (5, 40, 40) and set(np.unique(m)) == {0, 1, 2}
     assert target_shape((10, 20, 20), (1, 0.5, 0.5), (2, 0.5, 0.5)) == (5, 20, 20)
 

@@ -1,6 +1,7 @@
 import pytest
 
-from biom3d.core.registry import ResolutionError, get_registry
+from biom3d.core.discovery import get_registry
+from biom3d.core.registry import ResolutionError
 from tests.core import sample_plugin
 
 

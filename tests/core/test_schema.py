@@ -3,12 +3,11 @@ import pytest
 
 from biom3d.core.config import validate
 from biom3d.core.schema import config_schema
-from tests.core import defaults_plugin, sample_plugin
+from tests.core import sample_plugin
 
 
 @pytest.fixture
 def schema(biom3d_plugins):
-    biom3d_plugins.register(defaults_plugin, name="base")
     biom3d_plugins.register(sample_plugin, name="sample")
     return config_schema()
 
@@ -39,7 +38,7 @@ def test_schema_rejects_what_validation_rejects(schema, raw):
 def test_slots_are_discriminated_on_name(schema):
     defs = schema["$defs"]
     model_variants = [k for k in defs if k.startswith("model__")]
-    assert {"model__sample__net", "model__sample__swin", "model__base__unet3d_vgg_deep"} <= set(model_variants)
+    assert {"model__sample__net", "model__sample__swin"} <= set(model_variants)
     net = defs["model__sample__net"]
     assert set(net["properties"]["name"]["enum"]) == {"sample/net", "net", "Net3D"}
     assert net["properties"]["params"]["$ref"].endswith("NetParams")

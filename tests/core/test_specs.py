@@ -55,10 +55,11 @@ def test_metric_roles_and_reader_suffixes():
         ReaderSpec(name="bad", target="a:b", suffixes=("tif",))
 
 
-def test_ten_kinds_with_their_hooks():
-    assert len(KINDS) == 10
+def test_eleven_kinds_with_their_hooks():
+    assert len(KINDS) == 11
     assert {k.hook for k in KINDS.values()} == {
         "biom3d_preprocessors", "biom3d_datasets", "biom3d_models", "biom3d_metrics", "biom3d_trainers",
         "biom3d_predictors", "biom3d_postprocessors", "biom3d_callbacks", "biom3d_readers", "biom3d_writers",
+        "biom3d_stacks",
     }
     assert NoParams.model_config["extra"] == "forbid"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from biom3d.core.builder import Builder
-from biom3d.core.plugins import discover
+from biom3d.core.discovery import discover
 from tests.e2e.conftest import SHAPE, TINY, blobs
 
 sitk = pytest.importorskip("SimpleITK")

@@ -1,6 +1,6 @@
 import numpy as np
 
-from biom3d.core.postprocess import Argmax, KeepLargest, RemoveSmall, Threshold
+from biom3d.core.builtins.postprocess import Argmax, KeepLargest, RemoveSmall, Threshold
 
 
 def _mask():

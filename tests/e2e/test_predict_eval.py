@@ -8,7 +8,7 @@ from tests.e2e.conftest import SHAPE, SPACING
 
 
 def _read(path):
-    from biom3d.core.registry import get_registry
+    from biom3d.core.discovery import get_registry
 
     reg = get_registry()
     return reg.reader_for(path).build({}, None)(path)
@@ -30,7 +30,7 @@ def test_predict_writes_masks_with_the_input_metadata_and_evaluates(trained, dat
 
 
 def test_tta_and_ensemble_change_probabilities_not_the_format(trained, dataset, tmp_path):
-    from biom3d.core.registry import get_registry
+    from biom3d.core.discovery import get_registry
     from biom3d.core.stages.predict import load_run, predict_image
 
     reg = get_registry()
@@ -117,7 +117,7 @@ def test_2d_images_go_through_the_whole_pipeline(tmp_path):
                 tifffile.imwrite(tmp_path / split / kind / f"c{i}.tif", arr)
     prep = preprocess_dataset(tmp_path / "train" / "img", tmp_path / "train" / "msk", tmp_path / "prep",
                               num_classes=1, workers=0, progress=False)
-    assert prep.autoconfig.patch_size[0] == 1 and prep.autoconfig.num_pools[0] == 0
+    assert prep.plan["patch_size"][0] == 1 and prep.plan["num_pools"][0] == 0
     overrides = {"train.epochs": 1, "train.iters_per_epoch": 3, "train.workers": 0, "train.batch_size": 2,
                  "model.params.base_features": 4}
     run = Builder(prep.config_path, overrides=overrides).train(runs_dir=tmp_path / "runs").run_dir

@@ -25,7 +25,8 @@ def test_outputs_layout_and_config(prepared):
     folds = (out / "folds.csv").read_text().splitlines()
     assert folds[0] == "filename,fold" and len(folds) == 5 and {r.split(",")[1] for r in folds[1:]} == {"0", "1"}
     cfg = yaml.safe_load(prepared.config_path.read_text())
-    assert cfg["patch_size"] == list(prepared.autoconfig.patch_size) and cfg["data"]["preprocessed"] == "."
+    assert cfg["patch_size"] == list(prepared.plan["patch_size"]) and cfg["data"]["preprocessed"] == "."
+    assert cfg["stack"] == prepared.stack == "models/paper"  # the default stack with every plugin installed
     assert any("relabelled" in w for w in prepared.warnings)
 
 
@@ -118,13 +119,20 @@ def test_bad_inputs_get_one_clear_error_and_nothing_written(tmp_path, case, mess
     assert not (out / "images").exists()
 
 
-def test_written_config_names_installed_components():
-    from biom3d.core.plugins import discover
-    from biom3d.core.stages.preprocess import default_components
+def test_default_stack_follows_what_is_installed():
+    from biom3d.core.config import validate
+    from biom3d.core.discovery import discover
+    from biom3d.core.stacks import choose_stack
 
-    paper = default_components(discover())
-    assert paper["model"]["name"] == "unet3d-vgg-deep" and paper["dataset"]["name"] == "patch-dataset"
-    monai_only = default_components(discover(environ={"BIOM3D_PLUGINS": "monai"}))
-    assert monai_only["model"]["name"] == "dyn-unet" and monai_only["dataset"]["name"] == "monai-dataset"
-    assert monai_only["loss"]["name"] == "dice-ce-loss"
-    assert [m["name"] for m in monai_only["metrics"]] == ["dice-metric", "mean-iou"]
+    everything = discover()
+    assert choose_stack(everything, None).qid == "models/paper"
+    monai_only = discover(environ={"BIOM3D_PLUGINS": "monai"})
+    assert choose_stack(monai_only, None).qid == "monai/dynunet"
+    cfg = validate({"num_classes": 1}, registry=monai_only)
+    assert (cfg.stack, cfg.model.name, cfg.dataset.name, cfg.loss.name) == (
+        "monai/dynunet", "monai/dyn-unet", "monai/monai-dataset", "monai/dice-ce-loss")
+    assert [m.name for m in cfg.metrics] == ["monai/dice-metric", "monai/mean-iou"]
+    assert cfg.trainer.name == "core/seg-trainer" and cfg.postprocessors[0].name == "core/discretize"
+    # models without io: the paper's stack lacks its dataset, so it is not the default; monai's is
+    models_monai = discover(environ={"BIOM3D_PLUGINS": "models,monai"})
+    assert choose_stack(models_monai, None).qid == "monai/dynunet"

@@ -7,7 +7,6 @@ from biom3d.core.config import validate
 from biom3d.core.context import RunContext
 from biom3d.core.errors import ConfigError
 from biom3d.models.deep_supervision import DeepSupervisionLoss
-from tests.core import defaults_plugin
 
 
 class Recorder(torch.nn.Module):
@@ -98,9 +97,10 @@ def test_trains_a_deep_supervised_unet_end_to_end(registry):
 
 @pytest.fixture
 def config_registry(biom3d_plugins, registry):
-    # the stand-ins give every other slot of the default config a component; their own stand-in
-    # 'unet3d-vgg-deep' makes the short model name ambiguous, so configs below name ours by qualified id
-    return biom3d_plugins.register(defaults_plugin, name="base")
+    # the paper's stack takes its dataset from biom3d-io: with it, the stack fills every other slot
+    import biom3d.io.plugin as io_plugin
+
+    return biom3d_plugins.register(io_plugin, name="io")
 
 
 def _validate(registry, loss):

@@ -6,8 +6,8 @@ import warnings
 import pytest
 import torch
 
-from biom3d.core.autoconfig import pool_strides
 from biom3d.core.context import RunContext
+from biom3d.core.geometry import pool_strides
 
 SMALL = {"base_features": 4, "max_features": 16}
 TINY_EFF = {"width_multiplier": 0.25, "depth_multiplier": 0.5}

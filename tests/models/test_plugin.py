@@ -36,7 +36,7 @@ def test_metric_roles_and_orientation(registry):
 
 
 def test_every_target_loads_and_every_field_is_documented_and_strict(registry):
-    comps = [c for c in registry.components() if c.plugin.name == "models"]
+    comps = [c for c in registry.components() if c.plugin.name == "models" and c.kind != "stack"]
     assert len(comps) == len(MODELS) + len(LOSSES) + 2
     seen: set[type[BaseModel]] = set()
     for comp in comps:
@@ -79,3 +79,16 @@ def test_encoder_names_match_the_encoder_table():
 def test_out_of_bounds_params_are_refused(registry, model, params):
     with pytest.raises(ValidationError):
         registry.resolve("model", model).validate_params(params, RunContext())
+
+
+def test_the_paper_stack_names_this_plugin_and_io_and_extends_core(registry):
+    from biom3d.core.stacks import missing_components, stack_envelopes
+
+    paper = registry.resolve("stack", "models/paper")
+    envelopes = stack_envelopes(registry, paper)
+    assert envelopes["model"] == {"name": "models/unet3d-vgg-deep", "params": {"deep_supervision": True}}
+    assert envelopes["trainer"] == "core/seg-trainer"  # from core/base
+    # without biom3d-io in this registry the stack is incomplete, and says what is missing
+    assert [m.split(":")[0] for m in missing_components(registry, paper)] == ["dataset"]
+    small = stack_envelopes(registry, paper, small=True)["model"]
+    assert small["params"]["base_features"] == 8 and small["params"]["deep_supervision"] is True

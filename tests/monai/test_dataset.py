@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from biom3d.core.autoconfig import rotation_plane
 from biom3d.core.context import RunContext
 from biom3d.core.errors import DataError
+from biom3d.core.geometry import rotation_plane
 from biom3d.monai.transforms import rotate_range, window
 from tests.monai.helpers import write_preprocessed
 

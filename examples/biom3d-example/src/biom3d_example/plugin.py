@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from biom3d.core import hookimpl
-from biom3d.core.specs import MetricSpec, ModelSpec, Params
+from biom3d.core.specs import MetricSpec, ModelSpec, Params, StackSpec
 
 
 class TinyUNetParams(Params):  # unknown keys are errors; schema built on first use
@@ -37,4 +37,22 @@ def biom3d_metrics():
         roles=frozenset({"loss"}),
         higher_is_better=False,
         summary="Focal loss on softmax outputs (example plugin).",
+    )
+
+
+@hookimpl
+def biom3d_stacks():
+    # below the paper's stack (priority 100): installing this plugin changes no default; `stack: example/tiny` or
+    # `--stack example/tiny` chooses it
+    yield StackSpec(
+        name="tiny",
+        extends="core/base",
+        priority=10,
+        components={
+            "model": {"name": "example/tiny-unet", "params": {"features": 8}},
+            "loss": "example/focal",
+            "dataset": "io/patch-dataset",
+            "metrics": ["models/dice"],
+        },
+        summary="The tiny U-Net with a focal loss on biom3d-io's patches (example plugin).",
     )

@@ -53,7 +53,8 @@ def _root(
 def plugins(
     ctx: typer.Context,
     components: Annotated[bool, typer.Option("--components", "-c", help="List every component by kind.")] = False,
-    kind: Annotated[str | None, typer.Option("--kind", "-k", help="Only components of this kind (implies --components).")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", "-k", help="Only components of this kind, e.g. model or stack "
+                                             "(implies --components).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List plugins (name, distribution, version, state) and, with --components, what they offer."""
@@ -106,7 +107,8 @@ def config_schema(
 
 @config_app.command("import")
 def config_import(
-    old: Annotated[Path, typer.Argument(help="config.yaml of an original biom3d 0.1.x run folder.")],
+    old: Annotated[Path, typer.Argument(help="An original biom3d 0.1.x config: a run folder's log/config.yaml, or a Python "
+                                          "config (config_default.py, <date>-<desc>.py), parsed, never run.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output file.")] = False,
 ) -> None:
@@ -139,9 +141,12 @@ def preprocess(
     workers: Annotated[int, typer.Option(help="Worker processes (under 256 MiB of input: in-process, faster).", min=0)] = 2,
     name: Annotated[str | None, typer.Option(help="Run name written in the config.")] = None,
     multilabel: Annotated[bool, typer.Option("--multilabel", help="Masks are 4D multi-label (sigmoid outputs).")] = False,
-    norm: Annotated[str, typer.Option(help="Normalisation: zscore or ct.")] = "zscore",
+    stack: Annotated[str | None, typer.Option(help="Stack whose components the config uses [default: the installed "
+                                              "stack of highest priority; see `biom3d plugins --kind stack`].")] = None,
+    preprocessor: Annotated[str | None, typer.Option(help="Preprocessor id [default: the stack's].")] = None,
+    norm: Annotated[str | None, typer.Option(help="Normalisation: zscore or ct [default: zscore].")] = None,
     channel_axis: Annotated[int | None, typer.Option(help="Channel axis of stored images (default: detect).")] = None,
-    mask_fix: Annotated[str, typer.Option(help="auto, strict or binarize (see README).")] = "auto",
+    mask_fix: Annotated[str | None, typer.Option(help="auto, strict or binarize (see README) [default: auto].")] = None,
     max_dim: Annotated[int, typer.Option(help="Side of the largest cubic patch.", min=8)] = 128,
     max_pool: Annotated[int, typer.Option(help="Most poolings per axis.", min=0, max=10)] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the fold split.")] = 42,
@@ -150,8 +155,9 @@ def preprocess(
     """Scan, fingerprint, auto-configure, normalise, resample, split folds; write a config for `biom3d train`."""
     from biom3d.cli import data_cmd
 
+    params = {k: v for k, v in {"norm": norm, "channel_axis": channel_axis, "mask_fix": mask_fix}.items() if v is not None}
     data_cmd.preprocess(images=images, masks=masks, num_classes=num_classes, out=out, workers=workers, name=name,
-                        multilabel=multilabel, params={"norm": norm, "channel_axis": channel_axis, "mask_fix": mask_fix},
+                        multilabel=multilabel, stack=stack, preprocessor=preprocessor, params=params,
                         max_dim=max_dim, max_pool=max_pool, seed=seed, overwrite=overwrite)
 
 
@@ -223,6 +229,8 @@ def run(
     test_masks: Annotated[Path | None, typer.Option(help="Their ground truth, to evaluate.")] = None,
     name: Annotated[str | None, typer.Option(help="Pipeline name [default: the images folder's name].")] = None,
     runs_dir: Annotated[Path | None, typer.Option(help="Where the pipeline folder goes [default: runs].")] = None,
+    stack: Annotated[str | None, typer.Option(help="Stack filling the slots the config leaves out [default: the "
+                                              "config's `stack:`, else the installed one of highest priority].")] = None,
     epochs: Annotated[int | None, typer.Option(help="train.epochs.", min=1)] = None,
     iters_per_epoch: Annotated[int | None, typer.Option(help="train.iters_per_epoch.", min=1)] = None,
     batch_size: Annotated[int | None, typer.Option(help="train.batch_size.", min=1)] = None,
@@ -234,7 +242,7 @@ def run(
 
     run_cmd.run(config, images=images, masks=masks, num_classes=num_classes, test_images=test_images,
                 test_masks=test_masks, name=name, runs_dir=runs_dir,
-                overrides={"train.epochs": epochs, "train.iters_per_epoch": iters_per_epoch,
+                overrides={"stack": stack, "train.epochs": epochs, "train.iters_per_epoch": iters_per_epoch,
                            "train.batch_size": batch_size, "train.workers": workers, "train.device": device})
 
 
@@ -243,11 +251,13 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's data and results.")] = Path("biom3d-demo"),
     epochs: Annotated[int | None, typer.Option(help="Override the demo's epochs.", min=1)] = None,
     iters_per_epoch: Annotated[int | None, typer.Option(help="Override the demo's iterations per epoch.", min=1)] = None,
+    stack: Annotated[str | None, typer.Option(help="Stack to demonstrate [default: the installed one of highest "
+                                              "priority].")] = None,
 ) -> None:
     """Train, predict and evaluate on a real 3D nuclei volume (no data needed); prints the held-out Dice."""
     from biom3d.cli import demo as demo_mod
 
-    demo_mod.run_demo(out, epochs=epochs, iters=iters_per_epoch)
+    demo_mod.run_demo(out, epochs=epochs, iters=iters_per_epoch, stack=stack)
 
 
 # -- entry point -------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ def validate_files(files: list[Path]) -> None:
         except ConfigError as exc:
             failed.append(exc)
             continue
-        used = [cfg.model.name, cfg.loss.name, cfg.dataset.name, cfg.trainer.name]
-        typer.echo(f"{file}: valid (model {used[0]}, loss {used[1]}, dataset {used[2]}, trainer {used[3]})")
+        typer.echo(f"{file}: valid (stack {cfg.stack or '-'}: model {cfg.model.name}, loss {cfg.loss.name}, "
+                   f"dataset {cfg.dataset.name}, trainer {cfg.trainer.name})")
     for exc in failed[:-1]:  # every file's problems are printed; the last one sets the exit code
         typer.echo(f"error: {exc}", err=True)
     if failed:
@@ -50,17 +50,19 @@ def schema(output: Path | None) -> None:
 def import_legacy(old: Path, output: Path | None, *, overwrite: bool) -> None:
     import yaml
 
+    from biom3d.cli.legacy import import_legacy as convert
+    from biom3d.cli.legacy import read_legacy
     from biom3d.core.config import validate
     from biom3d.core.errors import ConfigError, InputError
-    from biom3d.core.legacy import import_legacy as convert
-    from biom3d.core.legacy import read_legacy_yaml
 
     if not old.is_file():
         raise InputError(f"{old} does not exist")
     try:
-        raw, notes = convert(read_legacy_yaml(old))
+        original, read_notes = read_legacy(old)  # a .py config is parsed, never run
+        raw, notes = convert(original)
     except (ValueError, yaml.YAMLError) as exc:
         raise ConfigError(str(exc), source=str(old)) from exc
+    notes = read_notes + notes
     validate(raw)  # the converted config must work with the installed plugins
     text = "# Imported from " + str(old) + " by `biom3d config import`\n" + yaml.safe_dump(
         raw, sort_keys=False, default_flow_style=None)

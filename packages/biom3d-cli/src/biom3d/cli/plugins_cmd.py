@@ -56,12 +56,22 @@ def show_plugin(name: str, *, as_json: bool) -> None:
 
 
 def _components_table(comps) -> str:
-    rows = [(c.kind, c.qid, ", ".join(c.spec.aliases), _extra(c), c.spec.summary) for c in comps]
-    return table(["kind", "id", "aliases", "suffixes/roles", "summary"], rows, max_width=80)
+    default = _default_stack() if any(c.kind == "stack" for c in comps) else None
+    rows = [(c.kind, c.qid, ", ".join(c.spec.aliases), _extra(c, default), c.spec.summary) for c in comps]
+    return table(["kind", "id", "aliases", "suffixes/roles/priority", "summary"], rows, max_width=80)
 
 
-def _extra(comp) -> str:
+def _default_stack() -> str | None:
+    from biom3d.core.stacks import choose_stack
+
+    chosen = choose_stack(_registry(), None)
+    return chosen.qid if chosen is not None else None
+
+
+def _extra(comp, default_stack: str | None = None) -> str:
     d = comp.as_dict()
+    if comp.kind == "stack":
+        return f"priority {d['priority']}" + (" (default)" if comp.qid == default_stack else "")
     if "suffixes" in d:
         return " ".join(d["suffixes"]) + (" (folders)" if comp.spec.directory else "")
     return ",".join(d.get("roles", []))
@@ -77,6 +87,6 @@ def _why(info) -> str:
 
 
 def _registry():
-    from biom3d.core.registry import get_registry
+    from biom3d.core.discovery import get_registry
 
     return get_registry()

@@ -17,8 +17,8 @@ _LAZY = {
     "validate": "biom3d.core.config",
     "RunContext": "biom3d.core.context",
     "Registry": "biom3d.core.registry",
-    "get_registry": "biom3d.core.registry",
-    "discover": "biom3d.core.plugins",
+    "get_registry": "biom3d.core.discovery",
+    "discover": "biom3d.core.discovery",
     "config_schema": "biom3d.core.schema",
 }
 

@@ -11,8 +11,9 @@ from typing import Any
 
 from biom3d.core.config import SLOTS, Config, Envelope, load_config, validate
 from biom3d.core.context import RunContext
+from biom3d.core.discovery import get_registry
 from biom3d.core.errors import ConfigError, Problem
-from biom3d.core.registry import Component, Registry, get_registry
+from biom3d.core.registry import Component, Registry
 
 log = logging.getLogger("biom3d")
 ARCHITECTURE_FIELDS = ("in_channels", "patch_size", "aug_patch_size", "num_pools", "spacing")
@@ -131,7 +132,8 @@ class Builder:
 
     def _fit(self, run_dir: Path, *, resume: dict[str, Any] | None = None,
              init_weights: dict[str, Any] | None = None) -> TrainResult:
-        from biom3d.core.trainer import TrainJob, resolve_device, seed_everything
+        from biom3d.core.devices import resolve_device, seed_everything
+        from biom3d.core.protocols import TrainJob
 
         if resume is None:
             seed_everything(self.config.train.seed)  # before building: weight initialisation is random too

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from biom3d.core.errors import ConfigError, Problem
+from biom3d.core.specs import SLOTS
 from biom3d.core.upgrades import CURRENT_SCHEMA_VERSION, ENVELOPE_LISTS, ENVELOPE_SLOTS, upgrade
 
 Triple = tuple[int, int, int]
@@ -26,7 +27,8 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, description="Qualified id (plugin/name), short name or alias.")
+    name: str | None = Field(None, min_length=1, description="Qualified id (plugin/name), short name or alias; "
+                             "omitted: the stack's component, with these params on top of the stack's.")
     params: dict[str, Any] = Field(default_factory=dict, description="The component's own parameters.")
 
     @model_validator(mode="before")
@@ -97,13 +99,6 @@ class AutoConfigSettings(BaseModel):
     max_batch: int = Field(16, ge=2, le=1024, description="Largest batch size for small patches.")
 
 
-def _envelope(name: str) -> Any:
-    return Field(default_factory=lambda: Envelope(name=name))
-
-
-DEFAULT_CALLBACKS = ("lr-schedule", "checkpoint", "csv-log", "progress", "curves", "snapshots")
-
-
 class Config(BaseModel):
     """A biom3d run config."""
 
@@ -130,15 +125,19 @@ class Config(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     autoconfig: AutoConfigSettings = Field(default_factory=AutoConfigSettings)
 
-    preprocessor: Envelope = _envelope("seg-preprocess")
-    dataset: Envelope = _envelope("patch-dataset")
-    model: Envelope = _envelope("unet3d-vgg-deep")
-    loss: Envelope = _envelope("dice-ce")
-    metrics: list[Envelope] = Field(default_factory=lambda: [Envelope(name="dice"), Envelope(name="iou")])
-    trainer: Envelope = _envelope("seg-trainer")
-    predictor: Envelope = _envelope("sliding-window")
-    postprocessors: list[Envelope] = Field(default_factory=lambda: [Envelope(name="argmax")])
-    callbacks: list[Envelope] = Field(default_factory=lambda: [Envelope(name=n) for n in DEFAULT_CALLBACKS])
+    # component slots: null means "the stack's" (phase B fills every slot and records the stack it used)
+    stack: str | None = Field(None, description="Stack (plugin/name) filling the slots this config leaves out "
+                              "(null: the installed stack of highest priority; `biom3d plugins --kind stack`).")
+    preprocessor: Envelope | None = Field(None, description="Turns raw images and masks into training arrays.")
+    dataset: Envelope | None = Field(None, description="Samples (and augments) training patches.")
+    model: Envelope | None = Field(None, description="The network.")
+    loss: Envelope | None = Field(None, description="The training loss (a metric-kind component with the loss role).")
+    metrics: list[Envelope] | None = Field(None, description="Validation metrics; the first one selects best.pt.")
+    trainer: Envelope | None = Field(None, description="The training loop.")
+    predictor: Envelope | None = Field(None, description="Whole-volume inference (tiling, blending, TTA).")
+    postprocessors: list[Envelope] | None = Field(None, description="Chained: probabilities -> mask -> cleaned mask.")
+    callbacks: list[Envelope] | None = Field(None, description="Run at train/epoch/batch begin and end. A list here "
+                                             "replaces the stack's whole list (checkpoints and logs are callbacks).")
     reader: Envelope | None = Field(None, description="Force one reader instead of choosing by suffix.")
     writer: Envelope | None = Field(None, description="Force one writer instead of the input's format.")
 
@@ -162,21 +161,9 @@ class Config(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
 
 
-# slot -> (kind, required role for metric kinds)
-SLOTS: dict[str, tuple[str, str | None]] = {
-    "preprocessor": ("preprocessor", None),
-    "dataset": ("dataset", None),
-    "model": ("model", None),
-    "loss": ("metric", "loss"),
-    "metrics": ("metric", "metric"),
-    "trainer": ("trainer", None),
-    "predictor": ("predictor", None),
-    "postprocessors": ("postprocessor", None),
-    "callbacks": ("callback", None),
-    "reader": ("reader", None),
-    "writer": ("writer", None),
-}
 assert set(SLOTS) == set(ENVELOPE_SLOTS) | set(ENVELOPE_LISTS)
+#: slots every run needs: when neither the config nor its stack fills one, validation says so
+REQUIRED_SLOTS = ("preprocessor", "dataset", "model", "loss", "trainer", "predictor")
 
 
 # -- public entry points ------------------------------------------------------------------------------------
@@ -233,7 +220,7 @@ def validate(raw: dict[str, Any], *, registry: Any = None, source: str | None = 
         problems += _problems(exc, model=Config)
     if resolve:
         if registry is None:
-            from biom3d.core.registry import get_registry
+            from biom3d.core.discovery import get_registry
 
             registry = get_registry()
         resolved = _resolve_envelopes(raw, registry, cfg, problems)
@@ -248,43 +235,87 @@ def validate(raw: dict[str, Any], *, registry: Any = None, source: str | None = 
 # -- phase B ------------------------------------------------------------------------------------------------
 def _resolve_envelopes(raw: dict[str, Any], registry: Any, cfg: Config | None, problems: list[Problem]) -> dict[str, Any]:
     from biom3d.core.context import RunContext
-    from biom3d.core.registry import ResolutionError
 
     ctx = RunContext.from_config(cfg) if cfg is not None else None
-    defaults = Config.model_construct()
-    resolved: dict[str, Any] = {}
+    stack, from_stack = _stack_envelopes(raw, registry, problems)
+    stack_failed = any(p.path == "stack" for p in problems)
+    resolved: dict[str, Any] = {"stack": stack}
     for slot, (kind, role) in SLOTS.items():
-        value = raw.get(slot, getattr(defaults, slot) if slot in Config.model_fields else None)
-        if value is None:
-            resolved[slot] = None
-            continue
+        value, origin = (raw[slot], "") if slot in raw else (from_stack.get(slot), f" (from stack '{stack}')")
         many = slot in ENVELOPE_LISTS
-        if many and not isinstance(value, list):
+        if value is None:
+            if slot in REQUIRED_SLOTS and not stack_failed:
+                problems.append(Problem(slot, _missing(slot, kind, stack, registry)))
+            resolved[slot] = [] if many else None
+            continue
+        if many and not isinstance(value, list | tuple):
             continue  # phase A reported it
-        items = value if many else [value]
         out = []
-        for i, item in enumerate(items):
+        for i, item in enumerate(value if many else [value]):
             path = f"{slot}[{i}]" if many else slot
             try:
                 env = item if isinstance(item, Envelope) else Envelope.model_validate(item)
             except ValidationError:
                 continue  # phase A reported it
-            try:
-                comp = registry.resolve(kind, env.name)
-            except ResolutionError as exc:
-                problems.append(Problem(f"{path}.name", str(exc)))
-                continue
-            if role and role not in comp.spec.roles:
-                problems.append(Problem(f"{path}.name", f"'{comp.qid}' cannot be used as a {role} (roles: {', '.join(sorted(comp.spec.roles))})"))
-                continue
-            try:
-                params = comp.validate_params(env.params, ctx)
-            except ValidationError as exc:
-                problems += _problems(exc, prefix=f"{path}.params", model=comp.spec.params)
-                continue
-            out.append(Envelope(name=comp.qid, params=params.model_dump(mode="json")))
+            if env.name is None:  # `model.params.x: 1` alone tweaks the stack's model
+                base = None if many else from_stack.get(slot)
+                if base is None:
+                    problems.append(Problem(f"{path}.name", "required" + ("" if many else f": stack '{stack}' "
+                                                                          f"has no {slot} whose params to change")))
+                    continue
+                base = Envelope.model_validate(base)
+                env = Envelope(name=base.name, params={**base.params, **env.params})
+                origin = f" (from stack '{stack}')"
+            resolved_env = _resolve_one(env, kind, role, path, origin, registry, ctx, problems)
+            if resolved_env is not None:
+                out.append(resolved_env)
         resolved[slot] = out if many else (out[0] if out else None)
     return resolved
+
+
+def _stack_envelopes(raw: dict[str, Any], registry: Any, problems: list[Problem]) -> tuple[str | None, dict[str, Any]]:
+    """The chosen stack's qualified id and its envelopes."""
+    from biom3d.core.registry import ResolutionError
+    from biom3d.core.stacks import choose_stack, stack_envelopes
+
+    name = raw.get("stack")
+    try:
+        stack = choose_stack(registry, name if isinstance(name, str) else None)
+        return (stack.qid, stack_envelopes(registry, stack)) if stack is not None else (None, {})
+    except ResolutionError as exc:
+        if all(slot in raw for slot in SLOTS):  # a resolved config (a run's) needs no stack any more
+            return name, {}
+        problems.append(Problem("stack", str(exc)))
+        return None, {}
+
+
+def _resolve_one(env: Envelope, kind: str, role: str | None, path: str, origin: str, registry: Any, ctx: Any,
+                 problems: list[Problem]) -> Envelope | None:
+    from biom3d.core.registry import ResolutionError
+
+    try:
+        comp = registry.resolve(kind, env.name)
+    except ResolutionError as exc:
+        problems.append(Problem(f"{path}.name", f"{exc}{origin}"))
+        return None
+    if role and role not in comp.spec.roles:
+        problems.append(Problem(f"{path}.name", f"'{comp.qid}' cannot be used as a {role} "
+                                f"(roles: {', '.join(sorted(comp.spec.roles))}){origin}"))
+        return None
+    try:
+        params = comp.validate_params(env.params, ctx)
+    except ValidationError as exc:
+        problems.extend(Problem(p.path, p.message + origin) for p in _problems(exc, prefix=f"{path}.params", model=comp.spec.params))
+        return None
+    return Envelope(name=comp.qid, params=params.model_dump(mode="json"))
+
+
+def _missing(slot: str, kind: str, stack: str | None, registry: Any) -> str:
+    offered = [c.qid for c in registry.components(kind)][:5]
+    where = f"stack '{stack}' provides none" if stack is not None else "no installed plugin declares a stack"
+    choices = f"installed {kind}s: {', '.join(offered)}" if offered else f"no installed plugin offers a {kind}"
+    return (f"not set, and {where} ({choices}); set {slot}: {{name: ...}}, choose another stack with `stack:` "
+            "(`biom3d plugins --kind stack` lists them) or install a plugin that offers one")
 
 
 # -- error formatting ---------------------------------------------------------------------------------------

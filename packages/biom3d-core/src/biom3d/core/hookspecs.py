@@ -1,4 +1,5 @@
-"""The ten hooks plugins implement. Each takes no argument and yields frozen spec records.
+"""The eleven hooks plugins implement: one per component kind and one for stacks. Each takes no argument and
+yields frozen spec records.
 
 None is ``firstresult`` (pluggy calls plugins newest-first, so "first wins" would depend on install order)
 and none is historic: the registry collects every record and resolves names itself.
@@ -63,3 +64,8 @@ def biom3d_readers() -> Iterable:
 @hookspec
 def biom3d_writers() -> Iterable:
     """Yield WriterSpec records: image writers chosen by file suffix."""
+
+
+@hookspec
+def biom3d_stacks() -> Iterable:
+    """Yield StackSpec records: named sets of components that work together, the defaults of a config."""

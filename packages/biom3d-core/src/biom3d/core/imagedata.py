@@ -13,7 +13,9 @@ class ImageData:
 
     ``spacing``/``origin`` are per spatial axis in the array's (D, H, W) order; ``direction`` is the
     row-major 3x3 cosine matrix in SimpleITK's (x, y, z) order. ``meta`` holds format-specific extras a writer
-    may reuse (ImageJ/OME metadata, DICOM tags, the reader's id).
+    may reuse (ImageJ/OME metadata, DICOM tags, the reader's id); ``meta["axes"]``, when a reader knows them, names
+    the stored axes (``"ZYX"``, ``"CZYX"``, ``"YX"``...): preprocessing finds the channel axis with it and predict
+    writes a 2D input's mask back in 2D.
     """
 
     array: Any

@@ -11,13 +11,15 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from biom3d.core.errors import InputError, PluginError
-from biom3d.core.plugins import PluginInfo
-from biom3d.core.specs import KINDS, ComponentSpec, ReaderSpec, WriterSpec
+from biom3d.core.specs import KINDS, NamedSpec, ReaderSpec, StackSpec, WriterSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from biom3d.core.discovery import PluginInfo
 
 
 class ResolutionError(InputError):
@@ -29,7 +31,7 @@ class Component:
     """One offered component: its spec and the plugin that offered it."""
 
     plugin: PluginInfo
-    spec: ComponentSpec
+    spec: NamedSpec
 
     @property
     def kind(self) -> str:
@@ -73,8 +75,14 @@ class Component:
             "aliases": list(self.spec.aliases),
             "summary": self.spec.summary,
             "plugin": self.plugin.name,
-            "target": self.spec.target if isinstance(self.spec.target, str) else repr(self.spec.target),
         }
+        target = getattr(self.spec, "target", None)
+        if target is not None:
+            d["target"] = target if isinstance(target, str) else repr(target)
+        if isinstance(self.spec, StackSpec):
+            d["priority"] = self.spec.priority
+            d["extends"] = self.spec.extends
+            d["components"] = dict(self.spec.components)
         if isinstance(self.spec, ReaderSpec | WriterSpec):
             d["suffixes"] = list(self.spec.suffixes)
             d["priority"] = self.spec.priority
@@ -87,7 +95,7 @@ class Component:
 class Registry:
     """Loaded components by kind, with name resolution and plugin states."""
 
-    def __init__(self, plugins: Mapping[str, PluginInfo], records: Iterable[tuple[str, ComponentSpec]]):
+    def __init__(self, plugins: Mapping[str, PluginInfo], records: Iterable[tuple[str, NamedSpec]]):
         self.plugins: dict[str, PluginInfo] = dict(plugins)
         self._by_kind: dict[str, list[Component]] = defaultdict(list)
         for plugin_name, spec in records:
@@ -129,6 +137,15 @@ class Registry:
                 f"{kind} name '{name}' is ambiguous: offered by several plugins ({ids}); write one of these qualified ids"
             )
         raise ResolutionError(self._not_found(kind, name, name))
+
+    def stacks(self) -> list[Component]:
+        """Installed stacks, the default first: highest priority, then qualified id (never install order)."""
+        return sorted(self.components("stack"), key=lambda c: (-c.spec.priority, c.qid))  # type: ignore[attr-defined]
+
+    def default_stack(self) -> Component | None:
+        """The stack a config without ``stack:`` uses."""
+        stacks = self.stacks()
+        return stacks[0] if stacks else None
 
     def reader_for(self, path: str | Path) -> Component:
         """The reader for ``path``: directory readers for folders, else longest suffix, then priority."""
@@ -190,6 +207,15 @@ class Registry:
         return msg
 
     def _note_clashes(self) -> None:
+        stacks = self.stacks()
+        tied = [s for s in stacks if stacks and s.spec.priority == stacks[0].spec.priority]  # type: ignore[attr-defined]
+        if len(tied) > 1:  # the default is then the first qualified id: say so rather than let it look chosen
+            ids = ", ".join(s.qid for s in tied)
+            note = (f"stacks {ids} share the top priority {tied[0].spec.priority}; the default is "  # type: ignore[attr-defined]
+                    f"'{tied[0].qid}' (alphabetical): set `stack:` in configs to choose")
+            for s in tied:
+                if note not in s.plugin.notes:
+                    s.plugin.notes.append(note)
         for kind, comps in self._by_kind.items():
             owners: dict[str, set[str]] = defaultdict(set)
             for c in comps:
@@ -207,23 +233,3 @@ class Registry:
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)}")
-
-
-_default: Registry | None = None
-
-
-def get_registry() -> Registry:
-    """The process-wide registry of installed plugins, discovered once on first use."""
-    global _default
-    if _default is None:
-        from biom3d.core.plugins import discover
-
-        _default = discover()
-    return _default
-
-
-def set_registry(registry: Registry | None) -> Registry | None:
-    """Swap the process-wide registry (tests, embedding applications); returns the previous one."""
-    global _default
-    previous, _default = _default, registry
-    return previous

@@ -55,7 +55,8 @@ def portable_yaml(config: Config) -> str:
 
 
 def used_components(config: Config) -> list[str]:
-    ids = []
+    """Every qualified id the run uses, its stack's included (so the stack's plugin is recorded too)."""
+    ids = [config.stack] if config.stack else []
     for slot in SLOTS:
         value = getattr(config, slot)
         for env in value if isinstance(value, list) else [value]:
@@ -66,6 +67,7 @@ def used_components(config: Config) -> list[str]:
 
 def plugins_record(config: Config, registry) -> dict[str, Any]:
     return {
+        "stack": config.stack,
         "used": registry.used_plugins(used_components(config)),
         "installed": {p.name: {"dist": p.dist, "version": p.version, "state": p.state}
                       for p in registry.plugins.values()},

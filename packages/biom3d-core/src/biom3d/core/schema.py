@@ -14,23 +14,21 @@ from biom3d.core.upgrades import ENVELOPE_LISTS
 def config_schema(registry: Any = None) -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a config for the plugins in ``registry``."""
     if registry is None:
-        from biom3d.core.registry import get_registry
+        from biom3d.core.discovery import get_registry
 
         registry = get_registry()
     overrides: dict[str, Any] = {}
     for slot, (kind, role) in SLOTS.items():
         comps = [c for c in registry.components(kind) if role is None or role in c.spec.roles]
         slot_type = _slot_type(kind, comps, registry)
-        if slot in ENVELOPE_LISTS:
-            overrides[slot] = (list[slot_type], Field(default_factory=list, description=Config.model_fields[slot].description))
-        else:
-            optional = slot in ("reader", "writer")
-            overrides[slot] = (slot_type | None if optional else slot_type, Field(None if optional else ...))
+        description = Config.model_fields[slot].description
+        many = list[slot_type] if slot in ENVELOPE_LISTS else slot_type  # type: ignore[valid-type]
+        overrides[slot] = (many | None, Field(None, description=description))  # null: the stack's
+    stacks = sorted({n for c in registry.components("stack") for n in (c.qid, *c.spec.names)})
+    if stacks:
+        overrides["stack"] = (Literal[tuple(stacks)] | None, Field(None, description=Config.model_fields["stack"].description))
     model = create_model("Biom3dConfig", __base__=Config, **overrides)
     schema = model.model_json_schema()
-    for slot in SLOTS:  # envelope slots have defaults in Config; an editor should not require them
-        if slot in schema.get("required", []):
-            schema["required"].remove(slot)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "biom3d config"
     return schema

@@ -6,10 +6,12 @@ selected component is built (or a callable, for tests and small plugins).
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -33,21 +35,40 @@ class NoParams(Params):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ComponentSpec:
-    """Common fields of every spec. Subclasses set ``kind``."""
+class NamedSpec:
+    """What every record has: a checked name, aliases and a summary. Subclasses set ``kind``."""
 
     kind: ClassVar[str] = ""
 
     name: str
-    target: str | Callable[..., Any]
-    params: type[BaseModel] = NoParams
     summary: str = ""
     aliases: tuple[str, ...] = ()
-    params_version: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_RE.match(self.name):
             raise SpecError(f"{self.kind} name {self.name!r} must match {NAME_RE.pattern}")
+        if isinstance(self.aliases, str) or not all(isinstance(a, str) and a for a in self.aliases):
+            raise SpecError(f"{self.kind} {self.name!r}: aliases must be a tuple of non-empty strings")
+        object.__setattr__(self, "aliases", tuple(self.aliases))
+        if not isinstance(self.summary, str):
+            raise SpecError(f"{self.kind} {self.name!r}: summary must be a string")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The short name and every alias."""
+        return (self.name, *self.aliases)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComponentSpec(NamedSpec):
+    """A buildable component: ``target`` is its factory ``factory(params, ctx)``."""
+
+    target: str | Callable[..., Any]
+    params: type[BaseModel] = NoParams
+    params_version: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.target, str):
             if not TARGET_RE.match(self.target):
                 raise SpecError(f"{self.kind} {self.name!r}: target {self.target!r} is not 'pkg.module:attr'")
@@ -60,16 +81,6 @@ class ComponentSpec:
                 f"{self.kind} {self.name!r}: params model {self.params.__name__} must set extra='forbid' "
                 "so that misspelt keys are reported"
             )
-        if isinstance(self.aliases, str) or not all(isinstance(a, str) and a for a in self.aliases):
-            raise SpecError(f"{self.kind} {self.name!r}: aliases must be a tuple of non-empty strings")
-        object.__setattr__(self, "aliases", tuple(self.aliases))
-        if not isinstance(self.summary, str):
-            raise SpecError(f"{self.kind} {self.name!r}: summary must be a string")
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The short name and every alias."""
-        return (self.name, *self.aliases)
 
     def load(self) -> Callable[..., Any]:
         """Import and return the target. Heavy imports happen here, never at discovery."""
@@ -172,13 +183,65 @@ class WriterSpec(_FileSpec):
     kind: ClassVar[str] = "writer"
 
 
+@dataclass(frozen=True, kw_only=True)
+class StackSpec(NamedSpec):
+    """A named set of components that work together: the envelope per config slot that a config leaving the
+    slot out gets. ``extends`` names the stack (qualified id) whose envelopes fill the slots this one leaves out,
+    e.g. ``core/base`` for core's preprocessor, trainer, predictor, post-processing and callbacks. With no
+    ``stack:`` in a config, the installed stack of highest ``priority`` is used. ``small`` holds envelopes that
+    replace the stack's for a CPU-sized run (`biom3d demo`, smoke tests): a smaller network, say.
+
+    Envelopes are ``{"name": id, "params": {...}}`` or a bare id; list slots (metrics, postprocessors,
+    callbacks) take a list of them; the slots are :data:`SLOTS`.
+    """
+
+    kind: ClassVar[str] = "stack"
+
+    components: Mapping[str, Any] = field(default_factory=dict)
+    extends: str | None = None
+    priority: int = 0
+    small: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.priority, int) or isinstance(self.priority, bool):
+            raise SpecError(f"stack {self.name!r}: priority must be an int")
+        if self.extends is not None and (not isinstance(self.extends, str) or "/" not in self.extends):
+            raise SpecError(f"stack {self.name!r}: extends must be a qualified stack id such as 'core/base'")
+        for what in ("components", "small"):
+            table = getattr(self, what)
+            if not isinstance(table, Mapping):
+                raise SpecError(f"stack {self.name!r}: {what} must be a mapping of slot -> envelope")
+            for slot, value in table.items():
+                problem = _envelope_problem(slot, value)
+                if problem:
+                    raise SpecError(f"stack {self.name!r}: {what}[{slot!r}] {problem}")
+            object.__setattr__(self, what, MappingProxyType(dict(table)))
+
+
+def _envelope_problem(slot: str, value: Any) -> str | None:
+    if slot not in SLOTS:
+        close = difflib.get_close_matches(str(slot), list(SLOTS), n=1)
+        return "is not a config slot" + (f"; did you mean {close[0]!r}?" if close else "")
+    items = value if slot in LIST_SLOTS else [value]
+    if slot in LIST_SLOTS and not isinstance(value, list | tuple):
+        return "must be a list of envelopes"
+    for item in items:
+        if isinstance(item, str) and item:
+            continue
+        if not (isinstance(item, Mapping) and isinstance(item.get("name"), str) and item["name"]
+                and set(item) <= {"name", "params"} and isinstance(item.get("params", {}), Mapping)):
+            return f"holds {item!r}: an envelope is an id or {{'name': id, 'params': {{...}}}}"
+    return None
+
+
 @dataclass(frozen=True)
 class Kind:
     """A component kind: its hook and its spec class."""
 
     name: str
     hook: str
-    spec: type[ComponentSpec]
+    spec: type[NamedSpec]
     plural: str = field(default="")
 
 
@@ -195,5 +258,24 @@ KINDS: dict[str, Kind] = {
         Kind("callback", "biom3d_callbacks", CallbackSpec, "callbacks"),
         Kind("reader", "biom3d_readers", ReaderSpec, "readers"),
         Kind("writer", "biom3d_writers", WriterSpec, "writers"),
+        Kind("stack", "biom3d_stacks", StackSpec, "stacks"),
     )
 }
+
+
+#: config slot -> (kind of component it takes, role a metric-kind component must have)
+SLOTS: dict[str, tuple[str, str | None]] = {
+    "preprocessor": ("preprocessor", None),
+    "dataset": ("dataset", None),
+    "model": ("model", None),
+    "loss": ("metric", "loss"),
+    "metrics": ("metric", "metric"),
+    "trainer": ("trainer", None),
+    "predictor": ("predictor", None),
+    "postprocessors": ("postprocessor", None),
+    "callbacks": ("callback", None),
+    "reader": ("reader", None),
+    "writer": ("writer", None),
+}
+#: the slots that hold a list of envelopes
+LIST_SLOTS = ("metrics", "postprocessors", "callbacks")

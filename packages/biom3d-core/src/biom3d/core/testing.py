@@ -14,8 +14,8 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
-from biom3d.core.plugins import discover
-from biom3d.core.registry import Registry, set_registry
+from biom3d.core.discovery import discover, set_registry
+from biom3d.core.registry import Registry
 
 
 class PluginSandbox:

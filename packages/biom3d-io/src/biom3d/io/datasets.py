@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from biom3d.core.autoconfig import ANISOTROPY, rotation_plane
 from biom3d.core.errors import DataError
 from biom3d.core.folds import read_folds
+from biom3d.core.geometry import ANISOTROPY, rotation_plane
 
 
 def build_patch_data(params, ctx) -> PatchData:

@@ -11,7 +11,7 @@ from torch import nn
 
 def build_deep_supervision(params, ctx) -> DeepSupervisionLoss:
     """Builds the inner loss its params name (already resolved to a qualified id at validation)."""
-    from biom3d.core.registry import get_registry
+    from biom3d.core.discovery import get_registry
 
     inner = get_registry().resolve("metric", params.loss.name).build(params.loss.params, ctx)
     if hasattr(inner, "role"):  # a metric-and-loss such as 'dice' is a loss here

@@ -2,7 +2,7 @@
 
 Every encoder exposes ``channels`` (features per level) and ``strides`` (each level's down-sampling relative to
 the previous one; level 0 is (1, 1, 1)), so that a decoder or a classifier head can adapt to any of them.
-Down-sampling follows the per-stage kernels of auto-configuration (:func:`biom3d.core.autoconfig.pool_strides`).
+Down-sampling follows the per-stage kernels of auto-configuration (:func:`biom3d.core.geometry.pool_strides`).
 """
 
 from __future__ import annotations

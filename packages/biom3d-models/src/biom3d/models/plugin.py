@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from biom3d.core import hookimpl
-from biom3d.core.specs import MetricSpec, ModelSpec
+from biom3d.core.specs import MetricSpec, ModelSpec, StackSpec
 
 EncoderName = Literal[
     "vgg",
@@ -142,7 +142,8 @@ class InnerLoss(BaseModel):
     @model_validator(mode="after")
     def _resolve(self, info: ValidationInfo) -> InnerLoss:
         """Resolve the name and validate the params now, so mistakes surface at config validation with paths."""
-        from biom3d.core.registry import ResolutionError, get_registry
+        from biom3d.core.discovery import get_registry
+        from biom3d.core.registry import ResolutionError
 
         run = (info.context or {}).get("run")
         try:
@@ -290,4 +291,26 @@ def biom3d_metrics():
         roles=loss,
         higher_is_better=False,
         summary="Wraps a loss over deep-supervision outputs, weights halving per stage (nnU-Net).",
+    )
+
+
+# -- stacks ---------------------------------------------------------------------------------------------------
+PAPER_MODEL = {"name": "models/unet3d-vgg-deep", "params": {"deep_supervision": True}}
+
+
+@hookimpl
+def biom3d_stacks():
+    yield StackSpec(
+        name="paper",
+        priority=100,
+        summary="The Biom3d paper's method: dynamic 3D U-Net (VGG, deep supervision), Dice + CE, biom3d-io's "
+        "foreground-biased patch dataset, core's trainer and predictor.",
+        extends="core/base",
+        components={
+            "dataset": "io/patch-dataset",  # biom3d-io: the stack is offered as the default only with it installed
+            "model": PAPER_MODEL,
+            "loss": {"name": "models/deep-supervision", "params": {"loss": {"name": DEFAULT_INNER_LOSS}}},
+            "metrics": ["models/dice", "models/iou"],
+        },
+        small={"model": {"name": PAPER_MODEL["name"], "params": {**PAPER_MODEL["params"], "base_features": 8}}},
     )

@@ -8,8 +8,8 @@ import math
 import torch
 from torch import nn
 
-from biom3d.core.autoconfig import pool_strides
 from biom3d.core.context import RunContext
+from biom3d.core.geometry import pool_strides
 from biom3d.models.blocks import VGGBlock, init_weights
 from biom3d.models.encoders import Encoder, build_encoder
 

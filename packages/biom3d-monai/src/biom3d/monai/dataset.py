@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from biom3d.core.autoconfig import aug_patch_size, rotation_plane
 from biom3d.core.errors import DataError
 from biom3d.core.folds import read_folds
+from biom3d.core.geometry import aug_patch_size, rotation_plane
 from biom3d.monai.dataparams import MonaiDatasetParams
 from biom3d.monai.transforms import BG, FG, train_transforms, val_transforms
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from biom3d.core.autoconfig import pool_strides
+from biom3d.core.geometry import pool_strides
 
 PosInt = Annotated[int, Field(ge=1)]
 Triple = tuple[PosInt, PosInt, PosInt]

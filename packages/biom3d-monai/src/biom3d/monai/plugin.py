@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from biom3d.core import hookimpl
-from biom3d.core.specs import DatasetSpec, MetricSpec, ModelSpec, ReaderSpec, WriterSpec
+from biom3d.core.specs import DatasetSpec, MetricSpec, ModelSpec, ReaderSpec, StackSpec, WriterSpec
 from biom3d.monai.dataparams import MonaiDatasetParams, SaveImageParams
 from biom3d.monai.metricparams import (
     DiceCELossParams,
@@ -207,4 +207,22 @@ def biom3d_datasets() -> Iterator[DatasetSpec]:
         target=_target("dataset", "build_dataset"),
         params=MonaiDatasetParams,
         summary="Preprocessed folder, pos/neg patch sampling and nnU-Net-like MONAI augmentation.",
+    )
+
+
+@hookimpl
+def biom3d_stacks() -> Iterator[StackSpec]:
+    yield StackSpec(
+        name="dynunet",
+        priority=50,  # below the paper's stack (biom3d-models) where both are installed
+        summary="MONAI's DynUNet (nnU-Net layout from the run's pooling), Dice + CE, MONAI patch dataset and "
+        "reader, core's trainer and predictor.",
+        extends="core/base",
+        components={
+            "dataset": "monai/monai-dataset",
+            "model": "monai/dyn-unet",
+            "loss": "monai/dice-ce-loss",
+            "metrics": ["monai/dice-metric", "monai/mean-iou"],
+        },
+        small={"model": {"name": "monai/dyn-unet", "params": {"base_features": 8}}},
     )

@@ -57,7 +57,7 @@ class EvalReport:
 def evaluate(pred_dir: str | Path, truth_dir: str | Path, *, num_classes: int | None = None,
              csv_path: str | Path | None = None, registry=None) -> EvalReport:
     from biom3d.core.context import RunContext
-    from biom3d.core.registry import get_registry
+    from biom3d.core.discovery import get_registry
 
     registry = registry or get_registry()
     cases = scan_dataset(Path(pred_dir), Path(truth_dir), registry, names=("prediction", "ground truth"))

@@ -39,7 +39,7 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
     ``skip_existing`` resumes an interrupted prediction instead of refusing to touch existing outputs."""
     from tqdm.auto import tqdm
 
-    from biom3d.core.registry import get_registry
+    from biom3d.core.discovery import get_registry
 
     registry = registry or get_registry()
     runs = [load_run(Path(r), registry=registry, tta=tta, overlap=overlap, device=device) for r in run_dirs]
@@ -76,7 +76,7 @@ def load_run(run_dir: Path, *, registry, tta: bool | None = None, overlap: float
     from biom3d.core import runs
     from biom3d.core.builder import Builder
     from biom3d.core.checkpoints import load_weights
-    from biom3d.core.trainer import resolve_device
+    from biom3d.core.devices import resolve_device
 
     overrides = {"predictor.params.tta": tta, "predictor.params.overlap": overlap}
     config = runs.load_run_config(run_dir, registry=registry, overrides={k: v for k, v in overrides.items() if v is not None})
@@ -96,10 +96,8 @@ def predict_image(runs: Sequence[LoadedRun], image) -> np.ndarray:
     """Probabilities (C, D, H, W) on the image's own grid, averaged over the runs."""
     total = None
     for run in runs:
-        array, _ = run.preprocessor.image_array(image)
-        x = run.preprocessor.image(array, image.spacing, run.fingerprint)
-        probs = run.predictor([run.model], x)
-        probs = run.preprocessor.restore(probs, array.shape[1:])
+        x = run.preprocessor.image(image, run.fingerprint)
+        probs = run.preprocessor.restore(run.predictor([run.model], x), image)
         total = probs if total is None else total + probs
     return (total / len(runs)).numpy()
 

@@ -5,7 +5,8 @@ Output folder layout (the contract with every dataset plugin)::
 
     images/<key>.npy   float32 (C, D, H, W)      masks/<key>.npy   label map (D, H, W) or (K, D, H, W)
     fg/<key>.npz       per class "1".."K": int32 (N, 3) foreground voxel coordinates
-    fingerprint.json   folds.csv   config.yaml   preprocess.json (what produced this folder)
+    fingerprint.json   config.yaml   preprocess.json (what produced this folder)
+    folds.csv          columns ``filename,fold`` (``<key>.npy``, fold index): fold f validates, the rest train
 
 Re-running skips cases whose three outputs exist; every output is written atomically, so an interrupted run
 leaves no half-written file. A folder produced from other data or settings is never overwritten silently.
@@ -13,6 +14,7 @@ leaves no half-written file. A folder produced from other data or settings is ne
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -23,12 +25,12 @@ from typing import Any
 import numpy as np
 
 from biom3d.core.atomic import atomic_path, atomic_write_text
-from biom3d.core.autoconfig import AutoConfig, auto_config
+from biom3d.core.config import AutoConfigSettings, Envelope
 from biom3d.core.context import RunContext
-from biom3d.core.errors import Biom3dError, DataError
-from biom3d.core.fingerprint import build_fingerprint, fingerprint_hash
+from biom3d.core.errors import Biom3dError, DataError, PluginError
 from biom3d.core.folds import make_folds, write_folds
 from biom3d.core.parallel import parallel_map, worker_pool
+from biom3d.core.protocols import FINGERPRINT_KEYS, PLAN_KEYS
 from biom3d.core.scan import Case, scan_dataset
 
 log = logging.getLogger("biom3d")
@@ -41,9 +43,10 @@ class PreprocessResult:
     out_dir: Path
     config_path: Path
     fingerprint: dict[str, Any]
-    autoconfig: AutoConfig
+    plan: dict[str, Any]  # what the preprocessor's auto-configuration chose (patch_size, num_pools, batch_size...)
     processed: int
     skipped: int
+    stack: str | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -55,7 +58,8 @@ def preprocess_dataset(
     num_classes: int,
     multilabel: bool = False,
     workers: int = 2,
-    preprocessor: str = "seg-preprocess",
+    stack: str | None = None,
+    preprocessor: str | None = None,
     params: dict[str, Any] | None = None,
     name: str | None = None,
     seed: int = 42,
@@ -67,18 +71,20 @@ def preprocess_dataset(
     config_extra: dict[str, Any] | None = None,
     registry=None,
 ) -> PreprocessResult:
-    from biom3d.core.registry import get_registry
+    """Preprocess ``images``/``masks`` into ``out`` with the preprocessor of ``stack`` (default: the installed
+    default stack) or the one named; ``params`` update its params."""
+    from biom3d.core.discovery import get_registry
 
     registry = registry or get_registry()
     images, masks, out = Path(images), Path(masks), Path(out)
     cases = scan_dataset(images, masks, registry)
-    comp = registry.resolve("preprocessor", preprocessor)
-    prep_params = comp.validate_params(params or {})
+    stack_id, env = _preprocessor_envelope(registry, stack, preprocessor, params)
+    comp = registry.resolve("preprocessor", env.name)
+    prep_params = comp.validate_params(env.params)
     ctx = RunContext(num_classes=num_classes, multilabel=multilabel)
     readers = {c.qid: c.spec for c in registry.components("reader")}
     job = _Job(comp.spec, prep_params, ctx, readers)
-
-    budget = {"max_dim": max_dim, "max_pool": max_pool, "max_batch": max_batch}
+    budget = AutoConfigSettings(max_dim=max_dim, max_pool=max_pool, max_batch=max_batch)
     if _input_bytes(cases) < IN_PROCESS_BYTES:
         workers = 0  # starting workers would cost more than they save
 
@@ -88,10 +94,10 @@ def preprocess_dataset(
         if errors:
             raise DataError(f"{len(errors)} case(s) cannot be used:\n  " + "\n  ".join(errors[:10])
                             + ("\n  ..." if len(errors) > 10 else "") + "\nNothing was written.")
-        fingerprint = build_fingerprint(stats, num_classes=num_classes, multilabel=multilabel,
-                                        resample=prep_params.resample)
-        auto = auto_config(fingerprint["median_shape"], **budget)
-        _claim_output(out, {"fingerprint": fingerprint_hash(fingerprint), "preprocessor": comp.qid,
+        prep = job.preprocessor()
+        fingerprint = _checked(prep.fingerprint(stats), FINGERPRINT_KEYS, comp, "fingerprint")
+        plan = _checked(prep.plan(fingerprint, budget), PLAN_KEYS, comp, "plan", exact=False)
+        _claim_output(out, {"fingerprint": _hash(fingerprint), "preprocessor": comp.qid,
                             "params": prep_params.model_dump(mode="json"), "images": str(images.resolve()),
                             "masks": str(masks.resolve())}, overwrite)
         split = len(cases) == 1
@@ -106,11 +112,43 @@ def preprocess_dataset(
     write_folds(out / "folds.csv", folds)
     atomic_write_text(out / "fingerprint.json", json.dumps(fingerprint, indent=2))
     config_path = out / "config.yaml"
-    _write_config(config_path, images, masks, fingerprint, auto, prep_params, comp.qid, name or out.name,
-                  config_extra or {}, registry, budget)
+    raw = _config(images, masks, fingerprint, plan, budget, stack_id, Envelope(name=comp.qid, params=prep_params.model_dump(mode="json")),
+                  name or out.name, config_extra or {})
+    _write_config(config_path, raw, registry)
     warnings = [w for s in stats for w in s.warnings]
     _log_warnings(out, warnings)
-    return PreprocessResult(out, config_path, fingerprint, auto, len(todo), len(cases) - len(todo), warnings)
+    return PreprocessResult(out, config_path, fingerprint, plan, len(todo), len(cases) - len(todo), stack_id, warnings)
+
+
+def _preprocessor_envelope(registry, stack: str | None, preprocessor: str | None,
+                           params: dict[str, Any] | None) -> tuple[str | None, Envelope]:
+    """The chosen stack's id and the preprocessor to use: the one named, else the stack's (``params`` on top)."""
+    from biom3d.core.stacks import choose_stack, stack_envelopes
+
+    chosen = choose_stack(registry, stack)
+    envelopes = stack_envelopes(registry, chosen) if chosen is not None else {}
+    if preprocessor is not None:
+        return (chosen.qid if chosen else None), Envelope(name=preprocessor, params=params or {})
+    base = envelopes.get("preprocessor")
+    if base is None:
+        where = f"stack '{chosen.qid}' names none" if chosen else "no installed plugin declares a stack"
+        raise PluginError(f"no preprocessor to use: {where}; pass --preprocessor (installed: "
+                          f"{', '.join(c.qid for c in registry.components('preprocessor')) or 'none'})")
+    env = Envelope.model_validate(base)
+    return chosen.qid, Envelope(name=env.name, params={**env.params, **(params or {})})
+
+
+def _checked(values: Any, keys: tuple[str, ...], comp, method: str, *, exact: bool = True) -> dict[str, Any]:
+    """A third-party preprocessor's answer, checked against the protocol before anything is written."""
+    if not isinstance(values, dict):
+        raise PluginError(f"preprocessor '{comp.qid}': {method}() returned {type(values).__name__}, expected a dict "
+                          f"with {', '.join(keys)} (see biom3d.core.protocols.Preprocessor)")
+    missing = [k for k in keys if k not in values] if exact else []
+    unknown = [] if exact else [k for k in values if k not in keys]
+    if missing or unknown:
+        what = f"lacks {', '.join(missing)}" if missing else f"returned unknown keys {', '.join(unknown)}"
+        raise PluginError(f"preprocessor '{comp.qid}': {method}() {what} (see biom3d.core.protocols.Preprocessor)")
+    return values
 
 
 @dataclass(frozen=True)
@@ -138,23 +176,14 @@ class _Job:
 def _stats_task(case: Case, job: _Job):
     """Per-case statistics, or a one-line error string (collected so that every bad file is reported)."""
     try:
-        prep = job.preprocessor()
-        img = job.read(case.image)
-        image, axis = prep.image_array(img)
-        msk = job.read(case.mask)
-        mask, warnings = prep.mask_array(msk, image.shape[1:])
-        return prep.stats(case.key, image, mask, img.spacing, axis, warnings)
+        return job.preprocessor().analyse(case.key, job.read(case.image), job.read(case.mask))
     except Biom3dError as exc:
         return str(exc)
 
 
 def _process_task(case: Case, job: _Job, fingerprint: dict[str, Any], out: Path, split: bool) -> None:
     prep = job.preprocessor()
-    img = job.read(case.image)
-    image, _ = prep.image_array(img)
-    mask, _ = prep.mask_array(job.read(case.mask), image.shape[1:])
-    image = prep.image(image, img.spacing, fingerprint)
-    mask = prep.mask(mask, image.shape[1:], fingerprint)
+    image, mask = prep.case(job.read(case.image), job.read(case.mask), fingerprint)
     if not split:
         _save_case(out, case.key, image, mask, prep)
         return
@@ -208,32 +237,34 @@ def _claim_output(out: Path, state: dict[str, Any], overwrite: bool) -> None:
     atomic_write_text(marker, json.dumps(state, indent=2))
 
 
-def _write_config(path: Path, images: Path, masks: Path, fingerprint: dict[str, Any], auto: AutoConfig,
-                  prep_params, prep_id: str, name: str, extra: dict[str, Any], registry,
-                  budget: dict[str, int]) -> None:
-    import yaml
+def _config(images: Path, masks: Path, fingerprint: dict[str, Any], plan: dict[str, Any], budget: AutoConfigSettings,
+            stack: str | None, preprocessor: Envelope, name: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """What preprocessing found, as a config: the stack fills every other slot when training reads it."""
+    from biom3d.core.config import apply_overrides
 
-    from biom3d.core.config import apply_overrides, validate
-    from biom3d.core.errors import ConfigError
-
-    spacing = fingerprint["spacing"]
+    shared = {k: plan[k] for k in ("patch_size", "aug_patch_size", "num_pools") if k in plan}
     raw: dict[str, Any] = {
         "name": _safe_name(name),
+        **({"stack": stack} if stack else {}),
         "num_classes": fingerprint["num_classes"],
         "in_channels": fingerprint["in_channels"],
         "multilabel": fingerprint["multilabel"],
-        "patch_size": list(auto.patch_size),
-        "aug_patch_size": list(auto.aug_patch_size),
-        "num_pools": list(auto.num_pools),
-        "spacing": spacing,
-        "autoconfig": budget,
+        **{k: list(v) for k, v in shared.items()},
+        "spacing": fingerprint["spacing"],
+        "autoconfig": budget.model_dump(),
         "data": {"images": str(images.resolve()), "masks": str(masks.resolve()), "preprocessed": "."},
-        "train": {"batch_size": auto.batch_size},
-        "preprocessor": {"name": prep_id, "params": prep_params.model_dump(mode="json")},
-        **default_components(registry),
-        "postprocessors": [{"name": "threshold" if fingerprint["multilabel"] else "argmax"}],
+        "train": {"batch_size": plan["batch_size"]} if "batch_size" in plan else {},
+        "preprocessor": preprocessor.model_dump(mode="json"),
     }
-    raw = apply_overrides(raw, extra)
+    return apply_overrides(raw, extra)
+
+
+def _write_config(path: Path, raw: dict[str, Any], registry) -> None:
+    import yaml
+
+    from biom3d.core.config import validate
+    from biom3d.core.errors import ConfigError
+
     try:
         validate(raw, registry=registry)
     except ConfigError as exc:
@@ -244,43 +275,8 @@ def _write_config(path: Path, images: Path, masks: Path, fingerprint: dict[str, 
     atomic_write_text(path, buf.getvalue())
 
 
-# The paper's method (biom3d-io + biom3d-models) first; MONAI's equivalents when only biom3d-monai is installed.
-STACKS: tuple[dict[str, Any], ...] = (
-    {"dataset": {"name": "patch-dataset"},
-     "model": {"name": "unet3d-vgg-deep", "params": {"deep_supervision": True}},
-     "loss": {"name": "deep-supervision", "params": {"loss": {"name": "dice-ce"}}},
-     "metrics": [{"name": "dice"}, {"name": "iou"}]},
-    {"dataset": {"name": "monai-dataset"},
-     "model": {"name": "dyn-unet"},
-     "loss": {"name": "dice-ce-loss"},
-     "metrics": [{"name": "dice-metric"}, {"name": "mean-iou"}]},
-)
-
-
-def default_components(registry) -> dict[str, Any]:
-    """For each slot, the first stack whose components are all installed (else the paper's names)."""
-    from biom3d.core.registry import ResolutionError
-
-    def available(kind: str, env: dict[str, Any]) -> bool:
-        try:
-            registry.resolve(kind, env["name"])
-            return True
-        except ResolutionError:
-            return False
-
-    kinds = {"dataset": "dataset", "model": "model", "loss": "metric", "metrics": "metric"}
-    out: dict[str, Any] = {}
-    for slot, kind in kinds.items():
-        for stack in STACKS:
-            envs = stack[slot] if isinstance(stack[slot], list) else [stack[slot]]
-            if all(available(kind, e) for e in envs):
-                out[slot] = stack[slot]
-                break
-        else:
-            out[slot] = STACKS[0][slot]
-    if out["model"] != STACKS[0]["model"] and out["loss"] == STACKS[0]["loss"]:
-        out["loss"] = {"name": "dice-ce"}  # deep supervision belongs to the paper's network
-    return out
+def _hash(fingerprint: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _safe_name(name: str) -> str:

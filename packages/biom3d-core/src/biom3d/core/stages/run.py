@@ -36,7 +36,7 @@ class PipelineResult:
 
 def run_pipeline(config: str | Path | dict[str, Any], *, overrides: dict[str, Any] | None = None,
                  registry=None, progress: bool = True) -> PipelineResult:
-    from biom3d.core.registry import get_registry
+    from biom3d.core.discovery import get_registry
 
     registry = registry or get_registry()
     if isinstance(config, str | Path):
@@ -84,7 +84,8 @@ def _preprocess(cfg: Config, raw, folder: Path, state, registry, progress: bool)
 
     log.info("preprocess: %s + %s -> %s", cfg.data.images, cfg.data.masks, out)
     preprocess_dataset(Path(cfg.data.images), Path(cfg.data.masks), out, num_classes=cfg.num_classes,
-                       multilabel=cfg.multilabel, workers=cfg.train.workers, preprocessor=cfg.preprocessor.name,
+                       multilabel=cfg.multilabel, workers=cfg.train.workers, stack=cfg.stack,
+                       preprocessor=cfg.preprocessor.name,
                        params=cfg.preprocessor.params, name=cfg.name, seed=cfg.train.seed or 0, progress=progress,
                        max_dim=cfg.autoconfig.max_dim, max_pool=cfg.autoconfig.max_pool,
                        max_batch=cfg.autoconfig.max_batch, registry=registry)

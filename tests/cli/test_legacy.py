@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import copy
 from pathlib import Path
 from typing import Any
@@ -9,15 +10,18 @@ from typing import Any
 import pytest
 import yaml
 
+from biom3d.cli.legacy import import_legacy, read_legacy, read_legacy_python, read_legacy_yaml
 from biom3d.core.config import load_config, validate
 from biom3d.core.context import RunContext
-from biom3d.core.legacy import import_legacy, read_legacy_yaml
-from biom3d.core.registry import ResolutionError, get_registry
+from biom3d.core.discovery import get_registry
+from biom3d.core.registry import ResolutionError
 from biom3d.core.upgrades import CURRENT_SCHEMA_VERSION
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "legacy"
 ALL = sorted(p.name for p in FIXTURES.glob("*.yaml"))
 DEEP = "models/deep-supervision"
+NUCLEUS_PY = FIXTURES / "20250612-140112-unet_nucleus.py"  # default_unet.yaml as the Python config it came from
+EDITED_PY = FIXTURES / "organoids_edited.py"
 
 
 def _original(name: str = "default_unet.yaml") -> dict[str, Any]:
@@ -347,3 +351,155 @@ def test_a_file_that_is_not_a_mapping_is_refused(tmp_path):
     path.write_text("- 1\n- 2\n", encoding="utf-8")
     with pytest.raises(ValueError, match="top level must be a mapping"):
         read_legacy_yaml(path)
+
+
+# -- Python configs -----------------------------------------------------------------------------------------
+def _line(path: Path, start: str) -> int:
+    """The line of ``path`` that starts (after indentation) with ``start``: notes must name it."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return next(i for i, line in enumerate(lines, 1) if line.strip().startswith(start))
+
+
+@pytest.fixture
+def nothing_runs(monkeypatch):
+    """exec and eval fail the test if anything calls them while a Python config is read."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a config file was executed")
+
+    monkeypatch.setattr(builtins, "exec", refuse)
+    monkeypatch.setattr(builtins, "eval", refuse)
+
+
+def test_a_python_config_maps_as_the_yaml_saved_from_it(nothing_runs):
+    data, read_notes = read_legacy(NUCLEUS_PY)
+    from_python, _ = import_legacy(data)
+    from_yaml, _ = import_legacy(_original())
+    assert from_python == from_yaml
+    assert data["TRAIN_DATASET"]["kwargs"]["patch_size"] == [40, 160, 160]  # names of earlier assignments
+    assert data["VAL_EVERY_EPOCH"] == 1 and "Dict" not in data and "k" not in data and "not_settings" not in data
+    # what only running the file would give: named with its line, left out
+    assert read_notes == [
+        f"VAL_DATALOADER_KWARGS.num_workers (line {_line(NUCLEUS_PY, 'num_workers = max(')}): "
+        "`max(NUM_WORKERS // 2, 0)` is computed, not evaluated; left out",
+        f"MODEL.kwargs.num_classes (line {_line(NUCLEUS_PY, 'num_classes=NUM_CLASSES if')}): "
+        "`NUM_CLASSES if not USE_SOFTMAX else NUM_CLASSES + 1` is computed, not evaluated; left out",
+    ]
+    assert "num_classes" not in data["MODEL"]["kwargs"]
+
+
+def test_a_hand_edited_python_config_is_read_as_data_and_its_computed_values_are_reported(nothing_runs):
+    data, notes = read_legacy_python(EDITED_PY)
+    assert data["PATCH_SIZE"] == [32, 128, 128] and all(type(v) is int for v in data["PATCH_SIZE"])  # np.int64(32)
+    assert data["BATCH_SIZE"] == 2 and type(data["BATCH_SIZE"]) is int
+    assert data["NUM_POOLS"] == [3, 5, 5]  # a tuple
+    assert type(data["TRAIN_LOSS"]["kwargs"]) is dict and data["TRAIN_LOSS"]["fct"] == "DiceCEnnUNet"  # AttrDict
+    assert data["VAL_METRICS"] == {"val_dice": {"fct": "Dice", "kwargs": {"name": "val_dice", "use_softmax": True}}}
+    for computed in ("IMG_PATH", "MSK_PATH", "DESC", "AUG_PATCH_SIZE", "NUM_WORKERS"):
+        assert computed not in data
+    assert yaml.safe_load(yaml.safe_dump(data)) == data  # plain data only
+    for where, start, text in [
+        ("IMG_PATH", "IMG_PATH =", "`os.path.join(DATA_ROOT, 'img_out')` is computed"),
+        ("MSK_PATH", "MSK_PATH =", "`DATA_ROOT + '/msk_out'` is computed"),
+        ("DESC", "DESC =", "`f'unet_organoids_{NUM_CLASSES}c'` is computed"),
+        ("AUG_PATCH_SIZE", "AUG_PATCH_SIZE =", "`[int(x * 1.2) for x in PATCH_SIZE]` is computed"),
+        ("NUM_WORKERS", "NUM_WORKERS =", "`6 if os.name != 'nt' else 0` is computed"),
+        ("TRAIN_DATASET.kwargs.nbof_steps", "nbof_steps=", "`-(-1000 // BATCH_SIZE)` is computed"),
+        ("TRAIN_DATASET.kwargs.aug_patch_size", "aug_patch_size=AUG",
+         f"refers to AUG_PATCH_SIZE (line {_line(EDITED_PY, 'AUG_PATCH_SIZE =')}), which is not known"),
+        ("MODEL.kwargs.num_classes", "num_classes=NUM_CLASSES+1", "`NUM_CLASSES + 1` is computed"),
+    ]:
+        assert f"{where} (line {_line(EDITED_PY, start)}): {text}" in " | ".join(notes), where
+    assert len(notes) == 10 and all(n.endswith("left out") for n in notes)  # and the __main__ block says nothing
+
+    raw, mapped_notes = import_legacy(data)
+    cfg = _valid(raw)
+    assert cfg.model.name == "models/unet3d-vgg-deep" and raw["model"]["params"]["base_features"] == 16
+    assert raw["patch_size"] == [32, 128, 128] and "aug_patch_size" not in raw
+    assert raw["train"]["batch_size"] == 2 and "workers" not in raw["train"] and "iters_per_epoch" not in raw["train"]
+    assert _has(mapped_notes, "IMG_PATH/MSK_PATH are not set")
+    assert _has(mapped_notes, "no equivalent, dropped: DATA_ROOT")
+
+
+def test_python_statements_bind_as_the_original_loader_saw_them(tmp_path, nothing_runs):
+    path = tmp_path / "config.py"
+    path.write_text(
+        '"""A config."""\n'                                          # 1
+        "import numpy as np\n"                                       # 2
+        "NUM_CLASSES = 1\n"                                          # 3
+        "PATCH_SIZE = (np.int64(40), np.float64(160.0), -1)\n"       # 4
+        "NB_EPOCHS = 10\n"                                           # 5
+        "NB_EPOCHS = 20\n"                                           # 6
+        "LR_START, WEIGHT_DECAY = 1e-3, 3e-5\n"                      # 7
+        "if NUM_CLASSES > 1:\n"                                      # 8
+        "    USE_SOFTMAX = False\n"                                  # 9
+        "MODEL = dict(fct='UNet3DVGGDeep', kwargs={'factor': 8})\n"  # 10
+        "MODEL['kwargs']['factor'] = 16\n"                           # 11
+        "FOLD = 1\n"                                                 # 12
+        "FOLD += 1\n"                                                # 13
+        "TMP = 3\n"                                                  # 14
+        "del TMP\n"                                                  # 15
+        "SEEN = {1, 1, 2}\n"                                         # 16
+        "CONFIG = Dict(**globals().copy())\n"                        # 17
+        "DESC = 'too late'\n",                                       # 18
+        encoding="utf-8",
+    )
+    data, notes = read_legacy_python(path)
+    assert data == {"NUM_CLASSES": 1, "PATCH_SIZE": [40, 160.0, -1], "NB_EPOCHS": 20, "LR_START": 1e-3,
+                    "WEIGHT_DECAY": 3e-5, "SEEN": [1, 2]}
+    assert notes == [
+        "USE_SOFTMAX (line 8): assigned inside `if`, not evaluated; left out",
+        "MODEL (line 11): `MODEL['kwargs']['factor'] = ...` changes it in place, not evaluated; left out",
+        "FOLD (line 13): `FOLD += 1` is computed, not evaluated; left out",
+        "DESC (line 18): assigned after CONFIG, which the original did not read; ignored",
+    ]
+
+
+def test_a_config_dict_assigned_to_CONFIG_is_what_is_read(tmp_path):
+    path = tmp_path / "config.py"
+    path.write_text("NB_EPOCHS = 5\nCONFIG = {'NUM_CLASSES': 2, 'NB_EPOCHS': NB_EPOCHS}\n", encoding="utf-8")
+    assert read_legacy_python(path) == ({"NUM_CLASSES": 2, "NB_EPOCHS": 5}, [])
+    path.write_text("NUM_CLASSES = 2\n", encoding="utf-8")
+    data, notes = read_legacy_python(path)
+    assert data == {"NUM_CLASSES": 2} and _has(notes, "no `CONFIG = Dict(**globals().copy())` line")
+    path.write_text("from biom3d.config_default import *\nNUM_CLASSES = 2\nPATCH_SIZE = PATCH\n", encoding="utf-8")
+    data, notes = read_legacy_python(path)
+    assert data == {"NUM_CLASSES": 2}
+    assert _has(notes, "from biom3d.config_default import * (line 1): the names it brings are not read")
+    assert _has(notes, "PATCH_SIZE (line 3): `PATCH` is not assigned earlier in the file; left out")
+
+
+RUNS_CODE = [
+    ("__import__('os').system('touch {marker}')", "it calls __import__('os').system"),
+    ("NUM_WORKERS = __import__('os').system('touch {marker}')", "it calls __import__('os').system"),
+    ("OS = __import__('os')", "it uses __import__"),
+    ("LOG_DIR = open('{marker}', 'w')", "it uses open"),
+    ("exec(\"open('{marker}', 'w')\")", "it uses exec"),
+    ("import subprocess", "it imports subprocess"),
+    ("from os import system", "it imports os.system"),
+    ("import os\nLOG_DIR = os.system('touch {marker}')", "it calls os.system"),
+    ("MODEL = Dict(fct=().__class__.__base__.__subclasses__(), kwargs=Dict())", "it uses .__subclasses__"),
+    ("if NUM_CLASSES:\n    print('{marker}')", "`print('"),
+]
+
+
+@pytest.mark.parametrize(("code", "reason"), RUNS_CODE)
+def test_a_python_config_that_runs_code_is_refused_naming_the_file_and_line(code, reason, tmp_path, nothing_runs):
+    marker = tmp_path / "executed"
+    path = tmp_path / "config.py"
+    path.write_text("NUM_CLASSES = 1\nPATCH_SIZE = [40, 160, 160]\n" + code.format(marker=marker) + "\n",
+                    encoding="utf-8")
+    line = 3 + code.count("\n") if "import os\n" in code or "if NUM" in code else 3
+    with pytest.raises(ValueError, match=rf"^{path}, line {line}: .*nothing in it was run") as raised:
+        read_legacy(path)
+    assert reason in str(raised.value)
+    assert not marker.exists()
+
+
+def test_a_python_config_with_a_syntax_error_is_refused_naming_the_line(tmp_path, nothing_runs):
+    marker = tmp_path / "executed"
+    path = tmp_path / "config.py"
+    path.write_text(f"__import__('os').system('touch {marker}')\nNUM_CLASSES = 1\nPATCH_SIZE = [40, 160 160]\n",
+                    encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"^{path}, line 3: not valid Python: .*nothing in it was run"):
+        read_legacy(path)
+    assert not marker.exists()

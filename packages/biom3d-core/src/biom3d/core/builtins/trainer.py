@@ -10,36 +10,19 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from biom3d.core.callback import Callback
+from biom3d.core.devices import resolve_device, seed_everything
+from biom3d.core.protocols import TrainJob
 
 log = logging.getLogger("biom3d")
 
 
 def build_trainer(params, ctx) -> SegTrainer:
     return SegTrainer(params, ctx)
-
-
-@dataclass
-class TrainJob:
-    """What the Builder hands the trainer: built components plus the run's settings."""
-
-    model: torch.nn.Module
-    loss: Any
-    metrics: Sequence[tuple[str, Any, bool]]  # (name, metric, higher_is_better)
-    data: Any
-    callbacks: Sequence[Callback]
-    train: Any  # biom3d.core.config.TrainConfig
-    run_dir: Path
-    resume: dict[str, Any] | None = None  # a loaded checkpoint to continue from
-    extra_state: dict[str, Any] = field(default_factory=dict)
 
 
 class SegTrainer:
@@ -211,35 +194,12 @@ class SegTrainer:
             getattr(cb, hook)(self, *args)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from biom3d.core.errors import InputError
-
-        raise InputError(f"train.device is '{name}' but CUDA is not available here; use --device cpu or auto")
-    return device
-
-
 def make_optimizer(parameters, cfg) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return cls(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def seed_everything(seed: int | None) -> None:
-    if seed is None:
-        return
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _seed_worker(worker_id: int) -> None:

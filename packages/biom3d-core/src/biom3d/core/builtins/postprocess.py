@@ -14,6 +14,11 @@ def build_threshold(params, ctx):
     return Threshold(params.threshold)
 
 
+def build_discretize(params, ctx):
+    """The run decides: sigmoid outputs are thresholded, softmax outputs argmaxed."""
+    return Threshold(params.threshold) if ctx.multilabel else Argmax()
+
+
 def build_keep_largest(params, ctx):
     return KeepLargest(params.classes)
 

@@ -21,10 +21,12 @@ import pluggy
 from biom3d.core import hookspecs
 from biom3d.core._version import __version__ as CORE_VERSION
 from biom3d.core.errors import PluginError, SpecError
-from biom3d.core.specs import KINDS, ComponentSpec
+from biom3d.core.registry import Registry
+from biom3d.core.specs import KINDS, NamedSpec
 
 GROUP = "biom3d.plugins"
 CORE = "core"
+BUILTINS = "biom3d.core.builtins.plugin"  # core's own method: a plugin like the others, that cannot be blocked
 ENV_DISABLE = "BIOM3D_DISABLE_PLUGINS"
 ENV_ALLOW = "BIOM3D_PLUGINS"
 ENV_STRICT = "BIOM3D_STRICT_PLUGINS"
@@ -76,8 +78,6 @@ def discover(
 
     ``extra`` registers in-process plugins (name, module-or-object), as the pytest fixture does.
     """
-    from biom3d.core.registry import Registry
-
     env = os.environ if environ is None else environ
     strict = env.get(ENV_STRICT, "").strip().lower() in {"1", "true", "yes", "on"}
     pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -85,8 +85,9 @@ def discover(
     infos: dict[str, PluginInfo] = {}
 
     if builtins:
-        from biom3d.core import plugin as core_plugin
+        import importlib
 
+        core_plugin = importlib.import_module(BUILTINS)  # by name, as an entry point would be
         infos[CORE] = PluginInfo(CORE, "biom3d-core", CORE_VERSION, module=core_plugin.__name__)
         pm.register(core_plugin, name=CORE)
 
@@ -159,9 +160,9 @@ def _register(pm: pluggy.PluginManager, info: PluginInfo, obj: object, strict: b
         info.notes.append("implements no biom3d hook")
 
 
-def _collect(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], strict: bool) -> list[tuple[str, ComponentSpec]]:
+def _collect(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], strict: bool) -> list[tuple[str, NamedSpec]]:
     """Call each plugin's hooks one by one so every record is attributed and every failure isolated."""
-    offered: dict[str, list[ComponentSpec]] = {}
+    offered: dict[str, list[NamedSpec]] = {}
     for kind in KINDS.values():
         for impl in getattr(pm.hook, kind.hook).get_hookimpls():
             info = infos[impl.plugin_name]
@@ -183,10 +184,10 @@ def _collect(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], strict: boo
     return [(name, spec) for name, specs in offered.items() if infos[name].state == "loaded" for spec in specs]
 
 
-def _as_specs(result: object, hook: str, spec_cls: type[ComponentSpec]) -> list[ComponentSpec]:
+def _as_specs(result: object, hook: str, spec_cls: type[NamedSpec]) -> list[NamedSpec]:
     if result is None:
         return []
-    items = [result] if isinstance(result, ComponentSpec) else list(result)  # type: ignore[call-overload]
+    items = [result] if isinstance(result, NamedSpec) else list(result)  # type: ignore[call-overload]
     for item in items:
         if not isinstance(item, spec_cls):
             raise SpecError(f"{hook} yielded {type(item).__name__} {str(item)[:60]!r}, expected {spec_cls.__name__}")
@@ -250,3 +251,21 @@ _REQUIREMENT = re.compile(r"^\s*(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+_default: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry of installed plugins, discovered once on first use."""
+    global _default
+    if _default is None:
+        _default = discover()
+    return _default
+
+
+def set_registry(registry: Registry | None) -> Registry | None:
+    """Swap the process-wide registry (tests, embedding applications); returns the previous one."""
+    global _default
+    previous, _default = _default, registry
+    return previous

@@ -10,7 +10,15 @@ from typing import Literal
 from pydantic import Field
 
 from biom3d.core.hookspecs import hookimpl
-from biom3d.core.specs import CallbackSpec, Params, PostprocessorSpec, PredictorSpec, PreprocessorSpec, TrainerSpec
+from biom3d.core.specs import (
+    CallbackSpec,
+    Params,
+    PostprocessorSpec,
+    PredictorSpec,
+    PreprocessorSpec,
+    StackSpec,
+    TrainerSpec,
+)
 
 
 class PreprocessParams(Params):
@@ -36,7 +44,7 @@ class PreprocessParams(Params):
 def biom3d_preprocessors():
     yield PreprocessorSpec(
         name="seg-preprocess",
-        target="biom3d.core.preprocessing:build_preprocessor",
+        target="biom3d.core.builtins.preprocessing:build_preprocessor",
         params=PreprocessParams,
         summary="Channel detection, mask checks, z-score/CT normalisation, resampling to the median spacing.",
     )
@@ -50,7 +58,7 @@ class TrainerParams(Params):
 def biom3d_trainers():
     yield TrainerSpec(
         name="seg-trainer",
-        target="biom3d.core.trainer:build_trainer",
+        target="biom3d.core.builtins.trainer:build_trainer",
         params=TrainerParams,
         summary="SGD/Adam loop with gradient clipping, mixed precision on CUDA, validation, six callback points.",
     )
@@ -83,7 +91,7 @@ class EarlyStoppingParams(Params):
 
 @hookimpl
 def biom3d_callbacks():
-    target = "biom3d.core.callbacks:build_"
+    target = "biom3d.core.builtins.callbacks:build_"
     yield CallbackSpec(name="lr-schedule", target=target + "lr_schedule", params=LRScheduleParams,
                        summary="Cosine, poly or constant learning rate from train.scheduler, optional warm-up.")
     yield CallbackSpec(name="checkpoint", target=target + "checkpoint", params=CheckpointParams,
@@ -112,7 +120,7 @@ class PredictorParams(Params):
 def biom3d_predictors():
     yield PredictorSpec(
         name="sliding-window",
-        target="biom3d.core.predictor:build_predictor",
+        target="biom3d.core.builtins.predictor:build_predictor",
         params=PredictorParams,
         summary="Overlapping tiles, Hann-weighted blending, batched flip test-time augmentation.",
     )
@@ -132,7 +140,9 @@ class RemoveSmallParams(ClassesParams):
 
 @hookimpl
 def biom3d_postprocessors():
-    target = "biom3d.core.postprocess:build_"
+    target = "biom3d.core.builtins.postprocess:build_"
+    yield PostprocessorSpec(name="discretize", target=target + "discretize", params=ThresholdParams,
+                            summary="Probabilities -> mask: argmax (softmax) or threshold (multi-label), as the run.")
     yield PostprocessorSpec(name="argmax", target=target + "argmax", summary="Softmax outputs -> label map.")
     yield PostprocessorSpec(name="threshold", target=target + "threshold", params=ThresholdParams,
                             summary="Sigmoid outputs -> multi-label mask (probability > threshold).")
@@ -140,3 +150,24 @@ def biom3d_postprocessors():
                             summary="Keep the largest connected component of each class.")
     yield PostprocessorSpec(name="remove-small", target=target + "remove_small", params=RemoveSmallParams,
                             summary="Drop components below an Otsu threshold of component volumes (or min_size).")
+
+
+#: the callbacks every run gets unless its config lists its own
+DEFAULT_CALLBACKS = ("lr-schedule", "checkpoint", "csv-log", "progress", "curves", "snapshots")
+
+
+@hookimpl
+def biom3d_stacks():
+    yield StackSpec(
+        name="base",
+        priority=-1000,  # never the default while any complete stack is installed
+        summary="Core's preprocessing, trainer, sliding-window predictor, post-processing and callbacks; "
+        "no model, dataset or loss: stacks extend it.",
+        components={
+            "preprocessor": "core/seg-preprocess",
+            "trainer": "core/seg-trainer",
+            "predictor": "core/sliding-window",
+            "postprocessors": ["core/discretize"],
+            "callbacks": [f"core/{name}" for name in DEFAULT_CALLBACKS],
+        },
+    )

@@ -6,16 +6,14 @@ images exactly as the training images were.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from biom3d.core.builtins.resample import target_shape
 from biom3d.core.errors import DataError
-from biom3d.core.preprocessing import CaseStats
-from biom3d.core.resample import target_shape
+from biom3d.core.protocols import CaseStats
 
 FINGERPRINT_VERSION = 1
 
@@ -32,13 +30,14 @@ def build_fingerprint(stats: Sequence[CaseStats], *, num_classes: int, multilabe
     channels = stats[0].channels
     intensity = []
     for c in range(channels):
-        values = np.concatenate([np.asarray(s.samples[c], dtype=np.float64) for s in stats if s.samples[c]] or [np.zeros(1)])
+        samples = [s.extra["samples"][c] for s in stats if s.extra["samples"][c]]
+        values = np.concatenate([np.asarray(v, dtype=np.float64) for v in samples] or [np.zeros(1)])
         p = np.percentile(values, [0.5, 5, 95, 99.5])
         intensity.append({
             "mean": float(values.mean()), "std": float(values.std()), "median": float(np.median(values)),
             "p00_5": float(p[0]), "p05": float(p[1]), "p95": float(p[2]), "p99_5": float(p[3]),
         })
-    axes = sorted({s.channel_axis for s in stats}, key=lambda a: -1 if a is None else a)
+    axes = sorted({s.extra["channel_axis"] for s in stats}, key=lambda a: -1 if a is None else a)
     return {
         "version": FINGERPRINT_VERSION,
         "num_images": len(stats),
@@ -51,10 +50,6 @@ def build_fingerprint(stats: Sequence[CaseStats], *, num_classes: int, multilabe
         "original_median_shape": [float(v) for v in np.median(np.array([s.shape for s in stats]), axis=0)],
         "intensity": intensity,
     }
-
-
-def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _check_consistency(stats: Sequence[CaseStats]) -> None:

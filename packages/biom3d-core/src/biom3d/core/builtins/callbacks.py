@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from biom3d.core.atomic import atomic_path, atomic_write_text
-from biom3d.core.callback import Callback
+from biom3d.core.protocols import Callback
 
 log = logging.getLogger("biom3d")
 

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from biom3d.core.errors import DataError
-from biom3d.core.imagedata import ImageData
-from biom3d.core.resample import (
+from biom3d.core.builtins.resample import (
     coarse_axis,
     resample_image,
     resample_labels,
@@ -24,6 +21,9 @@ from biom3d.core.resample import (
     resize_probabilities,
     target_shape,
 )
+from biom3d.core.errors import DataError
+from biom3d.core.imagedata import ImageData
+from biom3d.core.protocols import CaseStats
 
 MAX_CHANNELS = 10
 INTENSITY_SAMPLES = 10_000
@@ -34,24 +34,49 @@ def build_preprocessor(params, ctx) -> SegPreprocessor:
     return SegPreprocessor(params, ctx)
 
 
-@dataclass
-class CaseStats:
-    """What the fingerprint needs from one case, small enough to send between processes."""
-
-    key: str
-    shape: tuple[int, ...]
-    spacing: tuple[float, ...] | None
-    channels: int
-    channel_axis: int | None
-    samples: list[list[float]] = field(default_factory=list)  # per channel, foreground intensities
-    warnings: list[str] = field(default_factory=list)
-
-
 class SegPreprocessor:
+    """Implements :class:`biom3d.core.protocols.Preprocessor`; the public steps below it are what the
+    protocol methods compose, kept separate for tests and for plugins that reuse a step."""
+
     def __init__(self, params, ctx):
         self.params = params
         self.num_classes = ctx.num_classes
         self.multilabel = ctx.multilabel
+
+    # -- the protocol --------------------------------------------------------------------------------------
+    def analyse(self, key: str, image: ImageData, mask: ImageData) -> CaseStats:
+        array, axis = self.image_array(image)
+        labels, warnings = self.mask_array(mask, array.shape[1:])
+        return self.stats(key, array, labels, image.spacing, axis, warnings)
+
+    def fingerprint(self, stats: Sequence[CaseStats]) -> dict[str, Any]:
+        from biom3d.core.builtins.fingerprint import build_fingerprint
+
+        return build_fingerprint(stats, num_classes=self.num_classes, multilabel=self.multilabel,
+                                 resample=self.params.resample)
+
+    def plan(self, fingerprint: Mapping[str, Any], budget) -> dict[str, Any]:
+        """The paper's auto-configuration from the median shape."""
+        from biom3d.core.builtins.autoconfig import auto_config
+
+        return auto_config(fingerprint["median_shape"], max_dim=budget.max_dim, max_pool=budget.max_pool,
+                           max_batch=budget.max_batch).as_dict()
+
+    def case(self, image: ImageData, mask: ImageData, fingerprint: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        array, _ = self.image_array(image)
+        labels, _ = self.mask_array(mask, array.shape[1:])
+        array = self.transform_image(array, image.spacing, fingerprint)
+        return array, self.resample_mask(labels, array.shape[1:], fingerprint)
+
+    def image(self, image: ImageData, fingerprint: Mapping[str, Any]) -> np.ndarray:
+        array, _ = self.image_array(image)
+        return self.transform_image(array, image.spacing, fingerprint)
+
+    def restore(self, probs, image: ImageData):
+        """Probabilities (C, d, h, w) tensor back to ``image``'s own spatial grid."""
+        spatial = to_channels_first(np.asarray(image.array), image.meta.get("axes"), self.params.channel_axis,
+                                    image.path)[0].shape[1:]
+        return resize_probabilities(probs, spatial)
 
     # -- images --------------------------------------------------------------------------------------------
     def image_array(self, img: ImageData) -> tuple[np.ndarray, int | None]:
@@ -77,10 +102,10 @@ class SegPreprocessor:
         if idx.size > INTENSITY_SAMPLES:
             idx = rng.choice(idx, INTENSITY_SAMPLES, replace=False)
         samples = [image[c].reshape(-1)[idx].astype(float).tolist() for c in range(image.shape[0])]
-        return CaseStats(key, tuple(image.shape[1:]), None if spacing is None else tuple(spacing),
-                         image.shape[0], axis, samples, list(warnings))
+        return CaseStats(key, tuple(image.shape[1:]), None if spacing is None else tuple(spacing), image.shape[0],
+                         extra={"channel_axis": axis, "samples": samples}, warnings=list(warnings))
 
-    def image(self, image: np.ndarray, spacing, fingerprint: Mapping[str, Any]) -> np.ndarray:
+    def transform_image(self, image: np.ndarray, spacing, fingerprint: Mapping[str, Any]) -> np.ndarray:
         """Normalise then resample a (C, D, H, W) image as the dataset was."""
         image = self.normalize(image, fingerprint)
         shape = self.new_shape(image.shape[1:], spacing, fingerprint)
@@ -111,7 +136,7 @@ class SegPreprocessor:
         return canonical_mask(np.asarray(msk.array), tuple(image_shape), self.num_classes, self.multilabel,
                               self.params.mask_fix, msk.path)
 
-    def mask(self, mask: np.ndarray, shape: Sequence[int], fingerprint: Mapping[str, Any]) -> np.ndarray:
+    def resample_mask(self, mask: np.ndarray, shape: Sequence[int], fingerprint: Mapping[str, Any]) -> np.ndarray:
         """Resample a canonical mask onto the grid of the processed image (``shape``)."""
         coarse = coarse_axis(fingerprint.get("spacing"), self.params.anisotropy)
         if mask.ndim == 4:
@@ -131,11 +156,6 @@ class SegPreprocessor:
             spatial = mask.shape[1:] if mask.ndim == 4 else mask.shape
             out[str(k)] = np.stack(np.unravel_index(idx, spatial), axis=1).astype(np.int32)
         return out
-
-    # -- prediction ----------------------------------------------------------------------------------------
-    def restore(self, probs, shape: Sequence[int]):
-        """Probabilities (C, d, h, w) tensor back to the original spatial ``shape``."""
-        return resize_probabilities(probs, shape)
 
 
 def to_channels_first(arr: np.ndarray, axes: str | None, channel_axis: int | None, path) -> tuple[np.ndarray, int | None]:

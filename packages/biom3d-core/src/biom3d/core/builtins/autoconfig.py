@@ -10,10 +10,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from biom3d.core.geometry import aug_patch_size
+
 EPSILON = 1e-3
 REFERENCE_VOXELS = 2 * 128**3  # batch 2 of 128^3 fits a 10 GB GPU (the paper's default budget)
 MAX_BATCH = 16  # small images must not get absurd batch sizes
-ANISOTROPY = 3.0  # an axis > 3x another makes a patch anisotropic (paper, Data loading)
 
 
 @dataclass(frozen=True)
@@ -53,40 +54,6 @@ def auto_config(
     batch = _clip(math.floor(memory_factor * REFERENCE_VOXELS / math.prod(sizes)), 2, max(2, max_batch))
     patch_size = tuple(int(s) for s in sizes)
     return AutoConfig(patch_size, pools, batch, aug_patch_size(patch_size))
-
-
-def pool_strides(num_pools: Sequence[int]) -> list[tuple[int, ...]]:
-    """Per-stage pooling kernels: an axis with fewer poolings gets 1-strides split between the head
-    (floor half) and the tail (ceil half) of the encoder. (3, 5, 5) -> (1,2,2), (2,2,2) x3, (1,2,2)."""
-    depth = max(num_pools) if num_pools else 0
-    columns = []
-    for p in num_pools:
-        ones = depth - p
-        head = ones // 2
-        columns.append([1] * head + [2] * p + [1] * (ones - head))
-    return [tuple(col[i] for col in columns) for i in range(depth)]
-
-
-def rotation_plane(patch_size: Sequence[int]) -> tuple[int, ...]:
-    """Axes the data augmentation rotates within. Isotropic-ish patches rotate in 3D (all axes); an
-    anisotropic patch rotates only within the plane of its two most similar axes, so the odd axis (thin
-    z-stacks, long tubes) is never mixed with the others."""
-    n = len(patch_size)
-    if n < 3 or max(patch_size) <= ANISOTROPY * min(patch_size):
-        return tuple(range(n))
-    smallest = min(range(n), key=lambda a: patch_size[a])
-    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    # the most similar pair; on a tie, keep the thinnest axis (a z-stack's) out of the rotation
-    return min(pairs, key=lambda ij: (max(patch_size[ij[0]], patch_size[ij[1]]) / min(patch_size[ij[0]], patch_size[ij[1]]),
-                                      smallest in ij))
-
-
-def aug_patch_size(patch_size: Sequence[int]) -> tuple[int, ...]:
-    """The smallest box holding ``patch_size`` under every rotation within ``rotation_plane``: rotated axes
-    get the diagonal of the rotated sub-box, the others keep their size."""
-    plane = rotation_plane(patch_size)
-    diagonal = math.ceil(math.sqrt(sum(patch_size[a] ** 2 for a in plane)) - 1e-9)
-    return tuple(diagonal if a in plane else int(s) for a, s in enumerate(patch_size))
 
 
 def _reduce(shape: list[float], max_dims: list[float]) -> list[float]:
