@@ -66,7 +66,7 @@ def test_unknown_name_suggests_and_names_failed_plugins(fake_dists):
     msg = str(info.value)
     assert "Did you mean" in msg and "tiny-net" in msg
     assert "plugin 'broken' (biom3d-broken 1.0.0) failed" in msg
-    assert "plugin 'oldcore' (biom3d-oldcore 0.0.9) incompatible" in msg
+    assert "plugin 'oldcore' (biom3d-oldcore 0.0.9) is incompatible" in msg
 
 
 def test_disable_and_allowlist_block_before_import(fake_dists, monkeypatch):

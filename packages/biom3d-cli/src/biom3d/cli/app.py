@@ -144,6 +144,8 @@ def preprocess(
     stack: Annotated[str | None, typer.Option(help="Stack whose components the config uses [default: the installed "
                                               "stack of highest priority; see `biom3d plugins --kind stack`].")] = None,
     preprocessor: Annotated[str | None, typer.Option(help="Preprocessor id [default: the stack's].")] = None,
+    reader: Annotated[str | None, typer.Option(help="Reader id used for every file it reads (config `reader:`) "
+                                               "[default: by suffix, then priority].")] = None,
     norm: Annotated[str | None, typer.Option(help="Normalisation: zscore or ct [default: zscore].")] = None,
     channel_axis: Annotated[int | None, typer.Option(help="Channel axis of stored images (default: detect).")] = None,
     mask_fix: Annotated[str | None, typer.Option(help="auto, strict or binarize (see README) [default: auto].")] = None,
@@ -157,7 +159,7 @@ def preprocess(
 
     params = {k: v for k, v in {"norm": norm, "channel_axis": channel_axis, "mask_fix": mask_fix}.items() if v is not None}
     data_cmd.preprocess(images=images, masks=masks, num_classes=num_classes, out=out, workers=workers, name=name,
-                        multilabel=multilabel, stack=stack, preprocessor=preprocessor, params=params,
+                        multilabel=multilabel, stack=stack, preprocessor=preprocessor, params=params, reader=reader,
                         max_dim=max_dim, max_pool=max_pool, seed=seed, overwrite=overwrite)
 
 
@@ -178,6 +180,8 @@ def train(
     seed: Annotated[int | None, typer.Option(help="train.seed.")] = None,
     val_iters: Annotated[int | None, typer.Option(help="train.val_iters.", min=0)] = None,
     runs_dir: Annotated[Path | None, typer.Option(help="Folder for run folders [default: runs_dir of the config].")] = None,
+    strict_versions: Annotated[bool, typer.Option("--strict-versions", help="Refuse a run made with other plugin "
+                                                  "versions than the installed ones (exit 3) instead of warning.")] = False,
 ) -> None:
     """Train a model; writes runs/<name>-<timestamp>/ (config, checkpoints, log.csv, curves.png, snapshots/)."""
     from biom3d.cli import train_cmd
@@ -185,7 +189,8 @@ def train(
     overrides = {"train.epochs": epochs, "train.iters_per_epoch": iters_per_epoch, "train.batch_size": batch_size,
                  "train.lr": lr, "train.fold": fold, "train.workers": workers, "train.fp16": fp16,
                  "train.device": device, "train.seed": seed, "train.val_iters": val_iters}
-    train_cmd.train(config, resume=resume, finetune=finetune, overrides=overrides, runs_dir=runs_dir)
+    train_cmd.train(config, resume=resume, finetune=finetune, overrides=overrides, runs_dir=runs_dir,
+                    strict_versions=strict_versions)
 
 
 # -- prediction and evaluation ---------------------------------------------------------------------------
@@ -198,11 +203,18 @@ def predict(
     overlap: Annotated[float | None, typer.Option(help="Tile overlap, 0 to <1 [default: run's, 0.5].", min=0.0, max=0.95)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    reader: Annotated[str | None, typer.Option(help="Reader id used for every file it reads (config `reader:`) "
+                                               "[default: by suffix, then priority].")] = None,
+    writer: Annotated[str | None, typer.Option(help="Writer id, e.g. io/npy: masks get its format and suffix "
+                                               "(config `writer:`) [default: the input's format].")] = None,
+    strict_versions: Annotated[bool, typer.Option("--strict-versions", help="Refuse a run made with other plugin "
+                                                  "versions than the installed ones (exit 3) instead of warning.")] = False,
 ) -> None:
     """Predict masks, written in the input's format and metadata under the same relative names."""
     from biom3d.cli import predict_cmd
 
-    predict_cmd.predict(runs, input, output, tta=tta, overlap=overlap, device=device, overwrite=overwrite)
+    predict_cmd.predict(runs, input, output, tta=tta, overlap=overlap, device=device, overwrite=overwrite,
+                        reader=reader, writer=writer, strict_versions=strict_versions)
 
 
 @app.command("eval")
@@ -231,6 +243,10 @@ def run(
     runs_dir: Annotated[Path | None, typer.Option(help="Where the pipeline folder goes [default: runs].")] = None,
     stack: Annotated[str | None, typer.Option(help="Stack filling the slots the config leaves out [default: the "
                                               "config's `stack:`, else the installed one of highest priority].")] = None,
+    reader: Annotated[str | None, typer.Option(help="Reader id used for every file it reads (config `reader:`) "
+                                               "[default: by suffix, then priority].")] = None,
+    writer: Annotated[str | None, typer.Option(help="Writer id, e.g. io/npy: masks get its format and suffix "
+                                               "(config `writer:`) [default: the input's format].")] = None,
     epochs: Annotated[int | None, typer.Option(help="train.epochs.", min=1)] = None,
     iters_per_epoch: Annotated[int | None, typer.Option(help="train.iters_per_epoch.", min=1)] = None,
     batch_size: Annotated[int | None, typer.Option(help="train.batch_size.", min=1)] = None,
@@ -242,7 +258,7 @@ def run(
 
     run_cmd.run(config, images=images, masks=masks, num_classes=num_classes, test_images=test_images,
                 test_masks=test_masks, name=name, runs_dir=runs_dir,
-                overrides={"stack": stack, "train.epochs": epochs, "train.iters_per_epoch": iters_per_epoch,
+                overrides={"stack": stack, "reader": reader, "writer": writer, "train.epochs": epochs, "train.iters_per_epoch": iters_per_epoch,
                            "train.batch_size": batch_size, "train.workers": workers, "train.device": device})
 
 

@@ -13,7 +13,9 @@ def list_plugins(*, components: bool, kind: str | None, as_json: bool) -> None:
     registry = _registry()
     comps = registry.components(kind) if kind else registry.components()
     if as_json:
-        payload = {"plugins": [p.as_dict() | {"components": _count(registry, p.name)} for p in registry.plugins.values()]}
+        payload = {"plugins": [p.as_dict() | {"components": _count(registry, p.name)} for p in registry.plugins.values()],
+                   "format_clashes": [dict(zip(("kind", "suffix", "claimed_by", "winner"), r, strict=True))
+                                      for r in _clash_rows(registry)]}
         if components:
             payload["components"] = [c.as_dict() for c in comps]
         typer.echo(json.dumps(payload, indent=2))
@@ -23,6 +25,11 @@ def list_plugins(*, components: bool, kind: str | None, as_json: bool) -> None:
         for p in registry.plugins.values()
     ]
     typer.echo(table(["plugin", "distribution", "version", "state", "components", "reason / notes"], rows, max_width=400))
+    clashes = _clash_rows(registry)
+    if clashes:
+        typer.echo("")
+        typer.echo("Formats several plugins read or write (the first wins; choose with reader:/writer: or --reader/--writer):")
+        typer.echo(table(["kind", "suffix", "claimed by (priority)", "winner"], clashes, max_width=200))
     if components:
         typer.echo("")
         typer.echo(_components_table(comps))
@@ -53,6 +60,16 @@ def show_plugin(name: str, *, as_json: bool) -> None:
         if comps:
             typer.echo("")
             typer.echo(_components_table(comps))
+
+
+def _clash_rows(registry) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for kind in ("reader", "writer"):
+        for suffix, comps in registry.suffix_clashes(kind):
+            top = [c for c in comps if c.spec.priority == comps[0].spec.priority]
+            winner = comps[0].qid if len(top) == 1 else "tie: an error until one is chosen"
+            rows.append((kind, suffix, ", ".join(f"{c.qid} ({c.spec.priority})" for c in comps), winner))
+    return rows
 
 
 def _components_table(comps) -> str:

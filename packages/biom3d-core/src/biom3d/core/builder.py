@@ -4,7 +4,10 @@ runs the stages: ``Builder(config).train()``, ``Builder.resume(run_dir)``, ``Bui
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,14 +74,16 @@ class Builder:
         if run_dir is None:
             run_dir = runs.new_run_dir(Path(runs_dir or self.config.runs_dir), self.config.name)
         run_dir = Path(run_dir)
+        created = not run_dir.exists() or not any(run_dir.iterdir())
         run_dir.mkdir(parents=True, exist_ok=True)
-        runs.write_run_files(run_dir, self.config, self.registry, data_dir=self.context.data_dir,
-                             folds=self.context.folds_path)
-        return self._fit(run_dir)
+        with _discarded_if_no_checkpoint(run_dir, created):
+            runs.write_run_files(run_dir, self.config, self.registry, data_dir=self.context.data_dir,
+                                 folds=self.context.folds_path)
+            return self._fit(run_dir)
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, epochs: int | None = None, registry: Registry | None = None,
-               overrides: dict[str, Any] | None = None) -> TrainResult:
+               overrides: dict[str, Any] | None = None, strict_versions: bool = False) -> TrainResult:
         """Continue an interrupted run from its last good checkpoint; ``epochs`` extends a finished one."""
         from biom3d.core import runs
         from biom3d.core.checkpoints import load_latest
@@ -88,7 +93,7 @@ class Builder:
         overrides = dict(overrides or {})
         if epochs is not None:
             overrides["train.epochs"] = epochs
-        config = runs.load_run_config(run_dir, registry=registry, overrides=overrides)
+        config = runs.load_run_config(run_dir, registry=registry, overrides=overrides, strict_versions=strict_versions)
         builder = cls(config, registry=registry)
         from biom3d.core.atomic import remove_stale_temporaries
 
@@ -104,14 +109,14 @@ class Builder:
     @classmethod
     def finetune(cls, run_dir: str | Path, config: Config | str | Path | dict[str, Any], *,
                  registry: Registry | None = None, overrides: dict[str, Any] | None = None,
-                 runs_dir: str | Path | None = None) -> TrainResult:
+                 runs_dir: str | Path | None = None, strict_versions: bool = False) -> TrainResult:
         """A new run from ``run_dir``'s trained weights, on the new config's data and schedule. What the
         network needs (model and its params, channels, patch, pooling, spacing) is kept from the old run."""
         from biom3d.core import runs
         from biom3d.core.checkpoints import load_weights
 
         registry = registry or get_registry()
-        old = runs.load_run_config(Path(run_dir), registry=registry)
+        old = runs.load_run_config(Path(run_dir), registry=registry, strict_versions=strict_versions)
         builder = cls(config, registry=registry, overrides=overrides)
         kept = {f: getattr(old, f) for f in ARCHITECTURE_FIELDS}
         kept["model"] = old.model
@@ -126,9 +131,10 @@ class Builder:
         weights = load_weights(Path(run_dir))["model"]
         builder._check_trainable()
         new_dir = runs.new_run_dir(Path(runs_dir or builder.config.runs_dir), builder.config.name)
-        runs.write_run_files(new_dir, builder.config, registry, data_dir=builder.context.data_dir,
-                             folds=builder.context.folds_path)
-        return builder._fit(new_dir, init_weights=weights)
+        with _discarded_if_no_checkpoint(new_dir, True):
+            runs.write_run_files(new_dir, builder.config, registry, data_dir=builder.context.data_dir,
+                                 folds=builder.context.folds_path)
+            return builder._fit(new_dir, init_weights=weights)
 
     def _fit(self, run_dir: Path, *, resume: dict[str, Any] | None = None,
              init_weights: dict[str, Any] | None = None) -> TrainResult:
@@ -175,6 +181,20 @@ class Builder:
             problems.append(Problem("patch_size", "not set: `biom3d preprocess` writes it, or give [D, H, W]"))
         if problems:
             raise ConfigError(problems, source=str(self.config._source or ""))
+
+
+@contextlib.contextmanager
+def _discarded_if_no_checkpoint(run_dir: Path, created: bool) -> Iterator[None]:
+    """A training that fails before its first checkpoint leaves no folder that looks like a run: the folder this
+    call created is removed (a folder the user gave is kept, with its config files, for --resume)."""
+    try:
+        yield
+    except BaseException:
+        checkpoints = run_dir / "checkpoints"
+        if created and not (checkpoints.is_dir() and any(checkpoints.glob("*.pt"))):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            log.warning("training failed before its first checkpoint: removed the run folder %s", run_dir)
+        raise
 
 
 def _check_deep_supervision(config: Config, model: Any, loss: Any) -> None:

@@ -8,7 +8,6 @@ its path (``model.params.num_pools[2]``).
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from biom3d.core.errors import ConfigError, Problem
 from biom3d.core.specs import SLOTS
+from biom3d.core.validation_errors import problems_from
 from biom3d.core.upgrades import CURRENT_SCHEMA_VERSION, ENVELOPE_LISTS, ENVELOPE_SLOTS, upgrade
 
 Triple = tuple[int, int, int]
@@ -79,6 +79,8 @@ class TrainConfig(BaseModel):
     fp16: bool = Field(True, description="Mixed precision (CUDA only; ignored on CPU).")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'.")
     seed: int | None = Field(42, description="Random seed (null: not seeded).")
+    checkpoints: bool = Field(True, description="Refuse callbacks that write no checkpoint (false: train without; "
+                              "the run can then be neither predicted nor resumed).")
 
     @field_validator("device")
     @classmethod
@@ -136,8 +138,10 @@ class Config(BaseModel):
     trainer: Envelope | None = Field(None, description="The training loop.")
     predictor: Envelope | None = Field(None, description="Whole-volume inference (tiling, blending, TTA).")
     postprocessors: list[Envelope] | None = Field(None, description="Chained: probabilities -> mask -> cleaned mask.")
-    callbacks: list[Envelope] | None = Field(None, description="Run at train/epoch/batch begin and end. A list here "
-                                             "replaces the stack's whole list (checkpoints and logs are callbacks).")
+    callbacks: list[Envelope] | None = Field(None, description="Run at train/epoch/batch begin and end. Entries are "
+                                             "added to the stack's (same id: its params change; '-id' removes one).")
+    callbacks_replace: bool = Field(False, description="The callbacks list is the whole list, not additions to the "
+                                    "stack's (resolved configs are written so).")
     reader: Envelope | None = Field(None, description="Force one reader instead of choosing by suffix.")
     writer: Envelope | None = Field(None, description="Force one writer instead of the input's format.")
 
@@ -217,7 +221,7 @@ def validate(raw: dict[str, Any], *, registry: Any = None, source: str | None = 
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
-        problems += _problems(exc, model=Config)
+        problems += problems_from(exc, model=Config)
     if resolve:
         if registry is None:
             from biom3d.core.discovery import get_registry
@@ -243,6 +247,8 @@ def _resolve_envelopes(raw: dict[str, Any], registry: Any, cfg: Config | None, p
     for slot, (kind, role) in SLOTS.items():
         value, origin = (raw[slot], "") if slot in raw else (from_stack.get(slot), f" (from stack '{stack}')")
         many = slot in ENVELOPE_LISTS
+        if slot == "callbacks" and slot in raw and isinstance(value, list) and not raw.get("callbacks_replace"):
+            value = _added_callbacks(list(from_stack.get(slot) or []), value, registry, problems)
         if value is None:
             if slot in REQUIRED_SLOTS and not stack_failed:
                 problems.append(Problem(slot, _missing(slot, kind, stack, registry)))
@@ -270,7 +276,46 @@ def _resolve_envelopes(raw: dict[str, Any], registry: Any, cfg: Config | None, p
             if resolved_env is not None:
                 out.append(resolved_env)
         resolved[slot] = out if many else (out[0] if out else None)
+    resolved["callbacks_replace"] = True  # resolved: the list is complete
+    if cfg is not None and cfg.train.checkpoints and not stack_failed and not any(p.path.startswith("callbacks")
+                                                                                    for p in problems):
+        writers = [e.name for e in resolved["callbacks"] if registry.resolve("callback", e.name).spec.writes_checkpoints]
+        if not writers:
+            problems.append(Problem("callbacks", "no callback writes checkpoints, which predict and --resume need; "
+                                    "keep core/checkpoint (do not remove it with '-checkpoint'), or set "
+                                    "train.checkpoints: false to train without"))
     return resolved
+
+
+def _added_callbacks(base: list[Any], added: list[Any], registry: Any, problems: list[Problem]) -> list[Any]:
+    """The stack's callbacks with the config's: an id already there gets the config's params in place, a new one
+    is appended, ``-id`` removes one. Unknown names pass through to be reported with their path."""
+    from biom3d.core.registry import ResolutionError
+
+    def qid(item: Any) -> str | None:
+        name = item if isinstance(item, str) else item.get("name") if isinstance(item, dict) else None
+        try:
+            return registry.resolve("callback", name.lstrip("-")).qid if isinstance(name, str) else None
+        except ResolutionError:
+            return None
+
+    out = list(base)
+    for i, item in enumerate(added):
+        if isinstance(item, str) and item.startswith("-"):
+            target = qid(item)
+            kept = [e for e in out if qid(e) != target or target is None]
+            if target is None or len(kept) == len(out):
+                listed = ", ".join(filter(None, map(qid, out))) or "none"
+                problems.append(Problem(f"callbacks[{i}]", f"{item!r} removes nothing: the callbacks are {listed}"))
+            out = kept
+            continue
+        target = qid(item)
+        at = next((j for j, e in enumerate(out) if target is not None and qid(e) == target), None)
+        if at is None:
+            out.append(item)
+        else:
+            out[at] = item
+    return out
 
 
 def _stack_envelopes(raw: dict[str, Any], registry: Any, problems: list[Problem]) -> tuple[str | None, dict[str, Any]]:
@@ -305,7 +350,7 @@ def _resolve_one(env: Envelope, kind: str, role: str | None, path: str, origin: 
     try:
         params = comp.validate_params(env.params, ctx)
     except ValidationError as exc:
-        problems.extend(Problem(p.path, p.message + origin) for p in _problems(exc, prefix=f"{path}.params", model=comp.spec.params))
+        problems.extend(Problem(p.path, p.message + origin) for p in problems_from(exc, prefix=f"{path}.params", model=comp.spec.params))
         return None
     return Envelope(name=comp.qid, params=params.model_dump(mode="json"))
 
@@ -316,52 +361,3 @@ def _missing(slot: str, kind: str, stack: str | None, registry: Any) -> str:
     choices = f"installed {kind}s: {', '.join(offered)}" if offered else f"no installed plugin offers a {kind}"
     return (f"not set, and {where} ({choices}); set {slot}: {{name: ...}}, choose another stack with `stack:` "
             "(`biom3d plugins --kind stack` lists them) or install a plugin that offers one")
-
-
-# -- error formatting ---------------------------------------------------------------------------------------
-def _problems(exc: ValidationError, *, prefix: str = "", model: type[BaseModel] | None = None) -> list[Problem]:
-    out = []
-    for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        path = format_path(prefix, loc)
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden" and model is not None:
-            hint = _close_field(model, loc)
-            msg = "unknown key" + (f"; did you mean '{hint}'?" if hint else "")
-        elif err["type"] not in ("missing",) and _is_scalar(err.get("input")):
-            msg = f"{msg} (got {err['input']!r})"
-        out.append(Problem(path, msg))
-    return out
-
-
-def format_path(prefix: str, loc: tuple[Any, ...]) -> str:
-    """``('num_pools', 2)`` under ``model.params`` -> ``model.params.num_pools[2]``."""
-    path = prefix
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part.startswith("function-") or part in ("tagged-union", "str"):  # pydantic union branches
-            continue
-        else:
-            path = f"{path}.{part}" if path else str(part)
-    return path
-
-
-def _close_field(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
-    node: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = getattr(node, "model_fields", {}).get(part)
-        ann = getattr(field, "annotation", None)
-        args = getattr(ann, "__args__", ()) or (ann,)
-        node = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if node is None:
-            return None
-    names = list(getattr(node, "model_fields", {}))
-    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
-    return close[0] if close else None
-
-
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, str | int | float | bool) and len(repr(value)) < 60

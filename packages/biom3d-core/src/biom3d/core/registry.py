@@ -26,6 +26,10 @@ class ResolutionError(InputError):
     """A name does not resolve to exactly one component."""
 
 
+class FormatTie(ResolutionError):
+    """Several readers (or writers) claim a file's format at the same priority: the user must choose."""
+
+
 @dataclass(frozen=True)
 class Component:
     """One offered component: its spec and the plugin that offered it."""
@@ -64,8 +68,19 @@ class Component:
         return self.spec.params.model_validate(dict(params or {}), context={"run": context})
 
     def build(self, params: Mapping[str, Any] | BaseModel | None = None, ctx: Any = None) -> Any:
-        """Call the factory target as ``factory(validated_params, ctx)``."""
-        return self.load()(self.validate_params(params, ctx), ctx)
+        """Call the factory target as ``factory(validated_params, ctx)``; bad params raise the ConfigError the CLI
+        shows (paths, "did you mean"), not pydantic's raw error."""
+        from pydantic import ValidationError
+
+        from biom3d.core.errors import ConfigError
+        from biom3d.core.validation_errors import problems_from
+
+        try:
+            validated = self.validate_params(params, ctx)
+        except ValidationError as exc:
+            raise ConfigError(problems_from(exc, prefix="params", model=self.spec.params),
+                              source=f"{self.kind} '{self.qid}'") from exc
+        return self.load()(validated, ctx)
 
     def as_dict(self) -> dict[str, Any]:
         d = {
@@ -124,9 +139,13 @@ class Registry:
                 return hits[0]
             info = self.plugins.get(plugin)
             if info is not None and info.state != "loaded":
-                raise ResolutionError(
-                    f"unknown {kind} '{name}': {info.label} is {info.state}: {info.reason}"
-                )
+                raise ResolutionError(f"unknown {kind} '{name}': {info.label} {_state_phrase(info)}: {info.reason}")
+            if info is None:
+                installed = ", ".join(sorted(p.name for p in self.plugins.values() if p.state == "loaded"))
+                hint = self._not_found(kind, name, short).partition(". ")[2]
+                raise ResolutionError(f"unknown {kind} '{name}': no plugin '{plugin}' is installed (installed: "
+                                      f"{installed}); install the distribution that provides it"
+                                      + (f". {hint}" if hint else ""))
             raise ResolutionError(self._not_found(kind, name, short))
         hits = [c for c in comps if name in c.spec.names]
         if len(hits) == 1:
@@ -147,12 +166,24 @@ class Registry:
         stacks = self.stacks()
         return stacks[0] if stacks else None
 
-    def reader_for(self, path: str | Path) -> Component:
-        """The reader for ``path``: directory readers for folders, else longest suffix, then priority."""
-        return self._file_component("reader", Path(path))
+    def reader_for(self, path: str | Path, choice: str | None = None) -> Component:
+        """The reader for ``path``: ``choice`` (the config's ``reader:`` / ``--reader``) when it reads this file,
+        else directory readers for folders, else the longest suffix, then the highest priority. An exact tie is
+        an error that lists the candidates: never decided by install order."""
+        return self._file_component("reader", Path(path), choice)
 
-    def writer_for(self, path: str | Path) -> Component:
-        return self._file_component("writer", Path(path))
+    def writer_for(self, path: str | Path, choice: str | None = None) -> Component:
+        """The writer for ``path``'s format, by the same rules (``choice``: ``writer:`` / ``--writer``)."""
+        return self._file_component("writer", Path(path), choice)
+
+    def suffix_clashes(self, kind: str) -> list[tuple[str, list[Component]]]:
+        """Suffixes several plugins' ``kind`` components claim, each with its claimants, the winner first."""
+        claims: dict[str, list[Component]] = defaultdict(list)
+        for c in self.components(kind):
+            for suffix in c.spec.suffixes:  # type: ignore[attr-defined]
+                claims[suffix].append(c)
+        return [(suffix, sorted(comps, key=lambda c: (-c.spec.priority, c.qid)))  # type: ignore[attr-defined]
+                for suffix, comps in sorted(claims.items()) if len({c.plugin.name for c in comps}) > 1]
 
     def suffixes(self, kind: str = "reader") -> list[str]:
         return sorted({s for c in self.components(kind) for s in c.spec.suffixes})  # type: ignore[attr-defined]
@@ -168,21 +199,29 @@ class Registry:
         return out
 
     # -- helpers -----------------------------------------------------------------------------------------
-    def _file_component(self, kind: str, path: Path) -> Component:
+    def _file_component(self, kind: str, path: Path, choice: str | None = None) -> Component:
+        if choice:
+            chosen = self.resolve(kind, choice)
+            if chosen.spec.directory if path.is_dir() else chosen.spec.matches(path.name):  # type: ignore[attr-defined]
+                return chosen
         comps = self.components(kind)
         if path.is_dir():
-            ranked = sorted((c for c in comps if c.spec.directory), key=lambda c: (-c.spec.priority, c.qid))
+            scored = [(0, c.spec.priority, c) for c in comps if c.spec.directory]
         else:
             scored = [(len(m), c.spec.priority, c) for c in comps if (m := c.spec.matches(path.name))]
-            ranked = [c for _, _, c in sorted(scored, key=lambda t: (-t[0], -t[1], t[2].qid))]
-        if ranked:
-            return ranked[0]
-        what = "folders" if path.is_dir() else f"'{''.join(path.suffixes) or path.name}' files"
-        known = ", ".join(self.suffixes(kind)) or "none"
-        raise ResolutionError(
-            f"no {kind} for {path}: no installed plugin offers a {kind} for {what} (known suffixes: {known}). "
-            f"Install biom3d-io (or another plugin with a {kind} for this format)."
-        )
+        scored.sort(key=lambda t: (-t[0], -t[1], t[2].qid))
+        if not scored:
+            what = "folders" if path.is_dir() else f"'{''.join(path.suffixes) or path.name}' files"
+            offered = "; ".join(f"{c.qid} ({' '.join(c.spec.suffixes) or 'folders'})" for c in comps) or "none"
+            raise ResolutionError(f"no {kind} for {path}: no installed {kind} handles {what} (installed {kind}s: "
+                                  f"{offered}); choose one with `{kind}:` in the config or --{kind}, or install a "
+                                  f"plugin with a {kind} for this format")
+        tied = [c for n, prio, c in scored if (n, prio) == scored[0][:2]]
+        if len(tied) > 1:
+            ids = ", ".join(c.qid for c in tied)
+            raise FormatTie(f"{path.name}: {kind}s {ids} claim this format at the same priority; choose one "
+                                  f"with `{kind}:` in the config or --{kind} (e.g. --{kind} {tied[0].qid})")
+        return scored[0][2]
 
     def _not_found(self, kind: str, name: str, short: str) -> str:
         comps = self._by_kind.get(kind, [])
@@ -202,7 +241,7 @@ class Registry:
         broken = [p for p in self.plugins.values() if p.state in ("failed", "incompatible")]
         if broken:
             msg += ". Plugins that did not load and might provide it: " + "; ".join(
-                f"{p.label} {p.state}: {p.reason}" for p in broken
+                f"{p.label} {_state_phrase(p)}: {p.reason}" for p in broken
             )
         return msg
 
@@ -228,6 +267,12 @@ class Registry:
                         note = f"{kind} name '{short}' is also offered by {others}: configs must use '{p}/{short}'"
                         if note not in self.plugins[p].notes:
                             self.plugins[p].notes.append(note)
+
+
+def _state_phrase(info: PluginInfo) -> str:
+    """``failed to load``, ``is blocked``...: how a message says what became of a plugin."""
+    return {"failed": "failed to load", "blocked": "is blocked", "incompatible": "is incompatible",
+            "shadowed": "is shadowed"}.get(info.state, f"is {info.state}")
 
 
 def _check_kind(kind: str) -> None:

@@ -7,6 +7,7 @@ default, absolute data paths), plugins.json, the data fingerprint and folds, che
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from biom3d.core.atomic import atomic_write_text
 from biom3d.core.config import SLOTS, Config
 from biom3d.core.errors import PluginError, RunError
 
+log = logging.getLogger("biom3d")
 CONFIG, PLUGINS, FINGERPRINT, FOLDS = "config.yaml", "plugins.json", "fingerprint.json", "folds.csv"
 
 
@@ -74,32 +76,54 @@ def plugins_record(config: Config, registry) -> dict[str, Any]:
     }
 
 
-def check_plugins(run_dir: Path, registry) -> None:
-    """Fail up front, with the pip command that fixes it, when a plugin this run used is missing."""
+def check_plugins(run_dir: Path, registry, *, strict_versions: bool = False) -> None:
+    """Compare the plugins a run used with what is installed. Missing, failed or blocked: an error up front that
+    says how to fix it. Another version: one warning per plugin (an error with ``strict_versions``)."""
     path = Path(run_dir) / PLUGINS
     if not path.is_file():
         return
-    used = json.loads(path.read_text()).get("used", {})
-    missing = []
+    used = json.loads(path.read_text(encoding="utf-8")).get("used", {})
+    problems, pins, changed = [], [], []
     for plugin, info in used.items():
+        dist, version = info.get("dist"), info.get("version")
         present = registry.plugins.get(plugin)
-        if present is None or present.state != "loaded":
-            dist, version = info.get("dist"), info.get("version")
-            why = "is not installed" if present is None else f"is {present.state}: {present.reason}"
-            missing.append((plugin, dist, version, why))
-    if missing:
-        lines = [f"plugin '{p}' ({d} {v}) {why}" for p, d, v, why in missing]
-        cmd = "pip install " + " ".join(f"'{d}=={v}'" for _, d, v, _ in missing if d)
-        raise PluginError(f"run {run_dir} needs plugins that are not available: " + "; ".join(lines)
-                          + f". Fix: {cmd}")
+        if present is None:
+            problems.append(f"plugin '{plugin}' ({dist} {version}) is not installed")
+            pins.append(f"'{dist}=={version}'" if dist else None)
+        elif present.state == "blocked":
+            problems.append(f"{present.label} is installed but blocked ({present.reason}): remove '{plugin}' from "
+                            "BIOM3D_DISABLE_PLUGINS, or add it to BIOM3D_PLUGINS")
+        elif present.state != "loaded":
+            problems.append(f"{present.label} (the run used {version}) is {present.state}: {present.reason}")
+            pins.append(f"'{dist}=={version}'" if dist else None)
+        elif version and present.version and present.version != version:
+            changed.append(f"{plugin} ({present.dist}): the run used {version}, {present.version} is installed")
+    if problems:
+        fix = " ".join(p for p in pins if p)
+        raise PluginError(f"run {run_dir} needs plugins that are not available: " + "; ".join(problems)
+                          + (f". Fix: pip install {fix}" if fix else ""))
+    if changed and strict_versions:
+        raise PluginError(f"run {run_dir} was made with other plugin versions (--strict-versions): "
+                          + "; ".join(changed) + ". Install the recorded versions or drop --strict-versions")
+    for line in changed:
+        log.warning("run %s: %s; results may differ (--strict-versions refuses this)", run_dir, line)
 
 
-def load_run_config(run_dir: Path, *, registry=None, overrides: dict[str, Any] | None = None) -> Config:
+def require_checkpoint(run_dir: Path) -> None:
+    """A run folder without any checkpoint cannot predict: say why and what to do."""
+    folder = Path(run_dir) / "checkpoints"
+    if not (folder.is_dir() and any(folder.glob("*.pt"))):
+        raise RunError(f"{run_dir} holds no checkpoint: its training failed or was stopped before the first epoch "
+                       f"ended, so it cannot predict; resume it with `biom3d train --resume {run_dir}` or remove it")
+
+
+def load_run_config(run_dir: Path, *, registry=None, overrides: dict[str, Any] | None = None,
+                    strict_versions: bool = False) -> Config:
     from biom3d.core.config import load_config
 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise RunError(f"{run_dir} is not a biom3d run folder (no {CONFIG}); give the folder `biom3d train` created")
     if registry is not None:
-        check_plugins(run_dir, registry)
+        check_plugins(run_dir, registry, strict_versions=strict_versions)
     return load_config(run_dir / CONFIG, registry=registry, overrides=overrides)

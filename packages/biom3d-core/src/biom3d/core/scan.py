@@ -33,18 +33,21 @@ class Case:
     mask: Item | None
 
 
-def scan_folder(folder: Path, registry, *, what: str = "images") -> list[Item]:
-    """Every readable item under ``folder``, sorted by key; unknown files are errors, not skipped silently."""
+def scan_folder(folder: Path, registry, *, what: str = "images", reader: str | None = None) -> list[Item]:
+    """Every readable item under ``folder``, sorted by key; unknown files are errors, not skipped silently.
+    ``reader`` (the config's ``reader:`` / ``--reader``) reads every file it claims; the others go by suffix."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{what} folder {folder} does not exist (or is not a folder); check the path")
+    if reader:
+        registry.resolve("reader", reader)  # an unknown choice is one error, not one per file
     items: list[Item] = []
     problems: list[str] = []
     seen: dict[str, Path] = {}
     for path in _entries(folder):
-        comp, key = _choose(path, folder, registry)
+        comp, key, why = _choose(path, folder, registry, reader)
         if comp is None:
-            problems.append(f"{path.relative_to(folder)}: no reader for this file type")
+            problems.append(f"{path.relative_to(folder)}: {why}")
             continue
         if key in seen:
             problems.append(f"{path.relative_to(folder)} and {seen[key].relative_to(folder)} have the same name '{key}'")
@@ -78,22 +81,22 @@ def pair(images: list[Item], masks: list[Item] | None, *, images_dir: Path, mask
 
 
 def scan_dataset(images_dir: Path, masks_dir: Path | None, registry,
-                 names: tuple[str, str] = ("image", "mask")) -> list[Case]:
-    images = scan_folder(images_dir, registry, what=names[0] + "s")
-    masks = scan_folder(masks_dir, registry, what=names[1] + "s") if masks_dir is not None else None
+                 names: tuple[str, str] = ("image", "mask"), reader: str | None = None) -> list[Case]:
+    images = scan_folder(images_dir, registry, what=names[0] + "s", reader=reader)
+    masks = scan_folder(masks_dir, registry, what=names[1] + "s", reader=reader) if masks_dir is not None else None
     return pair(images, masks, images_dir=Path(images_dir), masks_dir=None if masks_dir is None else Path(masks_dir),
                 names=names)
 
 
-def scan_input(path: Path, registry) -> tuple[Path, list[Item]]:
+def scan_input(path: Path, registry, reader: str | None = None) -> tuple[Path, list[Item]]:
     """A single file (or DICOM folder) or a folder of them, as (root, items)."""
     path = Path(path)
     if path.is_file() or (path.is_dir() and _is_series(path)):
-        comp, key = _choose(path, path.parent, registry)
+        comp, key, why = _choose(path, path.parent, registry, reader)
         if comp is None:
-            raise DataError(f"{path}: no reader for this file type; supported: {', '.join(registry.suffixes('reader'))}")
+            raise DataError(f"{path}: {why}")
         return path.parent, [Item(key, path, comp.qid)]
-    return path, scan_folder(path, registry, what="input")
+    return path, scan_folder(path, registry, what="input", reader=reader)
 
 
 def _entries(folder: Path):
@@ -114,17 +117,20 @@ def _is_series(folder: Path) -> bool:
     return any(p.suffix.lower() in DICOM_SUFFIXES or p.name == "DICOMDIR" for p in folder.iterdir() if p.is_file())
 
 
-def _choose(path: Path, root: Path, registry):
-    from biom3d.core.registry import ResolutionError
+def _choose(path: Path, root: Path, registry, reader: str | None):
+    """(reader, case key, None), or (None, None, why not) for a file no reader takes."""
+    from biom3d.core.registry import FormatTie, ResolutionError
 
     try:
-        comp = registry.reader_for(path)
+        comp = registry.reader_for(path, reader)
+    except FormatTie as exc:
+        return None, None, str(exc).split(": ", 1)[1]
     except ResolutionError:
-        return None, None
+        return None, None, "no reader for this file type"
     rel = path.relative_to(root).as_posix()
     suffix = comp.spec.matches(path.name) if not path.is_dir() else None
     key = rel[: -len(suffix)] if suffix else rel
-    return comp, key
+    return comp, key, None
 
 
 def _listing(head: str, problems: list[str], hint: str) -> str:

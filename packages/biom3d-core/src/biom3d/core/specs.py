@@ -141,7 +141,11 @@ class PostprocessorSpec(ComponentSpec):
 
 @dataclass(frozen=True, kw_only=True)
 class CallbackSpec(ComponentSpec):
+    """``writes_checkpoints``: this callback writes ``checkpoints/*.pt``, which predict and resume need; a config
+    whose callbacks include none is refused unless it sets ``train.checkpoints: false``."""
+
     kind: ClassVar[str] = "callback"
+    writes_checkpoints: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

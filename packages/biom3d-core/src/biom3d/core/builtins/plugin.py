@@ -94,7 +94,7 @@ def biom3d_callbacks():
     target = "biom3d.core.builtins.callbacks:build_"
     yield CallbackSpec(name="lr-schedule", target=target + "lr_schedule", params=LRScheduleParams,
                        summary="Cosine, poly or constant learning rate from train.scheduler, optional warm-up.")
-    yield CallbackSpec(name="checkpoint", target=target + "checkpoint", params=CheckpointParams,
+    yield CallbackSpec(name="checkpoint", target=target + "checkpoint", params=CheckpointParams, writes_checkpoints=True,
                        summary="checkpoints/last.pt and best.pt, written atomically with full training state.")
     yield CallbackSpec(name="csv-log", target=target + "csv_log", summary="log.csv: per-epoch losses, metrics, lr, time.")
     yield CallbackSpec(name="progress", target=target + "progress", params=ProgressParams,

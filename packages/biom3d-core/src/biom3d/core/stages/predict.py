@@ -34,21 +34,29 @@ class LoadedRun:
 
 def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Path, *, tta: bool | None = None,
             overlap: float | None = None, device: str = "auto", overwrite: bool = False, skip_existing: bool = False,
-            registry=None, progress: bool = True) -> list[Path]:
+            reader: str | None = None, writer: str | None = None, strict_versions: bool = False, registry=None,
+            progress: bool = True) -> list[Path]:
     """Predict every image under ``inputs`` (a file, a DICOM folder, or a folder of them) into ``output``.
-    ``skip_existing`` resumes an interrupted prediction instead of refusing to touch existing outputs."""
+    ``skip_existing`` resumes an interrupted prediction instead of refusing to touch existing outputs.
+    ``reader``/``writer`` (ids) override the run config's ``reader:``/``writer:``; without a writer, masks are
+    written in the input's format, and every output's writer is found before any prediction starts."""
     from tqdm.auto import tqdm
 
     from biom3d.core.discovery import get_registry
 
     registry = registry or get_registry()
-    runs = [load_run(Path(r), registry=registry, tta=tta, overlap=overlap, device=device) for r in run_dirs]
+    runs = [load_run(Path(r), registry=registry, tta=tta, overlap=overlap, device=device,
+                     strict_versions=strict_versions) for r in run_dirs]
     if not runs:
         raise InputError("give at least one run folder to predict with")
     _check_ensemble(runs)
-    root, items = scan_input(Path(inputs), registry)
+    config = runs[0].builder.config
+    reader_env = _choice(registry, "reader", reader, config.reader)
+    writer_env = _choice(registry, "writer", writer, config.writer)
+    root, items = scan_input(Path(inputs), registry, reader_env.name if reader_env else None)
     output = Path(output)
-    targets = [(item, output / output_name(item)) for item in items]
+    writers = {item.key: _writer_for(registry, item, writer_env) for item in items}
+    targets = [(item, output / output_name(item, writers[item.key].spec)) for item in items]
     if skip_existing and not overwrite:
         targets = [(item, t) for item, t in targets if not t.exists()]
     existing = [str(t) for _, t in targets if t.exists()]
@@ -59,27 +67,28 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
     post = first.build("postprocessors")
     written = []
     for item, target in tqdm(targets, desc="predict", disable=not progress, unit="img"):
-        reader = registry.resolve("reader", item.reader).build({}, first.context)
-        image = reader(item.path)
+        params = reader_env.params if reader_env is not None and reader_env.name == item.reader else {}
+        image = registry.resolve("reader", item.reader).build(params, first.context)(item.path)
         mask = predict_image(runs, image)
         for step in post:
             mask = step(mask)
         mask = _to_input_layout(mask, image)
-        writer = _writer(first, registry, target, overwrite)
-        writer(target, mask, image)
+        _build_writer(writers[item.key], writer_env, first.context, overwrite)(target, mask, image)
         written.append(target)
     return written
 
 
 def load_run(run_dir: Path, *, registry, tta: bool | None = None, overlap: float | None = None,
-             device: str = "auto") -> LoadedRun:
+             device: str = "auto", strict_versions: bool = False) -> LoadedRun:
     from biom3d.core import runs
     from biom3d.core.builder import Builder
     from biom3d.core.checkpoints import load_weights
     from biom3d.core.devices import resolve_device
 
     overrides = {"predictor.params.tta": tta, "predictor.params.overlap": overlap}
-    config = runs.load_run_config(run_dir, registry=registry, overrides={k: v for k, v in overrides.items() if v is not None})
+    config = runs.load_run_config(run_dir, registry=registry, strict_versions=strict_versions,
+                                  overrides={k: v for k, v in overrides.items() if v is not None})
+    runs.require_checkpoint(run_dir)
     fp_path = run_dir / runs.FINGERPRINT
     if not fp_path.is_file():
         raise RunError(f"{run_dir} has no {runs.FINGERPRINT}: it was not trained on preprocessed data")
@@ -102,11 +111,14 @@ def predict_image(runs: Sequence[LoadedRun], image) -> np.ndarray:
     return (total / len(runs)).numpy()
 
 
-def output_name(item: Item) -> str:
-    """Same relative name and format as the input; DICOM series become NIfTI files."""
-    if item.path.is_dir():
-        return item.key + DICOM_OUTPUT_SUFFIX
-    return item.key + item.path.name[len(Path(item.key).name):]
+def output_name(item: Item, writer=None) -> str:
+    """Same relative name as the input, with a suffix of the format written: the input's own when the writer
+    writes it, else the writer's first suffix (a chosen ``io/npy`` writes ``.npy``); DICOM series become
+    NIfTI files unless a writer is chosen."""
+    suffix = DICOM_OUTPUT_SUFFIX if item.path.is_dir() else item.path.name[len(Path(item.key).name):]
+    if writer is not None and not writer.matches("x" + suffix):
+        suffix = writer.suffixes[0]
+    return item.key + suffix
 
 
 def _to_input_layout(mask: np.ndarray, image) -> np.ndarray:
@@ -118,13 +130,33 @@ def _to_input_layout(mask: np.ndarray, image) -> np.ndarray:
     return mask
 
 
-def _writer(builder, registry, target: Path, overwrite: bool):
-    env = builder.config.writer
-    comp = registry.resolve("writer", env.name) if env is not None else registry.writer_for(target)
-    params = dict(env.params) if env is not None else {}
+def _choice(registry, kind: str, name: str | None, env):
+    """The reader/writer chosen on the command line, else the run config's (an Envelope), else None."""
+    from biom3d.core.config import Envelope
+
+    if name:
+        return Envelope(name=registry.resolve(kind, name).qid)
+    return env
+
+
+def _writer_for(registry, item: Item, env):
+    """The chosen writer, else the one for the input's format; no writer for it is an error naming the choices."""
+    from biom3d.core.registry import ResolutionError
+
+    if env is not None:
+        return registry.resolve("writer", env.name)
+    fmt = item.path.with_name(item.path.name + DICOM_OUTPUT_SUFFIX) if item.path.is_dir() else item.path
+    try:
+        return registry.writer_for(fmt)
+    except ResolutionError as exc:
+        raise DataError(f"cannot write the prediction of {item.path}: {exc}") from exc
+
+
+def _build_writer(comp, env, ctx, overwrite: bool):
+    params = dict(env.params) if env is not None and env.name == comp.qid else {}
     if "overwrite" in comp.spec.params.model_fields:
         params["overwrite"] = overwrite
-    return comp.build(params, builder.context)
+    return comp.build(params, ctx)
 
 
 def _check_ensemble(runs: Sequence[LoadedRun]) -> None:

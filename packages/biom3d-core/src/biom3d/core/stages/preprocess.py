@@ -69,20 +69,25 @@ def preprocess_dataset(
     overwrite: bool = False,
     progress: bool = True,
     config_extra: dict[str, Any] | None = None,
+    reader: str | dict[str, Any] | None = None,
     registry=None,
 ) -> PreprocessResult:
     """Preprocess ``images``/``masks`` into ``out`` with the preprocessor of ``stack`` (default: the installed
-    default stack) or the one named; ``params`` update its params."""
+    default stack) or the one named; ``params`` update its params. ``reader`` (an id or ``{name, params}``)
+    reads every file it claims; the others go by suffix."""
     from biom3d.core.discovery import get_registry
 
     registry = registry or get_registry()
     images, masks, out = Path(images), Path(masks), Path(out)
-    cases = scan_dataset(images, masks, registry)
+    forced = _reader_envelope(registry, reader)
+    cases = scan_dataset(images, masks, registry, reader=forced.name if forced else None)
+    _log_readers(cases)
     stack_id, env = _preprocessor_envelope(registry, stack, preprocessor, params)
     comp = registry.resolve("preprocessor", env.name)
     prep_params = comp.validate_params(env.params)
     ctx = RunContext(num_classes=num_classes, multilabel=multilabel)
-    readers = {c.qid: c.spec for c in registry.components("reader")}
+    readers = {c.qid: (c.spec, c.validate_params(forced.params if forced and c.qid == forced.name else {}))
+               for c in registry.components("reader")}
     job = _Job(comp.spec, prep_params, ctx, readers)
     budget = AutoConfigSettings(max_dim=max_dim, max_pool=max_pool, max_batch=max_batch)
     if _input_bytes(cases) < IN_PROCESS_BYTES:
@@ -113,7 +118,7 @@ def preprocess_dataset(
     atomic_write_text(out / "fingerprint.json", json.dumps(fingerprint, indent=2))
     config_path = out / "config.yaml"
     raw = _config(images, masks, fingerprint, plan, budget, stack_id, Envelope(name=comp.qid, params=prep_params.model_dump(mode="json")),
-                  name or out.name, config_extra or {})
+                  name or out.name, {**({"reader": forced.model_dump()} if forced else {}), **(config_extra or {})})
     _write_config(config_path, raw, registry)
     warnings = [w for s in stats for w in s.warnings]
     _log_warnings(out, warnings)
@@ -136,6 +141,22 @@ def _preprocessor_envelope(registry, stack: str | None, preprocessor: str | None
                           f"{', '.join(c.qid for c in registry.components('preprocessor')) or 'none'})")
     env = Envelope.model_validate(base)
     return chosen.qid, Envelope(name=env.name, params={**env.params, **(params or {})})
+
+
+def _reader_envelope(registry, reader: str | dict[str, Any] | None) -> Envelope | None:
+    """The chosen reader as a resolved envelope (qualified id), or None."""
+    if not reader:
+        return None
+    env = Envelope.model_validate(reader)
+    comp = registry.resolve("reader", env.name)
+    return Envelope(name=comp.qid, params=comp.validate_params(env.params).model_dump(mode="json"))
+
+
+def _log_readers(cases: list[Case]) -> None:
+    counts: dict[str, int] = {}
+    for item in (i for c in cases for i in (c.image, c.mask) if i is not None):
+        counts[item.reader] = counts.get(item.reader, 0) + 1
+    log.info("reading %s", ", ".join(f"{n} file(s) with {qid}" for qid, n in sorted(counts.items())))
 
 
 def _checked(values: Any, keys: tuple[str, ...], comp, method: str, *, exact: bool = True) -> dict[str, Any]:
@@ -164,13 +185,14 @@ class _Job:
         return self.spec.load()(self.params, self.ctx)
 
     def read(self, item):
-        spec = self.readers[item.reader]
+        spec, params = self.readers[item.reader]
         try:
-            return spec.load()(spec.params(), self.ctx)(item.path)
+            return spec.load()(params, self.ctx)(item.path)
         except Biom3dError:
             raise
         except Exception as exc:
-            raise DataError(f"{item.path}: cannot be read ({type(exc).__name__}: {exc})") from exc
+            raise DataError(f"{item.path}: reader '{item.reader}' cannot read it ({type(exc).__name__}: {exc}); "
+                            "choose another with `reader:` in the config or --reader") from exc
 
 
 def _stats_task(case: Case, job: _Job):

@@ -88,7 +88,8 @@ def _preprocess(cfg: Config, raw, folder: Path, state, registry, progress: bool)
                        preprocessor=cfg.preprocessor.name,
                        params=cfg.preprocessor.params, name=cfg.name, seed=cfg.train.seed or 0, progress=progress,
                        max_dim=cfg.autoconfig.max_dim, max_pool=cfg.autoconfig.max_pool,
-                       max_batch=cfg.autoconfig.max_batch, registry=registry)
+                       max_batch=cfg.autoconfig.max_batch, reader=cfg.reader.model_dump() if cfg.reader else None,
+                       registry=registry)
     state.done("preprocess", folder=str(out))
     return out
 
