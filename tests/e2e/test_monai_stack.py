@@ -51,3 +51,25 @@ def test_core_and_monai_train_predict_and_evaluate(monai_only, tmp_path):
     assert out.GetSize() == SHAPE[::-1] and out.GetSpacing() == pytest.approx((0.5, 0.5, 1.5))
     report = evaluate(tmp_path / "pred", tmp_path / "test" / "msk", registry=monai_only)
     assert 0 <= report.mean("dice") <= 1
+
+
+def test_a_hand_written_minimal_config_runs_with_core_and_monai(monai_only, tmp_path):
+    """Only num_classes and data paths: the monai/dynunet stack fills every slot (no io/, models/ id needed)."""
+    import json
+
+    from biom3d.core.stages.run import run_pipeline
+
+    rng = np.random.default_rng(4)
+    for split, n in (("train", 3), ("test", 1)):
+        for i in range(n):
+            mask = blobs(rng)
+            _nifti(tmp_path / split / "img" / f"c{i}.nii.gz", (mask * 2 + rng.normal(0, 0.5, SHAPE)).astype(np.float32))
+            _nifti(tmp_path / split / "msk" / f"c{i}.nii.gz", mask)
+    raw = {"num_classes": 1, "runs_dir": str(tmp_path / "runs"),
+           "data": {"images": str(tmp_path / "train" / "img"), "masks": str(tmp_path / "train" / "msk"),
+                    "test_images": str(tmp_path / "test" / "img"), "test_masks": str(tmp_path / "test" / "msk")}}
+    tiny = {k: v for k, v in TINY.items() if k.startswith("train.")}
+    result = run_pipeline(raw, overrides=tiny, registry=monai_only, progress=False)
+    record = json.loads((result.run_dir / "plugins.json").read_text())
+    assert record["stack"] == "monai/dynunet" and set(record["used"]) == {"core", "monai"}
+    assert (result.predictions / "c0.nii.gz").is_file() and (result.folder / "eval.csv").is_file()

@@ -139,7 +139,7 @@ class Registry:
                 return hits[0]
             info = self.plugins.get(plugin)
             if info is not None and info.state != "loaded":
-                raise ResolutionError(f"unknown {kind} '{name}': {info.label} {_state_phrase(info)}: {info.reason}")
+                raise ResolutionError(f"unknown {kind} '{name}': {info.label} {state_phrase(info)}: {info.reason}")
             if info is None:
                 installed = ", ".join(sorted(p.name for p in self.plugins.values() if p.state == "loaded"))
                 hint = self._not_found(kind, name, short).partition(". ")[2]
@@ -241,7 +241,7 @@ class Registry:
         broken = [p for p in self.plugins.values() if p.state in ("failed", "incompatible")]
         if broken:
             msg += ". Plugins that did not load and might provide it: " + "; ".join(
-                f"{p.label} {_state_phrase(p)}: {p.reason}" for p in broken
+                f"{p.label} {state_phrase(p)}: {p.reason}" for p in broken
             )
         return msg
 
@@ -269,7 +269,7 @@ class Registry:
                             self.plugins[p].notes.append(note)
 
 
-def _state_phrase(info: PluginInfo) -> str:
+def state_phrase(info: PluginInfo) -> str:
     """``failed to load``, ``is blocked``...: how a message says what became of a plugin."""
     return {"failed": "failed to load", "blocked": "is blocked", "incompatible": "is incompatible",
             "shadowed": "is shadowed"}.get(info.state, f"is {info.state}")

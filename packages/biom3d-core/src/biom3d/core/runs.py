@@ -18,6 +18,7 @@ import yaml
 from biom3d.core.atomic import atomic_write_text
 from biom3d.core.config import SLOTS, Config
 from biom3d.core.errors import PluginError, RunError
+from biom3d.core.registry import state_phrase
 
 log = logging.getLogger("biom3d")
 CONFIG, PLUGINS, FINGERPRINT, FOLDS = "config.yaml", "plugins.json", "fingerprint.json", "folds.csv"
@@ -94,7 +95,7 @@ def check_plugins(run_dir: Path, registry, *, strict_versions: bool = False) -> 
             problems.append(f"{present.label} is installed but blocked ({present.reason}): remove '{plugin}' from "
                             "BIOM3D_DISABLE_PLUGINS, or add it to BIOM3D_PLUGINS")
         elif present.state != "loaded":
-            problems.append(f"{present.label} (the run used {version}) is {present.state}: {present.reason}")
+            problems.append(f"{present.label} (the run used {version}) {state_phrase(present)}: {present.reason}")
             pins.append(f"'{dist}=={version}'" if dist else None)
         elif version and present.version and present.version != version:
             changed.append(f"{plugin} ({present.dist}): the run used {version}, {present.version} is installed")

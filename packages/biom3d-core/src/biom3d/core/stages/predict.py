@@ -56,6 +56,8 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
     root, items = scan_input(Path(inputs), registry, reader_env.name if reader_env else None)
     output = Path(output)
     writers = {item.key: _writer_for(registry, item, writer_env) for item in items}
+    log.info("predict: reading with %s, writing with %s", ", ".join(sorted({i.reader for i in items})),
+             ", ".join(sorted({w.qid for w in writers.values()})))
     targets = [(item, output / output_name(item, writers[item.key].spec)) for item in items]
     if skip_existing and not overwrite:
         targets = [(item, t) for item, t in targets if not t.exists()]
