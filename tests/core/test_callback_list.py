@@ -47,3 +47,18 @@ def test_a_resolved_config_keeps_exactly_its_list(registry):
     cfg = validate({"callbacks": ["-snapshots", "-curves"]}, registry=registry)
     again = validate(yaml.safe_load(cfg.to_yaml()), registry=registry)
     assert again.callbacks_replace is True and _names(again) == _names(cfg) == DEFAULT[:4]
+
+
+def test_a_stack_adds_its_callbacks_to_the_stack_it_extends(biom3d_plugins):
+    from biom3d.core import hookimpl
+    from biom3d.core.specs import StackSpec
+
+    class Extending:
+        @hookimpl
+        def biom3d_stacks(self):
+            yield StackSpec(name="more", extends="sample/tiny", priority=20,
+                            components={"callbacks": ["core/early-stopping", "-snapshots"]})
+
+    biom3d_plugins.register(sample_plugin, name="sample")
+    reg = biom3d_plugins.register(Extending(), name="more")
+    assert _names(validate({}, registry=reg)) == [*DEFAULT[:5], "core/early-stopping"]

@@ -102,3 +102,29 @@ def test_a_blocked_plugin_is_reported_as_blocked_not_missing(trained, tmp_path):
     with pytest.raises(PluginError, match="plugin 'models' .* is installed but blocked .*BIOM3D_DISABLE_PLUGINS") as info:
         predict([trained.run_dir], tmp_path, tmp_path / "out", registry=registry, progress=False)
     assert "pip install" not in str(info.value)
+
+
+def test_a_chosen_reader_settles_a_tie_in_every_stage(dataset, tmp_path):
+    import yaml
+
+    from biom3d.core import hookimpl
+    from biom3d.core.discovery import discover, get_registry
+    from biom3d.core.specs import ReaderSpec
+    from biom3d.core.stages.evaluate import evaluate
+    from biom3d.core.stages.preprocess import preprocess_dataset
+
+    tiff = get_registry().reader_for("a.tif").spec
+
+    class Twin:
+        @hookimpl
+        def biom3d_readers(self):
+            yield ReaderSpec(name="tiff", target=tiff.target, suffixes=(".tif",), priority=tiff.priority)
+
+    registry = discover(extra=[("twin", Twin())])
+    masks = dataset / "test" / "masks"
+    with pytest.raises(DataError, match=r"case0.tif: readers io/tiff, twin/tiff claim this format at the same priority"):
+        evaluate(masks, masks, registry=registry)
+    assert evaluate(masks, masks, reader="twin/tiff", registry=registry).mean("dice") == 1.0
+    prep = preprocess_dataset(dataset / "train" / "images", dataset / "train" / "masks", tmp_path / "prep",
+                              num_classes=1, workers=0, progress=False, reader="twin/tiff", registry=registry)
+    assert yaml.safe_load(prep.config_path.read_text())["reader"] == {"name": "twin/tiff", "params": {}}

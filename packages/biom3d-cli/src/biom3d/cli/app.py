@@ -223,11 +223,14 @@ def evaluate(
     truth: Annotated[Path, typer.Option("--truth", "-t", help="Folder of ground-truth masks (paired by name).")],
     num_classes: Annotated[int | None, typer.Option("--num-classes", "-k", min=1, help="Classes [default: from the labels].")] = None,
     csv: Annotated[Path | None, typer.Option(help="CSV to write [default: <pred>/eval.csv].")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing CSV.")] = False,
+    reader: Annotated[str | None, typer.Option(help="Reader id used for every file it reads [default: by suffix, "
+                                               "then priority].")] = None,
 ) -> None:
     """Dice and IoU per file, per class and mean; writes a CSV."""
     from biom3d.cli import predict_cmd
 
-    predict_cmd.evaluate(pred, truth, num_classes=num_classes, csv=csv)
+    predict_cmd.evaluate(pred, truth, num_classes=num_classes, csv=csv, overwrite=overwrite, reader=reader)
 
 
 # -- pipeline ----------------------------------------------------------------------------------------------
@@ -278,7 +281,9 @@ def demo(
 
 # -- entry point -------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    """Run the app; a biom3d error becomes one paragraph on stderr and its exit code (--debug: traceback)."""
+    """Run the app; every error becomes one paragraph on stderr and an exit code (--debug: the traceback):
+    a biom3d error its own, a file-system error 2 (a path the user gave) or 1 (disk full, I/O), anything
+    else 1, said to be a bug."""
     _setup_logging()
     try:
         app(args=argv, standalone_mode=True)
@@ -288,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("interrupted", err=True)
         return 130
     except Exception as exc:
-        if _state["debug"] or not _is_biom3d_error(exc):
+        if _state["debug"]:
             raise
+        exc = _as_biom3d_error(exc)
         typer.echo(f"error: {exc}", err=True)
         return getattr(exc, "exit_code", 1)
     return 0
@@ -307,9 +313,22 @@ def _setup_logging() -> None:
         logger.propagate = False
 
 
-def _is_biom3d_error(exc: BaseException) -> bool:
+def _as_biom3d_error(exc: Exception) -> Exception:
+    """``exc`` if it is a biom3d error (its message is for the user), else one made from it."""
     errors = sys.modules.get("biom3d.core.errors")
-    return errors is not None and isinstance(exc, errors.Biom3dError)
+    if errors is not None and isinstance(exc, errors.Biom3dError):
+        return exc
+    from biom3d.core.atomic import os_error
+    from biom3d.core.errors import Biom3dError
+
+    if isinstance(exc, OSError):
+        return os_error(exc)
+    if isinstance(exc, MemoryError):
+        return Biom3dError("out of memory; use smaller inputs, a smaller patch or batch size, or a machine with "
+                           "more memory")
+    text = " ".join(str(exc).split())
+    return Biom3dError(f"unexpected {type(exc).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}. This is "
+                       "a bug in biom3d or in a plugin; run again with --debug for the traceback and report it")
 
 
 def _exit_code(code: object) -> int:

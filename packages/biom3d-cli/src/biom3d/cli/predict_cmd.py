@@ -15,10 +15,11 @@ def predict(runs: list[Path], input: Path, output: Path, **kw) -> None:
     typer.echo(f"{len(written)} mask(s) written to {output} ({what})")
 
 
-def evaluate(pred: Path, truth: Path, *, num_classes: int | None, csv: Path | None) -> None:
+def evaluate(pred: Path, truth: Path, *, num_classes: int | None, csv: Path | None, overwrite: bool = False,
+             reader: str | None = None) -> None:
     from biom3d.core.stages.evaluate import evaluate as run_eval
 
     csv = csv or pred / "eval.csv"
-    report = run_eval(pred, truth, num_classes=num_classes, csv_path=csv)
+    report = run_eval(pred, truth, num_classes=num_classes, csv_path=csv, overwrite=overwrite, reader=reader)
     typer.echo(report.table())
     typer.echo(f"table written to {csv}")

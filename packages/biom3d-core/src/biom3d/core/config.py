@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from biom3d.core.errors import ConfigError, Problem
 from biom3d.core.specs import SLOTS
-from biom3d.core.validation_errors import problems_from
 from biom3d.core.upgrades import CURRENT_SCHEMA_VERSION, ENVELOPE_LISTS, ENVELOPE_SLOTS, upgrade
+from biom3d.core.validation_errors import problems_from
 
 Triple = tuple[int, int, int]
 
@@ -183,11 +183,12 @@ def load_config(path: str | Path, *, registry: Any = None, overrides: dict[str, 
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """``yaml.safe_load`` a mapping, with errors that name the file (and line)."""
+    """``yaml.safe_load`` a mapping, with errors that name the file (and line); documents beyond the
+    :func:`check_yaml_limits` are refused before they are built."""
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist", source=str(path))
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(read_yaml_text(path))
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}", source=str(path)) from exc
     if raw is None:
@@ -195,6 +196,73 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"the top level must be a mapping, got {type(raw).__name__}", source=str(path))
     return raw
+
+
+#: far above any real config (a resolved one has a few hundred nodes, depth under 10), far below harm
+MAX_YAML_BYTES = 4 * 2**20
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 100_000
+
+
+def read_yaml_text(path: Path) -> str:
+    """The text of a YAML file, refused (ConfigError naming the file) when it is too big, not UTF-8, or
+    would build a document beyond the limits; every YAML entry point reads through here."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(f"the file is {size} bytes; a config is at most {MAX_YAML_BYTES} bytes", source=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not a UTF-8 text file ({exc.reason} at byte {exc.start})", source=str(path)) from exc
+    check_yaml_limits(text, source=str(path))
+    return text
+
+
+def check_yaml_limits(text: str, *, source: str | None = None) -> None:
+    """Refuse a document nested deeper than MAX_YAML_DEPTH or that expands (aliases included) to more than
+    MAX_YAML_NODES values, before anything is built. Walks the parser's events, which needs no recursion,
+    so a 100k-deep document or a billion-laughs alias bomb costs what its text costs."""
+    anchors: dict[str, tuple[int, int]] = {}  # anchor -> (values it expands to, levels it nests)
+    stack: list[list[Any]] = []  # open collections: [values so far, levels of the deepest child, anchor]
+    done = 0  # values of closed top-level nodes
+
+    def check(levels: int, line: int) -> None:
+        if len(stack) + levels > MAX_YAML_DEPTH:
+            raise ConfigError(f"line {line}: nested more than {MAX_YAML_DEPTH} levels deep; a config is far "
+                              "flatter, so it is not read", source=source)
+        if done + sum(frame[0] for frame in stack) > MAX_YAML_NODES:
+            raise ConfigError(f"line {line}: the document expands to more than {MAX_YAML_NODES} values (aliases "
+                              "included); a config is far smaller, so it is not read", source=source)
+
+    def add(values: int, levels: int, line: int) -> None:
+        nonlocal done
+        if stack:
+            stack[-1][0] += values
+            stack[-1][1] = max(stack[-1][1], levels)
+        else:
+            done += values
+        check(levels, line)
+
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            line = event.start_mark.line + 1 if event.start_mark else 0
+            if isinstance(event, yaml.CollectionStartEvent):
+                stack.append([1, 0, event.anchor])
+                check(0, line)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                values, levels, anchor = stack.pop()
+                if anchor:
+                    anchors[anchor] = (values, levels)
+                add(values, levels + 1, line)
+            elif isinstance(event, yaml.ScalarEvent):
+                if event.anchor:
+                    anchors[event.anchor] = (1, 0)
+                add(1, 0, line)
+            elif isinstance(event, yaml.AliasEvent):
+                add(*anchors.get(event.anchor, (1, 0)), line)
+    except yaml.YAMLError:
+        return  # not valid YAML: the loader reports it, with its line
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +307,7 @@ def validate(raw: dict[str, Any], *, registry: Any = None, source: str | None = 
 # -- phase B ------------------------------------------------------------------------------------------------
 def _resolve_envelopes(raw: dict[str, Any], registry: Any, cfg: Config | None, problems: list[Problem]) -> dict[str, Any]:
     from biom3d.core.context import RunContext
+    from biom3d.core.stacks import add_callbacks
 
     ctx = RunContext.from_config(cfg) if cfg is not None else None
     stack, from_stack = _stack_envelopes(raw, registry, problems)
@@ -248,7 +317,7 @@ def _resolve_envelopes(raw: dict[str, Any], registry: Any, cfg: Config | None, p
         value, origin = (raw[slot], "") if slot in raw else (from_stack.get(slot), f" (from stack '{stack}')")
         many = slot in ENVELOPE_LISTS
         if slot == "callbacks" and slot in raw and isinstance(value, list) and not raw.get("callbacks_replace"):
-            value = _added_callbacks(list(from_stack.get(slot) or []), value, registry, problems)
+            value = add_callbacks(list(from_stack.get(slot) or []), value, registry, problems)
         if value is None:
             if slot in REQUIRED_SLOTS and not stack_failed:
                 problems.append(Problem(slot, _missing(slot, kind, stack, registry)))
@@ -285,37 +354,6 @@ def _resolve_envelopes(raw: dict[str, Any], registry: Any, cfg: Config | None, p
                                     "keep core/checkpoint (do not remove it with '-checkpoint'), or set "
                                     "train.checkpoints: false to train without"))
     return resolved
-
-
-def _added_callbacks(base: list[Any], added: list[Any], registry: Any, problems: list[Problem]) -> list[Any]:
-    """The stack's callbacks with the config's: an id already there gets the config's params in place, a new one
-    is appended, ``-id`` removes one. Unknown names pass through to be reported with their path."""
-    from biom3d.core.registry import ResolutionError
-
-    def qid(item: Any) -> str | None:
-        name = item if isinstance(item, str) else item.get("name") if isinstance(item, dict) else None
-        try:
-            return registry.resolve("callback", name.lstrip("-")).qid if isinstance(name, str) else None
-        except ResolutionError:
-            return None
-
-    out = list(base)
-    for i, item in enumerate(added):
-        if isinstance(item, str) and item.startswith("-"):
-            target = qid(item)
-            kept = [e for e in out if qid(e) != target or target is None]
-            if target is None or len(kept) == len(out):
-                listed = ", ".join(filter(None, map(qid, out))) or "none"
-                problems.append(Problem(f"callbacks[{i}]", f"{item!r} removes nothing: the callbacks are {listed}"))
-            out = kept
-            continue
-        target = qid(item)
-        at = next((j for j, e in enumerate(out) if target is not None and qid(e) == target), None)
-        if at is None:
-            out.append(item)
-        else:
-            out[at] = item
-    return out
 
 
 def _stack_envelopes(raw: dict[str, Any], registry: Any, problems: list[Problem]) -> tuple[str | None, dict[str, Any]]:

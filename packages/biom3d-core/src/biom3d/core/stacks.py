@@ -2,13 +2,16 @@
 the framework never names another distribution's component.
 
 A slot's envelope comes from, in order: the config itself, the chosen stack (``stack:`` or ``--stack``), the
-stacks that one ``extends``. With no ``stack:``, the installed stack of highest priority is chosen.
+stacks that one ``extends``. With no ``stack:``, the installed stack of highest priority is chosen. Callbacks
+are the exception: a config's (and an extending stack's) are added to the list below it, since checkpoints and
+logs are callbacks that a list naming one more must not drop.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from biom3d.core.errors import Problem
 from biom3d.core.registry import ResolutionError
 from biom3d.core.specs import LIST_SLOTS, SLOTS
 
@@ -62,8 +65,40 @@ def stack_envelopes(registry: Registry, stack: Component, *, small: bool = False
             raise ResolutionError(f"stack '{chain[-1].qid}' extends '{parent}': {exc}") from exc
     out: dict[str, Any] = {}
     for comp in reversed(chain):
-        out.update(comp.spec.components)  # type: ignore[attr-defined]
+        own = dict(comp.spec.components)  # type: ignore[attr-defined]
+        if "callbacks" in own and "callbacks" in out:  # added to the extended stack's, as a config's are
+            own["callbacks"] = add_callbacks(list(out["callbacks"]), list(own["callbacks"]), registry)
+        out.update(own)
     if small:
         for comp in reversed(chain):
             out.update(comp.spec.small)  # type: ignore[attr-defined]
+    return out
+
+
+def add_callbacks(base: list[Any], added: list[Any], registry: Registry, problems: list[Problem] | None = None) -> list[Any]:
+    """The stack's callbacks with the config's: an id already there gets the config's params in place, a new one
+    is appended, ``-id`` removes one. Unknown names pass through to be reported with their path."""
+    def qid(item: Any) -> str | None:
+        name = item if isinstance(item, str) else item.get("name") if isinstance(item, dict) else None
+        try:
+            return registry.resolve("callback", name.lstrip("-")).qid if isinstance(name, str) else None
+        except ResolutionError:
+            return None
+
+    out = list(base)
+    for i, item in enumerate(added):
+        if isinstance(item, str) and item.startswith("-"):
+            target = qid(item)
+            kept = [e for e in out if qid(e) != target or target is None]
+            if (target is None or len(kept) == len(out)) and problems is not None:
+                listed = ", ".join(filter(None, map(qid, out))) or "none"
+                problems.append(Problem(f"callbacks[{i}]", f"{item!r} removes nothing: the callbacks are {listed}"))
+            out = kept
+            continue
+        target = qid(item)
+        at = next((j for j, e in enumerate(out) if target is not None and qid(e) == target), None)
+        if at is None:
+            out.append(item)
+        else:
+            out[at] = item
     return out

@@ -2,7 +2,8 @@
 name (never by sort order), per file, per class and mean; written to a CSV table.
 
 Masks may be 0/1, 0/255 or label maps (2D or 3D), or 4D multi-label masks. A class absent from both the
-prediction and the truth scores 1 (perfect agreement), so means are never NaN.
+prediction and the truth scores 1 (perfect agreement), so means are never NaN. An existing CSV is the user's:
+it is replaced only when asked (``overwrite``), and that is checked before any mask is read.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from biom3d.core.atomic import atomic_write_text
-from biom3d.core.errors import DataError
+from biom3d.core.errors import DataError, InputError
 from biom3d.core.scan import scan_dataset
 
 
@@ -55,12 +56,17 @@ class EvalReport:
 
 
 def evaluate(pred_dir: str | Path, truth_dir: str | Path, *, num_classes: int | None = None,
-             csv_path: str | Path | None = None, registry=None) -> EvalReport:
+             csv_path: str | Path | None = None, overwrite: bool = False, reader: str | None = None,
+             registry=None) -> EvalReport:
+    """``reader`` (the config's ``reader:`` / ``--reader``) reads every file it claims, the others go by suffix."""
     from biom3d.core.context import RunContext
     from biom3d.core.discovery import get_registry
 
+    if csv_path is not None and Path(csv_path).exists() and not overwrite:
+        raise InputError(f"{csv_path} already exists: biom3d does not replace files silently; pass --overwrite to "
+                         "replace it or choose another --csv")
     registry = registry or get_registry()
-    cases = scan_dataset(Path(pred_dir), Path(truth_dir), registry, names=("prediction", "ground truth"))
+    cases = scan_dataset(Path(pred_dir), Path(truth_dir), registry, names=("prediction", "ground truth"), reader=reader)
     ctx = RunContext()
     read = lambda item: np.asarray(registry.resolve("reader", item.reader).build({}, ctx)(item.path).array)  # noqa: E731
     pairs, problems = [], []

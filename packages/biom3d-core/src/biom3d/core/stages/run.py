@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from biom3d.core.atomic import atomic_write_text
+from biom3d.core.atomic import atomic_write_text, remove_stale_temporaries
 from biom3d.core.config import Config, apply_overrides, read_yaml, validate
 from biom3d.core.errors import ConfigError, Problem
 
@@ -49,6 +49,7 @@ def run_pipeline(config: str | Path | dict[str, Any], *, overrides: dict[str, An
     cfg = validate(raw, registry=registry, source=str(source) if source else None)  # every error, up front
     folder = Path(cfg.runs_dir).resolve() / cfg.name
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)  # the pipeline folder is the pipeline's own: a kill's leftovers go
     atomic_write_text(folder / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
     state = _State(folder / "pipeline.json")
     result = PipelineResult(folder)
@@ -64,7 +65,8 @@ def run_pipeline(config: str | Path | dict[str, Any], *, overrides: dict[str, An
         from biom3d.core.stages.evaluate import evaluate
 
         result.report = evaluate(result.predictions, cfg.data.test_masks, num_classes=cfg.num_classes,
-                                 csv_path=folder / "eval.csv", registry=registry)
+                                 csv_path=folder / "eval.csv", overwrite=True,
+                                 reader=cfg.reader.name if cfg.reader else None, registry=registry)  # its own
         state.done("eval", mean_dice=result.report.mean("dice"))
     return result
 
