@@ -59,3 +59,16 @@ def test_strict_mode_fails_loudly_but_help_still_works(tmp_path):
     assert rc == 3 and "plugin 'broken'" in err
     rc, out, err, _ = run_cli(["--help"], tmp_path, env=env, pythonpath=FAKE)
     assert rc == 0
+
+
+def test_plugins_reports_formats_several_plugins_claim_and_the_winner(tmp_path):
+    import json
+
+    rc, out, err, _ = run_cli(["plugins"], tmp_path)
+    assert rc == 0, err
+    rows = [line.split() for line in out.splitlines() if line.startswith(("reader ", "writer "))]
+    assert ["reader", ".nii.gz", "io/sitk", "(10),", "monai/load-image", "(-10)", "io/sitk"] in rows
+    rc, out, err, _ = run_cli(["plugins", "--json"], tmp_path)
+    clashes = json.loads(out)["format_clashes"]
+    assert {"kind": "writer", "suffix": ".nii", "claimed_by": "io/sitk (10), monai/save-image (-10)",
+            "winner": "io/sitk"} in clashes
