@@ -81,3 +81,11 @@ def test_bad_inputs():
 def test_rotation_plane_tie_keeps_the_thin_axis_out():
     assert rotation_plane((32, 128, 64)) == (1, 2)
     assert aug_patch_size((32, 128, 64)) == (32, 144, 144)
+
+
+def test_small_budgets_keep_two_voxels_at_the_bottleneck():
+    # 16x32x32 with max_dim 32 and 5 poolings once gave pools (4, 5, 5): a 1-voxel bottleneck that instance norm
+    # cannot normalise
+    auto = auto_config([16, 32, 32], max_dim=32, max_pool=5)
+    assert all(p // 2**n >= 2 for p, n in zip(auto.patch_size, auto.num_pools, strict=True))
+    assert auto_config([128, 128, 128]).num_pools == (5, 5, 5)  # the paper's default budget is unchanged

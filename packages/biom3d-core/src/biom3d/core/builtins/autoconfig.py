@@ -15,6 +15,9 @@ from biom3d.core.geometry import aug_patch_size
 EPSILON = 1e-3
 REFERENCE_VOXELS = 2 * 128**3  # batch 2 of 128^3 fits a 10 GB GPU (the paper's default budget)
 MAX_BATCH = 16  # small images must not get absurd batch sizes
+# voxels per axis at the bottleneck, at least: instance norm needs more than one (the paper's budget, 128 and 5
+# poolings, gives 4; only budgets under 64 reach this floor)
+MIN_BOTTLENECK = 2
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ def auto_config(
         raise ValueError("max_dim must be >= 1 and max_pool within 0..10")
     max_dims = [float(max_dim)] * len(shape)
     patch = _reduce(shape, max_dims)
-    min_fmaps = max(max_dims) / 2**max_pool
+    min_fmaps = max(max(max_dims) / 2**max_pool, MIN_BOTTLENECK)
     pools = tuple(_clip(math.floor(math.log2(d / min_fmaps)), 0, max_pool) for d in patch)
     sizes = [max(2**p, _round_to(d, 2**p)) for d, p in zip(patch, pools, strict=True)]
     sizes = _grow(_shrink(sizes, pools, shape, math.prod(max_dims)), pools, shape, math.prod(max_dims))
