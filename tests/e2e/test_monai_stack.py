@@ -25,17 +25,22 @@ def _nifti(path, array):
     sitk.WriteImage(img, str(path))
 
 
+def _dataset(root, *, seed: int) -> None:
+    """3 training and 1 test NIfTI volumes of blobs on noise: {train,test}/{img,msk}/c<i>.nii.gz."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", 3), ("test", 1)):
+        for i in range(n):
+            mask = blobs(rng)
+            _nifti(root / split / "img" / f"c{i}.nii.gz", (mask * 2 + rng.normal(0, 0.5, SHAPE)).astype(np.float32))
+            _nifti(root / split / "msk" / f"c{i}.nii.gz", mask)
+
+
 def test_core_and_monai_train_predict_and_evaluate(monai_only, tmp_path):
     from biom3d.core.stages.evaluate import evaluate
     from biom3d.core.stages.predict import predict
     from biom3d.core.stages.preprocess import preprocess_dataset
 
-    rng = np.random.default_rng(3)
-    for split, n in (("train", 3), ("test", 1)):
-        for i in range(n):
-            mask = blobs(rng)
-            _nifti(tmp_path / split / "img" / f"c{i}.nii.gz", (mask * 2 + rng.normal(0, 0.5, SHAPE)).astype(np.float32))
-            _nifti(tmp_path / split / "msk" / f"c{i}.nii.gz", mask)
+    _dataset(tmp_path, seed=3)
     prep = preprocess_dataset(tmp_path / "train" / "img", tmp_path / "train" / "msk", tmp_path / "prep", num_classes=1,
                               workers=0, progress=False, registry=monai_only)
     overrides = {k: v for k, v in TINY.items() if k.startswith("train.")}
@@ -59,12 +64,7 @@ def test_a_hand_written_minimal_config_runs_with_core_and_monai(monai_only, tmp_
 
     from biom3d.core.stages.run import run_pipeline
 
-    rng = np.random.default_rng(4)
-    for split, n in (("train", 3), ("test", 1)):
-        for i in range(n):
-            mask = blobs(rng)
-            _nifti(tmp_path / split / "img" / f"c{i}.nii.gz", (mask * 2 + rng.normal(0, 0.5, SHAPE)).astype(np.float32))
-            _nifti(tmp_path / split / "msk" / f"c{i}.nii.gz", mask)
+    _dataset(tmp_path, seed=4)
     raw = {"num_classes": 1, "runs_dir": str(tmp_path / "runs"),
            "data": {"images": str(tmp_path / "train" / "img"), "masks": str(tmp_path / "train" / "msk"),
                     "test_images": str(tmp_path / "test" / "img"), "test_masks": str(tmp_path / "test" / "msk")}}
