@@ -98,11 +98,12 @@ def config_show(file: Annotated[Path, typer.Argument(help="Config file (YAML).")
 @config_app.command("schema")
 def config_schema(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output file.")] = False,
 ) -> None:
     """Write the JSON Schema of configs for the installed plugins (for editor completion)."""
     from biom3d.cli import config_cmd
 
-    config_cmd.schema(output)
+    config_cmd.schema(output, overwrite=overwrite)
 
 
 @config_app.command("import")

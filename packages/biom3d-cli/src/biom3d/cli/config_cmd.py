@@ -33,17 +33,18 @@ def show(file: Path) -> None:
     typer.echo(load_config(file).to_yaml().rstrip())
 
 
-def schema(output: Path | None) -> None:
+def schema(output: Path | None, *, overwrite: bool = False) -> None:
+    from biom3d.core.atomic import atomic_write_text
+    from biom3d.core.errors import InputError
     from biom3d.core.schema import config_schema
 
+    if output is not None and output.exists() and not overwrite:
+        raise InputError(f"{output} exists; pass --overwrite to replace it")
     text = json.dumps(config_schema(), indent=2)
     if output is None:
         typer.echo(text)
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    tmp.replace(output)
+    atomic_write_text(output, text + "\n")
     typer.echo(f"wrote {output}")
 
 

@@ -84,9 +84,10 @@ class Builder:
     @classmethod
     def resume(cls, run_dir: str | Path, *, epochs: int | None = None, registry: Registry | None = None,
                overrides: dict[str, Any] | None = None, strict_versions: bool = False) -> TrainResult:
-        """Continue an interrupted run from its last good checkpoint; ``epochs`` extends a finished one."""
+        """Continue an interrupted run from its last good checkpoint; ``epochs`` extends a finished one. A run
+        stopped before its first checkpoint starts again from scratch in the same folder, with its config."""
         from biom3d.core import runs
-        from biom3d.core.checkpoints import load_latest
+        from biom3d.core.checkpoints import has_checkpoint, load_latest
 
         run_dir = Path(run_dir)
         registry = registry or get_registry()
@@ -98,8 +99,14 @@ class Builder:
         from biom3d.core.atomic import remove_stale_temporaries
 
         remove_stale_temporaries(run_dir)  # a kill mid-write leaves its temporary file
-        state, path = load_latest(run_dir / "checkpoints")
-        log.info("resuming %s from %s (epoch %d done)", run_dir, path.name, int(state["epoch"]) + 1)
+        state = None
+        if has_checkpoint(run_dir / "checkpoints"):
+            state, path = load_latest(run_dir / "checkpoints")
+            log.info("resuming %s from %s (epoch %d done)", run_dir, path.name, int(state["epoch"]) + 1)
+        else:
+            builder._check_trainable()
+            log.warning("%s was stopped before its first checkpoint: training it from the start, in the same folder "
+                        "and with its config.yaml", run_dir)
         if overrides:
             from biom3d.core.atomic import atomic_write_text
 
@@ -181,6 +188,7 @@ class Builder:
             problems.append(Problem("patch_size", "not set: `biom3d preprocess` writes it, or give [D, H, W]"))
         if problems:
             raise ConfigError(problems, source=str(self.config._source or ""))
+        _warn_if_patch_exceeds_images(self.context.data_dir / "images", tuple(self.context.patch_size))
 
 
 @contextlib.contextmanager
@@ -195,6 +203,29 @@ def _discarded_if_no_checkpoint(run_dir: Path, created: bool) -> Iterator[None]:
             shutil.rmtree(run_dir, ignore_errors=True)
             log.warning("training failed before its first checkpoint: removed the run folder %s", run_dir)
         raise
+
+
+def _warn_if_patch_exceeds_images(images: Path, patch: tuple[int, ...]) -> None:
+    """A patch larger than every image along an axis trains mostly on zero padding: say so (it still runs)."""
+    import numpy as np
+
+    largest = None
+    for path in images.glob("**/*.npy"):
+        try:
+            spatial = np.load(path, mmap_mode="r").shape[-3:]  # the header only: nothing is read
+        except (OSError, ValueError):
+            continue  # the dataset reports unreadable files
+        if len(spatial) != len(patch):
+            continue
+        largest = spatial if largest is None else tuple(max(a, b) for a, b in zip(largest, spatial, strict=True))
+    if largest is None:
+        return
+    over = [f"{axis} ({p} > {n})" for axis, p, n in zip("DHW", patch, largest, strict=True) if p > n]
+    if over:
+        log.warning("patch_size %s is larger than every preprocessed image along %s (largest image %s in %s): "
+                    "patches are zero-padded there, so training sees mostly padding; set patch_size to at most %s "
+                    "(`biom3d preprocess` chooses one that fits)", list(patch), ", ".join(over), list(largest), images,
+                    [min(p, n) for p, n in zip(patch, largest, strict=True)])
 
 
 def _check_deep_supervision(config: Config, model: Any, loss: Any) -> None:

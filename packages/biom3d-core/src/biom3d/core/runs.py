@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from biom3d.core.atomic import atomic_write_text
+from biom3d.core.atomic import atomic_copy, atomic_write_text
 from biom3d.core.config import SLOTS, Config
 from biom3d.core.errors import PluginError, RunError
 from biom3d.core.registry import state_phrase
@@ -41,9 +40,9 @@ def write_run_files(run_dir: Path, config: Config, registry, *, data_dir: Path |
     atomic_write_text(run_dir / CONFIG, portable_yaml(config))
     atomic_write_text(run_dir / PLUGINS, json.dumps(plugins_record(config, registry), indent=2))
     if data_dir is not None and (data_dir / FINGERPRINT).is_file():
-        shutil.copyfile(data_dir / FINGERPRINT, run_dir / FINGERPRINT)
+        atomic_copy(data_dir / FINGERPRINT, run_dir / FINGERPRINT)
     if folds is not None and folds.is_file():
-        shutil.copyfile(folds, run_dir / FOLDS)
+        atomic_copy(folds, run_dir / FOLDS)
 
 
 def portable_yaml(config: Config) -> str:

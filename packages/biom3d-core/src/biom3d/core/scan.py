@@ -7,10 +7,14 @@ is collected and reported in one error.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from biom3d.core.errors import DataError
+
+log = logging.getLogger("biom3d")
 
 DICOM_SUFFIXES = (".dcm", ".ima")
 NOT_IMAGES = (".csv", ".json", ".txt", ".md", ".log", ".yaml", ".yml", ".pdf", ".html")  # reports beside data
@@ -99,18 +103,39 @@ def scan_input(path: Path, registry, reader: str | None = None) -> tuple[Path, l
     return path, scan_folder(path, registry, what="input", reader=reader)
 
 
-def _entries(folder: Path):
-    """Files, plus folders that hold a DICOM series (yielded once, their files skipped)."""
+def _entries(folder: Path, scanned: list[Path] | None = None):
+    """Files, plus folders that hold a DICOM series (yielded once, their files skipped). A linked folder is
+    followed unless it leads back into a folder already scanned (``sub -> .``, ``loop -> ..``): that would
+    repeat cases (and leak validation images into training) or climb out of the folder, so it is skipped
+    with a warning that says so."""
+    scanned = [folder.resolve()] if scanned is None else scanned
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.suffix.lower() in NOT_IMAGES:
             continue
         if path.is_dir():
+            if path.is_symlink() and not _follow(path, scanned):
+                continue
             if _is_series(path):
                 yield path
             else:
-                yield from _entries(path)
+                yield from _entries(path, scanned)
         elif path.is_file():
             yield path
+
+
+def _follow(link: Path, scanned: list[Path]) -> bool:
+    """Whether to scan the folder ``link`` points to; records it as scanned when so."""
+    target = link.resolve()
+    if any(done.is_relative_to(target) for done in scanned):
+        log.warning("%s -> %s: a symbolic link loop (it leads back to %s, already being scanned); not followed",
+                    link, os.readlink(link), target)
+        return False
+    if any(target.is_relative_to(done) for done in scanned):
+        log.warning("%s -> %s: a symbolic link into %s, already scanned; not followed (its files would count "
+                    "twice)", link, os.readlink(link), target)
+        return False
+    scanned.append(target)
+    return True
 
 
 def _is_series(folder: Path) -> bool:

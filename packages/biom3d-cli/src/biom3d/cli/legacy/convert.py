@@ -27,7 +27,7 @@ import shlex
 from typing import Any
 
 from biom3d.cli.legacy import losses, networks
-from biom3d.cli.legacy.job import Job, Raw, first, ints
+from biom3d.cli.legacy.job import MAX_LISTED, Job, Raw, first, integer, ints, number, shown
 from biom3d.cli.legacy.mapping import (
     DATASET,
     DATASETS,
@@ -98,26 +98,26 @@ def _shared(job: Job, out: Raw) -> None:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", desc).strip("-.") or "biom3d"
     name = name if name[0].isalnum() else "run-" + name
     if name != desc:
-        job.notes.append(f"DESC={desc!r} -> name {name!r} (run names allow letters, digits, '_', '.', '-')")
+        job.notes.append(f"DESC={shown(desc)} -> name {shown(name)} (run names allow letters, digits, '_', '.', '-')")
     out["name"] = name
     log_dir = job.get("LOG_DIR")
     if isinstance(log_dir, str) and not re.match(r"^([A-Za-z]:)?[\\/]|.*\\", log_dir):
         out["runs_dir"] = log_dir  # relative to the working directory, in both
     elif log_dir is not None:
-        job.notes.append(f"LOG_DIR={log_dir!r}: a path of the machine that trained; runs go to runs_dir "
+        job.notes.append(f"LOG_DIR={shown(log_dir)}: a path of the machine that trained; runs go to runs_dir "
                          "(default runs/) or --runs-dir")
     job.multilabel = not bool(job.get("USE_SOFTMAX", True))
     num_classes = job.get("NUM_CLASSES")
     if num_classes is None:
         num_classes = 1
         job.notes.append("NUM_CLASSES is missing: num_classes set to 1; check it")
-    out["num_classes"] = int(num_classes)
-    out["in_channels"] = int(job.get("NUM_CHANNELS", 1))
+    out["num_classes"] = integer(num_classes, "NUM_CLASSES")
+    out["in_channels"] = integer(job.get("NUM_CHANNELS", 1), "NUM_CHANNELS")
     out["multilabel"] = job.multilabel
     is_2d = bool(job.get("IS_2D", False))
     for key, field, pad in (("PATCH_SIZE", "patch_size", 1), ("AUG_PATCH_SIZE", "aug_patch_size", 1),
                             ("NUM_POOLS", "num_pools", 0)):
-        value = ints(job.get(key))
+        value = ints(job.get(key), key)
         if value is not None and len(value) == 2:  # a 2D run written by hand
             value = [pad, *value]
             job.notes.append(f"{key}: 2D value given a first axis of {pad} ({field}={value})")
@@ -137,13 +137,16 @@ def _preprocessor(job: Job, out: Raw) -> Raw:
     kw.pop("is_2d")
     params: Raw = {"norm": "ct" if bounds or moments else "zscore"}
     if bounds or moments:
-        job.notes.append(f"CLIPPING_BOUNDS={bounds} / INTENSITY_MOMENTS={moments} -> preprocessor.params.norm: ct; "
+        job.notes.append(f"CLIPPING_BOUNDS={shown(bounds)} / INTENSITY_MOMENTS={shown(moments)} -> preprocessor.params.norm: ct; "
                          "`biom3d preprocess` recomputes the percentiles and moments from the masks' foreground")
-    if axis is not None and (out["in_channels"] > 1 or int(axis) != 0):
-        params["channel_axis"] = int(axis)  # the axis in the stored images, as ours means it
+    if axis is not None and (out["in_channels"] > 1 or integer(axis, "CHANNEL_AXIS") != 0):
+        params["channel_axis"] = integer(axis, "CHANNEL_AXIS")  # the axis in the stored images, as ours means it
+    if spacing and not isinstance(spacing, list | tuple):
+        raise ValueError(f"MEDIAN_SPACING: expected a list of numbers, got {shown(spacing)}")
     if spacing and not job.raw.get("IS_2D") and len(spacing) == 3:
-        out["spacing"] = [float(s) for s in reversed(spacing)]
-        job.notes.append(f"MEDIAN_SPACING={[float(s) for s in spacing]} (x, y, z) -> spacing={out['spacing']} (D, H, W)")
+        xyz = [number(s, f"MEDIAN_SPACING[{i}]") for i, s in enumerate(spacing)]
+        out["spacing"] = xyz[::-1]
+        job.notes.append(f"MEDIAN_SPACING={xyz} (x, y, z) -> spacing={out['spacing']} (D, H, W)")
     kw.drop_rest(PREPROCESS)
     if name is not None:
         job.mapped.append(f"PREPROCESSOR {name} -> {PREPROCESS}")
@@ -165,12 +168,12 @@ def _data(job: Job, out: Raw) -> None:
     if "channel_axis" in out["preprocessor"]["params"]:
         command += ["--channel-axis", str(out["preprocessor"]["params"]["channel_axis"])]
     command += ["--out", "PREPROCESSED"]
-    what = (f"IMG_PATH={img!r} and MSK_PATH={msk!r} are the original's preprocessed folders (images, masks and "
+    what = (f"IMG_PATH={shown(img)} and MSK_PATH={shown(msk)} are the original's preprocessed folders (images, masks and "
             "foreground locations apart, its own normalisation), which our datasets do not read: ")
     if images and masks:
         out["data"] = {"images": images, "masks": masks}
         what += (f"data.images/data.masks are set to the raw folders its '<raw>_out' naming points to "
-                 f"({images!r}, {masks!r}); check them, ")
+                 f"({shown(images)}, {shown(masks)}); check them, ")
     else:
         what += "set data.images/data.masks to the raw folders, "
     what += (f"then either `biom3d run` this config (it preprocesses data.images/data.masks itself) or run "
@@ -178,9 +181,9 @@ def _data(job: Job, out: Raw) -> None:
              "at this config's folder, not the working directory)")
     job.notes.append(what)
     if fg is not None:
-        job.notes.append(f"FG_PATH={fg!r}: not used; `biom3d preprocess` stores foreground locations itself")
+        job.notes.append(f"FG_PATH={shown(fg)}: not used; `biom3d preprocess` stores foreground locations itself")
     if csv is not None:
-        job.notes.append(f"CSV_DIR={csv!r}: not used; `biom3d preprocess` writes its own folds.csv "
+        job.notes.append(f"CSV_DIR={shown(csv)}: not used; `biom3d preprocess` writes its own folds.csv "
                          "(filename,fold), so the original's split and its hold-out test images (hold_out=1) "
                          "are not kept: move test images out of the raw folders or set data.folds")
 
@@ -188,41 +191,41 @@ def _data(job: Job, out: Raw) -> None:
 def _train(job: Job) -> Raw:
     loader = job.get("TRAIN_DATALOADER_KWARGS", {})
     job.get("VAL_DATALOADER_KWARGS")
-    train: Raw = {"epochs": int(job.get("NB_EPOCHS", 1000))}
+    train: Raw = {"epochs": integer(job.get("NB_EPOCHS", 1000), "NB_EPOCHS")}
     batch = first(job.get("BATCH_SIZE"), loader.get("batch_size") if isinstance(loader, dict) else None)
     if batch is not None:
-        train["batch_size"] = int(batch)
+        train["batch_size"] = integer(batch, "BATCH_SIZE")
     lr = job.get("LR_START")
-    train["lr"] = float(lr) if lr is not None else 1e-2
+    train["lr"] = number(lr, "LR_START") if lr is not None else 1e-2
     train.update(ORIGINAL_OPTIMIZER)
     decay = job.raw.get("WEIGHT_DECAY")
     train["weight_decay"] = 3e-5 if "WEIGHT_DECAY" in job.raw else 0.0
     job.used.add("WEIGHT_DECAY")
-    if decay is not None and float(decay) != 3e-5:
-        job.notes.append(f"WEIGHT_DECAY={decay}: the original trained with 3e-5 whatever this value; "
+    if decay is not None and number(decay, "WEIGHT_DECAY") != 3e-5:
+        job.notes.append(f"WEIGHT_DECAY={shown(decay)}: the original trained with 3e-5 whatever this value; "
                          "train.weight_decay: 3e-5 keeps what it did")
     train["scheduler"] = _scheduler(job)
-    train["fold"] = int(job.get("FOLD", 0))
+    train["fold"] = integer(job.get("FOLD", 0), "FOLD")
     if train["fold"]:
         job.notes.append(f"FOLD={train['fold']} -> train.fold: it now picks among the folds `biom3d preprocess` "
                          "draws (5; fewer under 10 images), not the original's split")
     workers = first(job.get("NUM_WORKERS"), loader.get("num_workers") if isinstance(loader, dict) else None)
     if workers is not None:
-        train["workers"] = int(workers)
+        train["workers"] = integer(workers, "NUM_WORKERS")
     train["fp16"] = bool(job.get("USE_FP16", False))
     if job.get("VAL_EVERY_EPOCH") is not None:
-        train["val_every"] = int(job.get("VAL_EVERY_EPOCH"))
+        train["val_every"] = integer(job.get("VAL_EVERY_EPOCH"), "VAL_EVERY_EPOCH")
     return train
 
 
 def _scheduler(job: Job) -> str:
     milestones, t_max = job.get("LR_MILESTONES"), job.get("LR_T_MAX")
     if milestones is not None:
-        job.notes.append(f"LR_MILESTONES={milestones}: step schedules have no equivalent; train.scheduler: poly")
+        job.notes.append(f"LR_MILESTONES={shown(milestones)}: step schedules have no equivalent; train.scheduler: poly")
         return "poly"
     if t_max is not None:
         if t_max != job.raw.get("NB_EPOCHS"):
-            job.notes.append(f"LR_T_MAX={t_max}: our cosine schedule spans all train.epochs")
+            job.notes.append(f"LR_T_MAX={shown(t_max)}: our cosine schedule spans all train.epochs")
         return "cosine"
     if "LR_START" in job.raw:
         return "poly"  # exponent 0.9, as ours
@@ -235,14 +238,14 @@ def _dataset(job: Job, out: Raw) -> Raw:
     job.used.update({"TRAIN_DATASET", "TRAIN_DATALOADER"})
     name, kw = job.module(key, DATASETS)
     params: Raw = {}
-    for original, ours, cast in (("use_aug", "augment", bool), ("fg_rate", "fg_rate", float),
+    for original, ours, cast in (("use_aug", "augment", bool), ("fg_rate", "fg_rate", number),
                                  ("load_data", "preload", bool)):
         value = kw.pop(original)
         if value is not None:
-            params[ours] = cast(value)
+            params[ours] = number(value, f"{kw.where}.{original}") if cast is number else cast(value)
     steps = kw.pop("nbof_steps")
     if steps is not None:
-        out["train"]["iters_per_epoch"] = int(steps)
+        out["train"]["iters_per_epoch"] = integer(steps, f"{key}.kwargs.nbof_steps")
     job.check_shared(out, "patch_size", kw.pop("patch_size"), f"{key}.kwargs.patch_size")
     job.check_shared(out, "aug_patch_size", kw.pop("aug_patch_size"), f"{key}.kwargs.aug_patch_size")
     for shared in ("img_path", "msk_path", "fg_path", "img_dir", "msk_dir", "fg_dir", "batch_size", "folds_csv",
@@ -262,7 +265,7 @@ def _dataset(job: Job, out: Raw) -> Raw:
         out["train"]["val_iters"] = 0
         job.notes.append("no VAL_DATASET: the original did not validate; train.val_iters: 0")
     elif val_steps is not None:
-        out["train"]["val_iters"] = int(val_steps)
+        out["train"]["val_iters"] = integer(val_steps, f"{val_key}.kwargs.nbof_steps")
     return {"name": DATASET, "params": params}
 
 
@@ -281,7 +284,7 @@ def _predictor(job: Job, out: Raw) -> Raw:
     params: Raw = {"tta": bool(kw.pop("tta", False))}  # the original's default was off
     if name == "Seg":
         job.notes.append(f"PREDICTOR Seg (whole image at once) -> {PREDICTOR}, which tiles the image")
-    patch = ints(kw.pop("patch_size"))
+    patch = ints(kw.pop("patch_size"), "PREDICTOR.kwargs.patch_size")
     if patch is not None and patch != out.get("patch_size"):
         params["patch_size"] = patch
     for deprecated in ("use_softmax", "keep_biggest_only", "enable_autocast", "num_workers", "conserve_size"):
@@ -321,10 +324,10 @@ def _postprocessors(job: Job) -> list[Raw]:
 
 
 def _callbacks(job: Job) -> list[Raw]:
-    every = int(job.get("SAVE_MODEL_EVERY_EPOCH", 1))
+    every = integer(job.get("SAVE_MODEL_EVERY_EPOCH", 1), "SAVE_MODEL_EVERY_EPOCH")
     save_best = bool(job.get("SAVE_BEST", True))
     images = bool(job.get("USE_IMAGE_CLBK", False))
-    image_every = int(job.get("SAVE_IMAGE_EVERY_EPOCH", every))
+    image_every = integer(job.get("SAVE_IMAGE_EVERY_EPOCH", every), "SAVE_IMAGE_EVERY_EPOCH")
     callbacks: list[Raw] = []
     for name in ORIGINAL_CALLBACKS:
         if name == "checkpoint":
@@ -345,7 +348,9 @@ def _callbacks(job: Job) -> list[Raw]:
 def _leftovers(job: Job) -> None:
     left = [k for k in job.raw if k not in job.used and k not in SILENT_TOP]
     if left:
-        job.notes.append(f"no equivalent, dropped: {', '.join(left)}")
+        more = f" and {len(left) - MAX_LISTED} more" if len(left) > MAX_LISTED else ""
+        names = ", ".join(k[:80] if isinstance(k, str) else shown(k) for k in left[:MAX_LISTED])
+        job.notes.append(f"no equivalent, dropped: {names}{more}")
 
 
 def _raw_folder(path: Any) -> str | None:

@@ -6,11 +6,17 @@ the end instead of being lost silently; module kwargs go through :class:`Kwargs`
 
 from __future__ import annotations
 
+import math
+import reprlib
 from typing import Any
 
 from biom3d.cli.legacy.mapping import RENAMED
 
 Raw = dict[str, Any]
+MAX_LISTED = 20  # dropped kwargs named in one note
+_SHORT = reprlib.Repr()  # values in notes and errors: a few items, short strings, three levels
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 80, 80, 40
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 8
 
 
 class Job:
@@ -41,15 +47,18 @@ class Job:
                  notes: list[str] | None = None) -> tuple[str, Kwargs]:
         """(name, kwargs) of one ``{fct, kwargs}`` module; a name the original's register lacked is an error."""
         if not isinstance(env, dict) or "fct" not in env:
-            raise ValueError(f"{where}: expected a module written {{fct: Name, kwargs: {{...}}}}, got {env!r}")
+            raise ValueError(f"{where}: expected a module written {{fct: Name, kwargs: {{...}}}}, got {shown(env)}")
         name = env["fct"]
-        if name not in known:
-            raise ValueError(f"{where}: unknown original module {name!r}; the original biom3d knew: {', '.join(known)}")
+        if not isinstance(name, str) or name not in known:
+            raise ValueError(f"{where}: unknown original module {shown(name)}; the original biom3d knew: "
+                             f"{', '.join(known)}")
         return name, Kwargs(f"{where}.kwargs", env.get("kwargs"), self.notes if notes is None else notes)
 
     def check_shared(self, out: Raw, field: str, value: Any, where: str, params: Raw | None = None) -> None:
         """A repeated shared value: fills the shared field if unset, else kept in ``params`` when it differs."""
-        value = ints(value)
+        value = ints(value, where) if isinstance(value, list | tuple) else value
+        if value is not None and not isinstance(value, list):
+            value = integer(value, where)  # a shared count (in_channels) or a size written as one number
         if value is None:
             return
         if out.get(field) is None:
@@ -69,7 +78,7 @@ class Kwargs:
         if values is None:
             values = {}
         if not isinstance(values, dict):
-            raise ValueError(f"{where}: expected a mapping of keyword arguments, got {values!r}")
+            raise ValueError(f"{where}: expected a mapping of keyword arguments, got {shown(values)}")
         self.where, self.values, self.notes = where, dict(values), notes
 
     def pop(self, name: str, default: Any = None) -> Any:
@@ -79,8 +88,9 @@ class Kwargs:
         """Report the kwargs no section took: they have no equivalent in ``target``."""
         self.values.pop("name", None)  # a logging label
         if self.values:
-            shown = ", ".join(f"{k}={v!r}" for k, v in self.values.items())
-            self.notes.append(f"{self.where}: {shown}: no equivalent in {target}, dropped")
+            listed = ", ".join(f"{k}={shown(v)}" for k, v in list(self.values.items())[:MAX_LISTED])
+            more = f" and {len(self.values) - MAX_LISTED} more" if len(self.values) > MAX_LISTED else ""
+            self.notes.append(f"{self.where}: {listed}{more}: no equivalent in {target}, dropped")
             self.values.clear()
 
 
@@ -89,13 +99,49 @@ def first(*values: Any) -> Any:
     return next((v for v in values if v is not None and v != []), None)
 
 
-def ints(value: Any) -> list[int] | None:
-    """A size or pooling triple as ints; anything else is left for validation to report."""
+def ints(value: Any, where: str | None = None) -> list[int] | None:
+    """A size or pooling triple as ints. Anything else: a ValueError naming ``where`` (the original's key), or
+    without ``where`` the value as is, for validation to report."""
     if value is None or value == []:
         return None
     if not isinstance(value, list | tuple):
+        if where is not None:
+            raise ValueError(f"{where}: expected a list of integers, got {shown(value)}")
         return value
+    if where is not None:
+        return [integer(v, f"{where}[{i}]") for i, v in enumerate(value)]
     try:
         return [int(v) for v in value]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return list(value)
+
+
+def integer(value: Any, where: str) -> int:
+    """``value`` (an int, an integral float or such a string) as an int, else a ValueError naming ``where``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float | str):
+        try:
+            as_float = float(value)
+            if as_float == int(as_float):
+                return int(as_float)
+        except (ValueError, OverflowError):
+            pass
+    raise ValueError(f"{where}: expected an integer, got {shown(value)}")
+
+
+def number(value: Any, where: str) -> float:
+    """``value`` (a finite int, float or numeric string) as a float, else a ValueError naming ``where``."""
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        try:
+            as_float = float(value)
+        except (ValueError, OverflowError):
+            as_float = math.nan
+        if math.isfinite(as_float):
+            return as_float
+    raise ValueError(f"{where}: expected a number, got {shown(value)}")
+
+
+def shown(value: Any) -> str:
+    """A bounded repr for notes and errors: a huge value (an alias bomb, a pasted array) prints in a line."""
+    return _SHORT.repr(value)

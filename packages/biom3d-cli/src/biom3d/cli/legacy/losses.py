@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from biom3d.cli.legacy.job import Job, Kwargs, Raw
+from biom3d.cli.legacy.job import Job, Kwargs, Raw, number, shown
 from biom3d.cli.legacy.mapping import DEEP, LOSS_DEFAULT, METRICS, SOFT_DICE_ORIGINAL_SMOOTH
 
 
@@ -46,7 +46,7 @@ def metrics(job: Job) -> list[Raw] | None:
         if group is None:
             continue
         if not isinstance(group, dict):
-            raise ValueError(f"{key}: expected a mapping of metric label -> {{fct, kwargs}}, got {group!r}")
+            raise ValueError(f"{key}: expected a mapping of metric label -> {{fct, kwargs}}, got {shown(group)}")
         found = found or []
         for label, env in group.items():
             where = f"{key}.{label}"
@@ -87,12 +87,12 @@ def _metric(job: Job, where: str, name: str, kw: Kwargs, notes: list[str], *, lo
         qid = "models/dice-ce"
         soft = Kwargs(f"{kw.where}.soft_dice_kwargs", kw.pop("soft_dice_kwargs"), notes)
         params["batch_dice"] = bool(soft.pop("batch_dice", True))
-        params["smooth"] = float(soft.pop("smooth", 1e-5))
+        params["smooth"] = number(soft.pop("smooth", 1e-5), f"{soft.where}.smooth")
         params["include_background"] = bool(soft.pop("do_bg", False))
         soft.drop_rest(qid)
         for original, ours in (("weight_ce", "ce_weight"), ("weight_dice", "dice_weight")):
             if kw.values.get(original) is not None:
-                params[ours] = float(kw.pop(original))
+                params[ours] = number(kw.pop(original), f"{kw.where}.{original}")
         if kw.pop("ce_kwargs"):
             notes.append(f"{kw.where}.ce_kwargs: cross-entropy options are not carried, dropped")
         if kw.values.get("aggregate") == "sum":
@@ -126,7 +126,7 @@ def _alpha_weights(alphas: Any, where: str, notes: list[str]) -> Raw:
     """deep-supervision params from the original's per-head ``alphas`` (lowest resolution first)."""
     if not isinstance(alphas, list | tuple) or not alphas:
         return {}
-    full_first = [float(a) for a in reversed(alphas)]
+    full_first = [number(a, f"{where}[{i}]") for i, a in enumerate(alphas)][::-1]
     skip = len(full_first) - len(_rstrip_zeros(full_first))
     kept = full_first[: len(full_first) - skip] or full_first[:1]
     ratios = [b / a for a, b in zip(kept, kept[1:], strict=False) if a > 0]
@@ -137,9 +137,9 @@ def _alpha_weights(alphas: Any, where: str, notes: list[str]) -> Raw:
         params["weight_factor"] = ratios[0]
     else:
         params["weight_factor"] = 0.5
-        notes.append(f"{where}={list(alphas)}: not a geometric series; weight_factor 0.5 (approximate)")
+        notes.append(f"{where}={shown(list(alphas))}: not a geometric series; weight_factor 0.5 (approximate)")
         return params
-    notes.append(f"{where}={list(alphas)} (lowest resolution first) -> weight_factor {params['weight_factor']}, "
+    notes.append(f"{where}={shown(list(alphas))} (lowest resolution first) -> weight_factor {params['weight_factor']}, "
                  f"skip_lowest {params['skip_lowest']} (full resolution first, normalised to sum to 1)")
     return params
 

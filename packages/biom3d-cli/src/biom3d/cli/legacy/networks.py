@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from biom3d.cli.legacy.job import Job, Kwargs, Raw
+from biom3d.cli.legacy.job import Job, Kwargs, Raw, integer, shown
 from biom3d.cli.legacy.mapping import MODELS, UNET
 
 
@@ -30,15 +30,16 @@ def model(job: Job, out: Raw) -> Raw:
         qid = UNET if name == "UNet3DVGGDeep" else "models/effunet3d"
         _network(job, out, kw, params, classes=True)
         factor = kw.pop("factor")
+        factor = None if factor is None else integer(factor, "MODEL.kwargs.factor")
         if name == "UNet3DVGGDeep":
             if factor is not None:
-                params["base_features"], params["max_features"] = int(factor), 10 * int(factor)
+                params["base_features"], params["max_features"] = factor, 10 * factor
         else:
             params["encoder"] = "efficientnet-b4"
             job.notes.append("MODEL EffUNet -> models/effunet3d with encoder efficientnet-b4 (the original's "
                              "coefficients despite its name)")
             job.check_shared(out, "patch_size", kw.pop("patch_size"), "MODEL.kwargs.patch_size")
-            if factor is not None and int(factor) != 32:
+            if factor is not None and factor != 32:
                 job.notes.append(f"MODEL.kwargs.factor={factor}: the EfficientNet decoder's last width has no "
                                  "equivalent, dropped")
         job.deep = bool(kw.pop("use_deep", True))  # the original's default was True
@@ -54,10 +55,11 @@ def model(job: Job, out: Raw) -> Raw:
         if name == "VGG3D":
             factor = kw.pop("factor")
             if factor is not None:
-                params["base_features"], params["max_features"] = int(factor), 10 * int(factor)
+                factor = integer(factor, "MODEL.kwargs.factor")
+                params["base_features"], params["max_features"] = factor, 10 * factor
             emb, use_emb = kw.pop("emb_dim"), kw.pop("use_emb")
             if emb is not None and use_emb:
-                params["num_classes"] = int(emb)
+                params["num_classes"] = integer(emb, "MODEL.kwargs.emb_dim")
             kw.pop("use_head")
         else:
             _efficientnet(job, kw, params)
@@ -72,8 +74,9 @@ def model(job: Job, out: Raw) -> Raw:
 def _network(job: Job, out: Raw, kw: Kwargs, params: Raw, *, classes: bool) -> None:
     job.check_shared(out, "num_pools", kw.pop("num_pools"), "MODEL.kwargs.num_pools", params)
     in_planes = kw.pop("in_planes")
-    if in_planes is not None and int(in_planes) != out["in_channels"]:
-        params["in_channels"] = int(in_planes)
+    in_planes = None if in_planes is None else integer(in_planes, "MODEL.kwargs.in_planes")
+    if in_planes is not None and in_planes != out["in_channels"]:
+        params["in_channels"] = in_planes
         job.notes.append(f"MODEL.kwargs.in_planes={in_planes} differs from NUM_CHANNELS={out['in_channels']}; "
                          "kept in model.params.in_channels")
     if classes:
@@ -89,7 +92,7 @@ def _check_outputs(job: Job, out: Raw, value: Any, where: str) -> None:
     if value is None:
         return
     expected = out["num_classes"] + (0 if job.multilabel else 1)
-    if int(value) != expected:
+    if integer(value, where) != expected:
         job.notes.append(f"{where}={value} but NUM_CLASSES={out['num_classes']} with "
                          f"USE_SOFTMAX={not job.multilabel} means {expected} outputs; the network gets {expected}")
 
@@ -99,19 +102,19 @@ def _efficientnet(job: Job, kw: Kwargs, params: Raw) -> None:
     if isinstance(variant, str) and re.fullmatch(r"efficientnet-b[0-7]", variant):
         params["encoder"] = variant
     elif variant is not None:
-        job.notes.append(f"MODEL.kwargs.model_name={variant!r}: no such encoder here, efficientnet-b0 used")
+        job.notes.append(f"MODEL.kwargs.model_name={shown(variant)}: no such encoder here, efficientnet-b0 used")
         params["encoder"] = "efficientnet-b0"
     override = kw.pop("override_params") or {}
     if isinstance(override, dict) and override.get("num_classes") is not None:
-        params["num_classes"] = int(override["num_classes"])
+        params["num_classes"] = integer(override["num_classes"], "MODEL.kwargs.override_params.num_classes")
     if kw.values.get("in_channels") is not None:
-        params["in_channels"] = int(kw.pop("in_channels"))
+        params["in_channels"] = integer(kw.pop("in_channels"), "MODEL.kwargs.in_channels")
 
 
 def _swin(job: Job, out: Raw, kw: Kwargs, params: Raw) -> None:
     job.check_shared(out, "patch_size", kw.pop("img_size"), "MODEL.kwargs.img_size")
     channels = kw.pop("in_channels")
-    if channels is not None and int(channels) != out["in_channels"]:
+    if channels is not None and integer(channels, "MODEL.kwargs.in_channels") != out["in_channels"]:
         job.notes.append(f"MODEL.kwargs.in_channels={channels} differs from NUM_CHANNELS; NUM_CHANNELS is used")
     _check_outputs(job, out, kw.pop("out_channels"), "MODEL.kwargs.out_channels")
     kw.pop("spatial_dims")
@@ -124,4 +127,4 @@ def _swin(job: Job, out: Raw, kw: Kwargs, params: Raw) -> None:
     if isinstance(norm, str) and norm.lower() in ("instance", "batch"):
         params["norm"] = norm.lower()
     elif norm is not None:
-        job.notes.append(f"MODEL.kwargs.norm_name={norm!r}: only instance or batch here, dropped")
+        job.notes.append(f"MODEL.kwargs.norm_name={shown(norm)}: only instance or batch here, dropped")

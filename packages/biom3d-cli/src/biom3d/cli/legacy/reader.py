@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from biom3d.cli.legacy.python_config import read_legacy_python
+from biom3d.core.config import read_yaml_text
 
 
 def read_legacy(path: str | Path) -> tuple[dict[str, Any], list[str]]:
@@ -30,10 +31,11 @@ def read_legacy(path: str | Path) -> tuple[dict[str, Any], list[str]]:
 
 
 def read_legacy_yaml(path: str | Path) -> dict[str, Any]:
-    """Read an original ``config.yaml``; ``!!python/...`` tags become plain data and are never executed."""
+    """Read an original ``config.yaml``; ``!!python/...`` tags become plain data and are never executed.
+    Size, depth and alias expansion are bounded as for every config (ConfigError beyond them)."""
     path = Path(path)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LegacyLoader)  # a SafeLoader subclass
+        data = yaml.load(read_yaml_text(path), Loader=_LegacyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -1,5 +1,9 @@
 """The default callbacks: LR schedule, checkpoints, CSV log, console progress, curves, validation snapshots,
-early stopping. Each is a component selected in the config's ``callbacks`` list."""
+early stopping. Each is a component selected in the config's ``callbacks`` list.
+
+Every file they write is written atomically, and each removes at train begin the temporaries a killed run
+left of its own files, so a restarted or resumed run folder holds no stray ``.tmp`` file.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from biom3d.core.atomic import atomic_path, atomic_write_text
+from biom3d.core.atomic import atomic_copy, atomic_path, atomic_write_text, remove_stale_temporaries
 from biom3d.core.protocols import Callback
 
 log = logging.getLogger("biom3d")
@@ -80,6 +84,9 @@ class Checkpoint(Callback):
         self.folder = Path(run_dir) / "checkpoints"
         self.best: float | None = None
 
+    def on_train_begin(self, trainer) -> None:
+        remove_stale_temporaries(self.folder)
+
     def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
         from biom3d.core.checkpoints import BEST, LAST, save_checkpoint
 
@@ -100,7 +107,7 @@ class Checkpoint(Callback):
         from biom3d.core.checkpoints import BEST, LAST
 
         if not (self.folder / BEST).exists() and (self.folder / LAST).exists():
-            (self.folder / BEST).write_bytes((self.folder / LAST).read_bytes())
+            atomic_copy(self.folder / LAST, self.folder / BEST)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
@@ -114,6 +121,9 @@ class CSVLog(Callback):
 
     def __init__(self, path: Path):
         self.path = Path(path)
+
+    def on_train_begin(self, trainer) -> None:
+        remove_stale_temporaries(self.path.parent, names=[self.path.name], recursive=False)
 
     def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
         rows = trainer.history
@@ -169,6 +179,9 @@ class Curves(Callback):
     def __init__(self, path: Path):
         self.path = Path(path)
 
+    def on_train_begin(self, trainer) -> None:
+        remove_stale_temporaries(self.path.parent, names=[self.path.name], recursive=False)
+
     def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
         import matplotlib
 
@@ -202,6 +215,9 @@ class Snapshots(Callback):
     def __init__(self, params, folder: Path):
         self.params = params
         self.folder = Path(folder)
+
+    def on_train_begin(self, trainer) -> None:
+        remove_stale_temporaries(self.folder)
 
     def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
         sample = trainer.last_val_sample

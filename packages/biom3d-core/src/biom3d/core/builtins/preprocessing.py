@@ -2,11 +2,14 @@
 
 Images become (C, D, H, W) float32: channel axis detected (or given), z-score or CT normalisation, resampled
 to the dataset's median spacing. Masks are checked and corrected (dimension order, 0/255 or grey-level
-labels, one-hot) or refused with the file and values named, then resampled with the image.
+labels, one-hot) or refused with the file and values named, then resampled with the image. At prediction the
+run's channel count is known, so the channel-axis guess follows it: a 4 x 8 x 8 volume is not four channels
+for a one-channel model because a bare TIFF calls its first axis C.
 """
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,6 +28,7 @@ from biom3d.core.errors import DataError
 from biom3d.core.imagedata import ImageData
 from biom3d.core.protocols import CaseStats
 
+log = logging.getLogger("biom3d")
 MAX_CHANNELS = 10
 INTENSITY_SAMPLES = 10_000
 AUTO_BINARIZE_LEVELS = 4  # K=1 masks with this few levels are thresholded (paper); more is refused
@@ -42,16 +46,30 @@ class SegPreprocessor:
         self.params = params
         self.num_classes = ctx.num_classes
         self.multilabel = ctx.multilabel
+        self.in_channels = ctx.in_channels  # the run's, at prediction (not known yet when preprocessing)
 
     # -- the protocol --------------------------------------------------------------------------------------
     def analyse(self, key: str, image: ImageData, mask: ImageData) -> CaseStats:
         array, axis = self.image_array(image)
         labels, warnings = self.mask_array(mask, array.shape[1:])
-        return self.stats(key, array, labels, image.spacing, axis, warnings)
+        stats = self.stats(key, array, labels, image.spacing, axis, warnings)
+        stats.extra["mask"] = str(mask.path)
+        stats.extra["foreground"] = int(np.count_nonzero(labels))
+        if not stats.extra["foreground"]:
+            stats.warnings.append(f"mask {mask.path}: no foreground (every voxel is background); the case trains "
+                                  "the background only")
+        return stats
 
     def fingerprint(self, stats: Sequence[CaseStats]) -> dict[str, Any]:
+        """The dataset's fingerprint; refused when no mask has any foreground, which nothing can learn from
+        (every validation Dice would be 0)."""
         from biom3d.core.builtins.fingerprint import build_fingerprint
 
+        if stats and all(s.extra.get("foreground") == 0 for s in stats):
+            names = ", ".join(str(s.extra.get("mask", s.key)) for s in stats[:3]) + (", ..." if len(stats) > 3 else "")
+            raise DataError(f"no mask has any foreground: all {len(stats)} masks ({names}) hold background only. "
+                            "Check that --masks points at the masks, that foreground voxels are labelled 1.."
+                            f"{self.num_classes} (not 0), and --num-classes")
         return build_fingerprint(stats, num_classes=self.num_classes, multilabel=self.multilabel,
                                  resample=self.params.resample)
 
@@ -69,20 +87,21 @@ class SegPreprocessor:
         return array, self.resample_mask(labels, array.shape[1:], fingerprint)
 
     def image(self, image: ImageData, fingerprint: Mapping[str, Any]) -> np.ndarray:
-        array, _ = self.image_array(image)
+        array, _ = self.image_array(image, channels=fingerprint.get("in_channels", self.in_channels))
         return self.transform_image(array, image.spacing, fingerprint)
 
     def restore(self, probs, image: ImageData):
         """Probabilities (C, d, h, w) tensor back to ``image``'s own spatial grid."""
         spatial = to_channels_first(np.asarray(image.array), image.meta.get("axes"), self.params.channel_axis,
-                                    image.path)[0].shape[1:]
+                                    image.path, channels=self.in_channels, warn=False)[0].shape[1:]
         return resize_probabilities(probs, spatial)
 
     # -- images --------------------------------------------------------------------------------------------
-    def image_array(self, img: ImageData) -> tuple[np.ndarray, int | None]:
-        """(C, D, H, W) float32 and the channel axis found in the stored array (None: no channel axis)."""
+    def image_array(self, img: ImageData, channels: int | None = None) -> tuple[np.ndarray, int | None]:
+        """(C, D, H, W) float32 and the channel axis found in the stored array (None: no channel axis);
+        ``channels``, when known (prediction), settles an ambiguous layout."""
         arr = np.asarray(img.array)
-        arr, axis = to_channels_first(arr, img.meta.get("axes"), self.params.channel_axis, img.path)
+        arr, axis = to_channels_first(arr, img.meta.get("axes"), self.params.channel_axis, img.path, channels=channels)
         if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
             raise DataError(f"{img.path}: pixel type {arr.dtype} is not a real number type")
         arr = arr.astype(np.float32, copy=False)
@@ -158,8 +177,11 @@ class SegPreprocessor:
         return out
 
 
-def to_channels_first(arr: np.ndarray, axes: str | None, channel_axis: int | None, path) -> tuple[np.ndarray, int | None]:
-    """(C, D, H, W) view of an image stored with or without a channel axis, 2D or 3D."""
+def to_channels_first(arr: np.ndarray, axes: str | None, channel_axis: int | None, path, *,
+                      channels: int | None = None, warn: bool = True) -> tuple[np.ndarray, int | None]:
+    """(C, D, H, W) view of an image stored with or without a channel axis, 2D or 3D. With ``channels`` (the
+    run's count): three axes whose first the file calls C are a volume for a one-channel run, and of two
+    candidate channel axes of a 4D array the one with that many channels wins."""
     if channel_axis is not None:
         if arr.ndim not in (3, 4) or not -arr.ndim <= channel_axis < arr.ndim:
             raise DataError(f"{path}: channel axis {channel_axis} does not fit an array of shape {arr.shape}")
@@ -167,17 +189,25 @@ def to_channels_first(arr: np.ndarray, axes: str | None, channel_axis: int | Non
         arr = np.moveaxis(arr, axis, 0)
         return (arr[:, None] if arr.ndim == 3 else arr), axis
     if axes and len(axes) == arr.ndim:
-        return _from_axes(arr, axes.upper(), path)
+        found = _from_axes(arr, axes.upper(), path)
+        if channels == 1 and arr.ndim == 3 and axes.upper().startswith("C") and arr.shape[0] > 1:
+            if warn:
+                log.warning("%s: the file calls its first axis (%d) channels, but the run has one channel: read as a "
+                            "volume of %d slices", path, arr.shape[0], arr.shape[0])
+            return arr[None], None
+        return found
     if arr.ndim > 4:
         keep = [i for i, s in enumerate(arr.shape) if s != 1]
         if len(keep) <= 4:
-            return to_channels_first(arr.reshape([arr.shape[i] for i in keep]), None, None, path)
+            return to_channels_first(arr.reshape([arr.shape[i] for i in keep]), None, None, path, channels=channels)
     if arr.ndim == 2:
         return arr[None, None], None
     if arr.ndim == 3:
         return arr[None], None
     if arr.ndim == 4:
         small = [i for i in (0, 3) if arr.shape[i] <= MAX_CHANNELS and arr.shape[i] < min(arr.shape[1:3])]
+        if channels is not None:
+            small = [i for i in (0, 3) if arr.shape[i] == channels] or small
         if len(small) == 1 or (len(small) == 2 and arr.shape[0] != arr.shape[3]):
             axis = min(small, key=lambda i: arr.shape[i])
             return np.moveaxis(arr, axis, 0), axis

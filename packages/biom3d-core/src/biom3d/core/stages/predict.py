@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from biom3d.core.atomic import remove_stale_temporaries
 from biom3d.core.errors import DataError, InputError, RunError
 from biom3d.core.scan import Item, scan_input
 
@@ -65,6 +66,7 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
     if existing and not overwrite:
         raise DataError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; pass --overwrite to "
                         "replace them or choose another --output")
+    remove_stale_temporaries(output, names={t.name for _, t in targets})  # what a killed prediction left
     first = runs[0].builder
     post = first.build("postprocessors")
     written = []
@@ -104,10 +106,15 @@ def load_run(run_dir: Path, *, registry, tta: bool | None = None, overlap: float
 
 
 def predict_image(runs: Sequence[LoadedRun], image) -> np.ndarray:
-    """Probabilities (C, D, H, W) on the image's own grid, averaged over the runs."""
+    """Probabilities (C, D, H, W) on the image's own grid, averaged over the runs. An image whose channels
+    differ from a run's is refused before the network sees it; a missing spacing or a 2D image for a 3D run
+    is predicted with a warning that says what was assumed."""
     total = None
-    for run in runs:
+    for i, run in enumerate(runs):
         x = run.preprocessor.image(image, run.fingerprint)
+        _check_channels(run, image, x)
+        if i == 0:
+            _warn_assumptions(run, image, x)
         probs = run.preprocessor.restore(run.predictor([run.model], x), image)
         total = probs if total is None else total + probs
     return (total / len(runs)).numpy()
@@ -123,11 +130,37 @@ def output_name(item: Item, writer=None) -> str:
     return item.key + suffix
 
 
+def _check_channels(run: LoadedRun, image, x) -> None:
+    expected = run.builder.config.in_channels
+    found = int(x.shape[0])
+    if found != expected:
+        raise DataError(f"{image.path}: {found} channel(s) (stored shape {tuple(np.shape(image.array))}), but the run "
+                        f"{run.run_dir} was trained on {expected} (in_channels); give images with {expected} "
+                        "channel(s), or set preprocessor.params.channel_axis in the run's config.yaml if the "
+                        "channel axis was misread")
+
+
+def _warn_assumptions(run: LoadedRun, image, x) -> None:
+    """What prediction assumes about an image unlike the training data, said once per image."""
+    spacing = run.fingerprint.get("spacing")
+    if spacing is not None and image.spacing is None:
+        log.warning("%s: no voxel spacing in the file; predicted as if it had the training spacing %s "
+                    "(not resampled)", image.path, " x ".join(f"{v:g}" for v in spacing))
+    median = run.fingerprint.get("median_shape") or []
+    trained_3d = bool(median) and median[0] > 1
+    if trained_3d and int(x.shape[1]) == 1:
+        log.warning("%s: a 2D image, but the run %s was trained on 3D volumes (median shape %s): predicted as a "
+                    "volume of one slice", image.path, run.run_dir, " x ".join(f"{v:g}" for v in median))
+    elif median and not trained_3d and int(x.shape[1]) > 1:
+        log.warning("%s: a 3D volume, but the run %s was trained on 2D images: predicted as one %d-slice volume",
+                    image.path, run.run_dir, int(x.shape[1]))
+
+
 def _to_input_layout(mask: np.ndarray, image) -> np.ndarray:
     """Drop the depth axis the preprocessor added to 2D inputs."""
     axes = image.meta.get("axes")
     flat = np.asarray(image.array).ndim == 2 or (axes is not None and "Z" not in axes.upper())
-    if flat:
+    if flat and mask.shape[-3] == 1:  # a 2D input the preprocessor did not read as a volume
         return mask[..., 0, :, :] if mask.ndim == 4 else mask[0]
     return mask
 

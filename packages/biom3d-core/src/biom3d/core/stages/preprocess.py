@@ -5,11 +5,15 @@ Output folder layout (the contract with every dataset plugin)::
 
     images/<key>.npy   float32 (C, D, H, W)      masks/<key>.npy   label map (D, H, W) or (K, D, H, W)
     fg/<key>.npz       per class "1".."K": int32 (N, 3) foreground voxel coordinates
+    done/<key>.json    size and checksum of the case's three files, written once they are complete
     fingerprint.json   config.yaml   preprocess.json (what produced this folder)
     folds.csv          columns ``filename,fold`` (``<key>.npy``, fold index): fold f validates, the rest train
 
-Re-running skips cases whose three outputs exist; every output is written atomically, so an interrupted run
-leaves no half-written file. A folder produced from other data or settings is never overwritten silently.
+Re-running skips a case only when its three files still match the sizes and checksums recorded when they
+were finished (a file cut short by a full disk or an interrupted copy is redone), and removes the
+temporaries a killed run left. Every output is written atomically, so an interrupted run leaves no
+half-written file. Only an empty folder, or one this data's own earlier preprocess wrote, is used without
+``overwrite``: a folder of other files or of other data is refused, never overwritten silently.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import hashlib
 import io
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from biom3d.core.atomic import atomic_path, atomic_write_text
+from biom3d.core.atomic import atomic_path, atomic_write_text, is_temporary, remove_stale_temporaries
 from biom3d.core.config import AutoConfigSettings, Envelope
 from biom3d.core.context import RunContext
 from biom3d.core.errors import Biom3dError, DataError, PluginError
@@ -35,6 +40,7 @@ from biom3d.core.scan import Case, scan_dataset
 
 log = logging.getLogger("biom3d")
 SPLIT_TRAIN_FRACTION = 0.8
+DONE = "done"  # done/<key>.json: what a finished case's files must still be for a re-run to skip it
 IN_PROCESS_BYTES = 256 * 2**20  # below this much input, worker start-up (spawn + imports) outweighs the gain
 
 
@@ -225,38 +231,77 @@ def _input_bytes(cases: list[Case]) -> int:
 
 def _save_case(out: Path, key: str, image: np.ndarray, mask: np.ndarray, prep) -> None:
     fg = prep.foreground(mask, key)
-    _save_npy(out / "masks" / f"{key}.npy", mask)
-    with atomic_path(out / "fg" / f"{key}.npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, **fg)
-    _save_npy(out / "images" / f"{key}.npy", image.astype(np.float32))  # last: its presence marks "done"
+    image = np.ascontiguousarray(image.astype(np.float32, copy=False))
+    mask = np.ascontiguousarray(mask)
+    record = {
+        f"masks/{key}.npy": _save(out / "masks" / f"{key}.npy", lambda f: np.save(f, mask), mask.nbytes),
+        f"fg/{key}.npz": _save(out / "fg" / f"{key}.npz", lambda f: np.savez(f, **fg)),
+        f"images/{key}.npy": _save(out / "images" / f"{key}.npy", lambda f: np.save(f, image), image.nbytes),
+    }
+    atomic_write_text(out / DONE / f"{key}.json", json.dumps(record))  # last: its presence marks "done"
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(array))
+def _save(path: Path, write: Callable[[IO[bytes]], None], size: int | None = None) -> dict[str, Any]:
+    """Write one output atomically; returns its size and checksum, which a re-run verifies."""
+    with atomic_path(path, size=size) as tmp:
+        with open(tmp, "wb") as f:
+            write(f)
+        return _fingerprint_file(tmp)
+
+
+def _fingerprint_file(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "blake2b").hexdigest()[:32]
+    return {"size": path.stat().st_size, "blake2b": digest}
 
 
 def _done(out: Path, key: str, split: bool) -> bool:
+    """Whether a case's files are complete: each as big and with the checksum recorded when it was written."""
     keys = [f"{key}-train", f"{key}-val"] if split else [key]
-    return all((out / d / f"{k}{ext}").is_file() for k in keys for d, ext in
-               (("images", ".npy"), ("masks", ".npy"), ("fg", ".npz")))
+    for k in keys:
+        try:
+            record = json.loads((out / DONE / f"{k}.json").read_text())
+        except (OSError, ValueError):
+            return False  # not finished (or written before records existed): redo it
+        for rel, expected in record.items():
+            path = out / rel
+            if not path.is_file() or path.stat().st_size != expected.get("size") or \
+                    _fingerprint_file(path) != expected:
+                log.warning("%s is missing or not what was written (cut short or changed since): case %s is "
+                            "redone", path, key)
+                return False
+    return True
 
 
 def _claim_output(out: Path, state: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to mix outputs of different data or settings in one folder, unless told to overwrite."""
+    """Take ``out``: a new or empty folder, one this data's own earlier preprocess wrote (resumed) or, with
+    ``overwrite``, any folder. Anything else is refused: the user's files are never replaced silently. The
+    temporaries a killed run left are removed once the folder is known to be ours."""
     marker = out / "preprocess.json"
-    if marker.is_file() and not overwrite:
-        previous = json.loads(marker.read_text())
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file, not a folder; choose another --out")
+    if not overwrite and marker.is_file():
+        try:
+            previous = json.loads(marker.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{marker} cannot be read as the record of an earlier preprocess ({exc}); choose "
+                            "another --out or pass --overwrite to replace the folder's files") from exc
         if previous != state:
-            changed = sorted(k for k in state if previous.get(k) != state[k])
+            changed = sorted(k for k in state if not isinstance(previous, dict) or previous.get(k) != state[k])
             raise DataError(
                 f"{out} already holds data preprocessed from other inputs or settings (differs in: "
                 f"{', '.join(changed)}); choose another --out or pass --overwrite to replace it"
             )
-    elif (not marker.is_file() and out.is_dir() and any(out.iterdir()) and not overwrite
-          and not any((out / d).is_dir() for d in ("images", "masks", "fg"))):
-        raise DataError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    elif not overwrite and out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not is_temporary(p))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise DataError(f"{out} holds files that `biom3d preprocess` of these images did not write ({shown}); "
+                            "they are not replaced: choose another --out, or pass --overwrite to replace them")
     atomic_write_text(marker, json.dumps(state, indent=2))
+    removed = remove_stale_temporaries(out)
+    if removed:
+        log.info("removed %d temporary file(s) an interrupted run left in %s", removed, out)
 
 
 def _config(images: Path, masks: Path, fingerprint: dict[str, Any], plan: dict[str, Any], budget: AutoConfigSettings,

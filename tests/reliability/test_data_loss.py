@@ -1,0 +1,90 @@
+"""Issue 11, data loss: nothing of the user's is replaced without --overwrite; outputs keep the umask."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from biom3d.core.atomic import atomic_write_text
+from biom3d.core.errors import DataError, InputError
+from tests.reliability.conftest import cli, preprocess
+
+
+# 1 ---------------------------------------------------------------------------------------------------------
+def test_preprocess_refuses_a_folder_holding_the_users_files(dataset, tmp_path):
+    out = tmp_path / "mine"
+    (out / "images").mkdir(parents=True)
+    (out / "config.yaml").write_text("my: own config\n")
+    mine = np.arange(10.0)
+    np.save(out / "images" / "case0.npy", mine)
+
+    proc = cli("preprocess", "-i", str(dataset / "train" / "images"), "-m", str(dataset / "train" / "masks"),
+               "-k", "1", "-o", str(out), "--workers", "0")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "--overwrite" in proc.stderr and "config.yaml" in proc.stderr
+    assert (out / "config.yaml").read_text() == "my: own config\n"
+    assert np.array_equal(np.load(out / "images" / "case0.npy"), mine)
+    assert sorted(p.name for p in out.rglob("*")) == ["case0.npy", "config.yaml", "images"]  # nothing added
+
+    result = preprocess(dataset, out, overwrite=True)  # asked for: replaced
+    assert result.processed == 4 and np.load(out / "images" / "case0.npy").ndim == 4
+
+
+def test_preprocess_resumes_its_own_folder_and_refuses_another_datas(dataset, prepared, tmp_path):
+    again = preprocess(dataset, prepared.out_dir)
+    assert (again.processed, again.skipped) == (0, 4)
+    with pytest.raises(DataError, match="other inputs or settings.*--overwrite"):
+        preprocess(dataset, prepared.out_dir, params={"norm": "ct"})
+    (tmp_path / "empty").mkdir()
+    assert preprocess(dataset, tmp_path / "empty").processed == 4  # an empty folder is fine
+
+
+# 2 ---------------------------------------------------------------------------------------------------------
+def test_eval_refuses_to_replace_an_existing_csv(dataset, tmp_path):
+    from biom3d.core.stages.evaluate import evaluate
+
+    truth = dataset / "train" / "masks"
+    table = tmp_path / "results.csv"
+    table.write_text("my,own,table\n")
+    with pytest.raises(InputError, match="results.csv already exists.*--overwrite"):
+        evaluate(truth, truth, csv_path=table)
+    assert table.read_text() == "my,own,table\n"
+
+    proc = cli("eval", "-p", str(truth), "-t", str(truth), "--csv", str(table))
+    assert proc.returncode == 2 and "already exists" in proc.stderr and "Traceback" not in proc.stderr
+    assert table.read_text() == "my,own,table\n"
+
+    proc = cli("eval", "-p", str(truth), "-t", str(truth), "--csv", str(table), "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert table.read_text().splitlines()[0] == "file,class,dice,iou"
+
+
+def test_config_schema_refuses_to_replace_an_existing_file(tmp_path):
+    target = tmp_path / "schema.json"
+    target.write_text("mine\n")
+    proc = cli("config", "schema", "-o", str(target))
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr and target.read_text() == "mine\n"
+    assert cli("config", "schema", "-o", str(target), "--overwrite").returncode == 0
+    assert target.read_text().startswith("{")
+
+
+# 3 ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_atomic_outputs_get_the_mode_the_umask_gives(tmp_path, umask):
+    from biom3d.core.checkpoints import save_checkpoint
+    from biom3d.core.context import RunContext
+    from biom3d.core.discovery import get_registry
+
+    writer = get_registry().resolve("writer", "io/tiff").build({}, RunContext())
+    previous = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "table.csv", "a,b\n")
+        writer(tmp_path / "mask.tif", np.zeros((2, 4, 4), np.uint8), None)
+        save_checkpoint(tmp_path / "last.pt", {"model": {}})
+    finally:
+        os.umask(previous)
+    for name in ("table.csv", "mask.tif", "last.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
