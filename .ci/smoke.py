@@ -337,7 +337,7 @@ def _biom3d(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("biom3d")
     check(exe.is_file(), f"no biom3d console script beside {sys.executable}")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, env=env)
+    out = subprocess.run([str(exe), *args], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout, env=env)
     if out.returncode != 0:
         print(out.stdout[-3000:] + out.stderr[-6000:], flush=True)
     check(out.returncode == 0, f"`biom3d {' '.join(args)}` exited {out.returncode}: "

@@ -23,7 +23,7 @@ DISTS = ("core", "io", "models", "monai", "cli")
 def _build_wheel(package: Path, out: Path) -> Path:
     """hatchling's PEP 517 build_wheel, in a subprocess so that its cwd is the distribution's folder."""
     code = "import sys, hatchling.build as b; print(b.build_wheel(sys.argv[1]))"
-    done = subprocess.run([sys.executable, "-c", code, str(out)], cwd=package, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", code, str(out)], cwd=package, capture_output=True, text=True, encoding="utf-8", errors="replace",
                           timeout=120)
     assert done.returncode == 0, done.stderr
     return out / done.stdout.strip().splitlines()[-1]

@@ -89,7 +89,7 @@ def _env(target: Path, **extra: str) -> dict[str, str]:
 
 
 def _python(args: list[str], target: Path, *, cwd: Path | None = None, timeout: int = 300, **env: str):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=_env(target, **env),
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, encoding="utf-8", errors="replace", env=_env(target, **env),
                           cwd=cwd, timeout=timeout)
 
 

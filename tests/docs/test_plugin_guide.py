@@ -206,7 +206,7 @@ def test_toml_blocks_parse_and_bash_blocks_are_valid_bash():
         if b.lang == "toml":
             tomllib.loads(b.text)
         elif b.lang == "bash":
-            proc = subprocess.run(["bash", "-n"], input=b.text, capture_output=True, text=True, timeout=30)
+            proc = subprocess.run(["bash", "-n"], input=b.text, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=30)
             assert proc.returncode == 0, f"docs/plugins.md:{b.line}: {proc.stderr}"
     project = tomllib.loads(next(b.text for b in FILE_BLOCKS if b.file == "pyproject.toml"))
     assert "biom3d-core>=0.1,<0.2" in project["project"]["dependencies"]
@@ -224,7 +224,7 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
         path.write_bytes(b.text.encode("utf-8"))
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                            "--no-compile", "--target", str(site), str(dist)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert proc.returncode == 0, f"the guide's distribution does not install as written:\n{proc.stderr[-4000:]}"
     return dist, site
 
@@ -238,8 +238,8 @@ def test_the_guide_walk_runs_end_to_end(installed, tmp_path):
     assert proc.returncode == 0, proc.stderr
     script = tmp_path / "run.sh"
     script.write_text(RUN_BLOCK.text)
-    proc = subprocess.run(["bash", "-euo", "pipefail", str(script)], capture_output=True, text=True,
-                          encoding="utf-8", env=_env(site, DATA=str(data)), cwd=dist, timeout=600)
+    proc = subprocess.run(["bash", "-euo", "pipefail", str(script)], capture_output=True, text=True, encoding="utf-8", errors="replace",
+                           env=_env(site, DATA=str(data)), cwd=dist, timeout=600)
     took = time.perf_counter() - clock
     assert proc.returncode == 0, (f"the run block (docs/plugins.md:{RUN_BLOCK.line}) failed:\n{proc.stdout[-3000:]}\n"
                                   f"{proc.stderr[-6000:]}")

@@ -27,7 +27,7 @@ def _config(tmp_path, dataset, epochs):
 
 
 def _biom3d(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "biom3d.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "biom3d.cli", *args], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout)
 
 
 def test_run_resumes_after_a_kill_during_training_and_skips_finished_stages(dataset, tmp_path):

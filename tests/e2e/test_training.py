@@ -79,7 +79,7 @@ def test_resume_after_sigkill_continues_the_same_run(prepared, tmp_path):
     done_before = len(_log_rows(run_dir))
     assert done_before < 6
     out = subprocess.run([sys.executable, "-m", "biom3d.cli", "train", "--resume", str(run_dir)],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert out.returncode == 0, out.stderr
     assert "resuming" in out.stderr
     assert [r["epoch"] for r in _log_rows(run_dir)] == [str(e) for e in range(6)]

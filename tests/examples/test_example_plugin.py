@@ -49,7 +49,7 @@ l = loss(y, torch.randint(0, 3, (1, 16, 16, 16)))
 l.backward()
 print(tuple(y.shape), float(l) > 0)
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300,
                           env={"PYTHONPATH": str(installed), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "(1, 3, 16, 16, 16) True"

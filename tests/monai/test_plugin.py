@@ -43,7 +43,7 @@ MODELS_PLUGIN_NAMES = {
 
 def test_plugin_import_stays_light():
     code = "import biom3d.monai.plugin, sys; assert not {'monai','torch','numpy'} & set(sys.modules), sorted({'monai','torch','numpy'} & set(sys.modules))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
     assert proc.returncode == 0, proc.stderr
 
 

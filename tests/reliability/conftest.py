@@ -80,7 +80,7 @@ def trained(prepared, tmp_path_factory):
 
 def cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """`biom3d ARGS` in a fresh interpreter (the CLI configures logging for its whole process)."""
-    return subprocess.run([sys.executable, "-m", "biom3d.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "biom3d.cli", *args], capture_output=True, text=True, encoding="utf-8", errors="replace",
                           timeout=timeout, cwd=cwd)
 
 
@@ -148,7 +148,7 @@ def _namespaces_work(tmp: Path) -> str | None:
     probe.mkdir(exist_ok=True)
     script = f"mount -t tmpfs -o size=16k tmpfs {probe} && mount --bind {probe} {probe} && " \
              f"mount -o remount,ro,bind {probe} && ! touch {probe}/x 2>/dev/null"
-    out = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True)
+    out = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, encoding="utf-8", errors="replace")
     return None if out.returncode == 0 else f"cannot mount in a user namespace: {out.stderr.strip()[:200]}"
 
 
@@ -180,7 +180,7 @@ def confined(tmp_path_factory):
         spec.write_text(json.dumps(cases))
         roots.write_text(json.dumps([str(p) for p in [*tmpfs, *readonly]]))
         steps.append(f"exec {sys.executable} {work / 'driver.py'} {spec} {result} {roots}")
-        proc = subprocess.run(["unshare", "-rm", "sh", "-c", " && ".join(steps)], capture_output=True, text=True,
+        proc = subprocess.run(["unshare", "-rm", "sh", "-c", " && ".join(steps)], capture_output=True, text=True, encoding="utf-8", errors="replace",
                               timeout=300)
         assert proc.returncode == 0 and result.is_file(), proc.stderr[-3000:]
         return json.loads(result.read_text())

@@ -113,7 +113,7 @@ def test_killed_anywhere_and_rerun_gives_the_uninterrupted_result(tmp_path):
     config.write_text(yaml.safe_dump(_config(tmp_path / "killed", data)))
     rng = random.Random(SEED)
     stages = [_attempt(config, milestone, rng.uniform(low, high)) for milestone, low, high in KILL_POINTS]
-    final = subprocess.run([sys.executable, "-m", "biom3d.cli", "run", str(config)], capture_output=True, text=True,
+    final = subprocess.run([sys.executable, "-m", "biom3d.cli", "run", str(config)], capture_output=True, text=True, encoding="utf-8", errors="replace",
                            timeout=120)
     assert final.returncode == 0, final.stderr[-3000:]
 
