@@ -53,7 +53,7 @@ def resolve_envelopes(raw: dict[str, Any], registry: Any, cfg: Config | None, pr
                     continue
                 base = Envelope.model_validate(base)
                 env = Envelope(name=base.name, params={**base.params, **env.params})
-                origin = f" (from stack '{stack}')"
+                origin = f" ({base.name}, the {slot} of stack '{stack}', with this config's params)"
             resolved_env = _resolve_one(env, kind, role, path, origin, registry, ctx, problems)
             if resolved_env is not None:
                 out.append(resolved_env)
