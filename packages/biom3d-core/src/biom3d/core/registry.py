@@ -27,7 +27,12 @@ class ResolutionError(InputError):
 
 
 class FormatTie(ResolutionError):
-    """Several readers (or writers) claim a file's format at the same priority: the user must choose."""
+    """Several readers (or writers) claim a file's format at the same priority: the user must choose.
+    ``reason`` is the message without the file name, for listings of many files."""
+
+    def __init__(self, filename: str, reason: str):
+        super().__init__(f"{filename}: {reason}")
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -219,8 +224,8 @@ class Registry:
         tied = [c for n, prio, c in scored if (n, prio) == scored[0][:2]]
         if len(tied) > 1:
             ids = ", ".join(c.qid for c in tied)
-            raise FormatTie(f"{path.name}: {kind}s {ids} claim this format at the same priority; choose one "
-                                  f"with `{kind}:` in the config or --{kind} (e.g. --{kind} {tied[0].qid})")
+            raise FormatTie(path.name, f"{kind}s {ids} claim this format at the same priority; choose one with "
+                            f"`{kind}:` in the config or --{kind} (e.g. --{kind} {tied[0].qid})")
         return scored[0][2]
 
     def _not_found(self, kind: str, name: str, short: str) -> str:

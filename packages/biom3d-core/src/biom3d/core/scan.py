@@ -149,7 +149,7 @@ def _choose(path: Path, root: Path, registry, reader: str | None):
     try:
         comp = registry.reader_for(path, reader)
     except FormatTie as exc:
-        return None, None, str(exc).split(": ", 1)[1]
+        return None, None, exc.reason
     except ResolutionError:
         return None, None, "no reader for this file type"
     rel = path.relative_to(root).as_posix()
