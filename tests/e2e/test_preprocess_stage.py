@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import tifffile
 import yaml
 
 from biom3d.core.errors import DataError
@@ -69,7 +70,10 @@ def test_single_image_is_split_into_train_and_validation(tmp_path):
     assert rows == {"case0-train.npy": "1", "case0-val.npy": "0"}
     train = np.load(res.out_dir / "images" / "case0-train.npy")
     val = np.load(res.out_dir / "images" / "case0-val.npy")
-    assert train.shape[1:] == (16, 19, 24) and val.shape[1:] == (16, 5, 24)  # 80/20 along a largest axis
+    # the paper's split: the first quarter of a longest axis validates, the rest trains
+    assert train.shape[1:] == (16, 18, 24) and val.shape[1:] == (16, 6, 24)
+    whole = np.concatenate([np.load(res.out_dir / "masks" / f"case0-{part}.npy") for part in ("val", "train")], axis=1)
+    assert np.array_equal(whole, tifffile.imread(root / "train" / "masks" / "case0.tif") > 0)
 
 
 @pytest.mark.parametrize(

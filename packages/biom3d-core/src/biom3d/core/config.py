@@ -98,7 +98,10 @@ class AutoConfigSettings(BaseModel):
 
     max_dim: int = Field(128, ge=8, le=1024, description="Side of the largest cubic patch; its volume is the budget.")
     max_pool: int = Field(5, ge=0, le=10, description="Most poolings per axis.")
-    max_batch: int = Field(16, ge=2, le=1024, description="Largest batch size for small patches.")
+    max_batch: int | None = Field(
+        None, ge=2, le=1024,
+        description="An extra cap on the batch size; null: the paper's rule alone (images // 20, at least 2).",
+    )
 
 
 class Config(BaseModel):

@@ -24,22 +24,20 @@ def pool_strides(num_pools: Sequence[int]) -> list[tuple[int, ...]]:
 
 
 def rotation_plane(patch_size: Sequence[int]) -> tuple[int, ...]:
-    """Axes the data augmentation rotates within. Isotropic-ish patches rotate in 3D (all axes); an
-    anisotropic patch rotates only within the plane of its two most similar axes, so the odd axis (thin
-    z-stacks, long tubes) is never mixed with the others."""
+    """Axes the data augmentation rotates within (the original biom3d's rule). Isotropic-ish patches rotate
+    in 3D (all axes); an anisotropic patch (an axis > 3x the smallest) rotates only about its smallest axis
+    (the first one on a tie), so a thin z-stack is never mixed with its in-plane axes."""
     n = len(patch_size)
     if n < 3 or max(patch_size) <= ANISOTROPY * min(patch_size):
         return tuple(range(n))
     smallest = min(range(n), key=lambda a: patch_size[a])
-    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    # the most similar pair; on a tie, keep the thinnest axis (a z-stack's) out of the rotation
-    return min(pairs, key=lambda ij: (max(patch_size[ij[0]], patch_size[ij[1]]) / min(patch_size[ij[0]], patch_size[ij[1]]),
-                                      smallest in ij))
+    return tuple(a for a in range(n) if a != smallest)
 
 
 def aug_patch_size(patch_size: Sequence[int]) -> tuple[int, ...]:
-    """The smallest box holding ``patch_size`` under every rotation within ``rotation_plane``: rotated axes
-    get the diagonal of the rotated sub-box, the others keep their size."""
+    """The enlarged crop that a rotation within ``rotation_plane`` leaves the patch inside: rotated axes get
+    the diagonal of the rotated sub-box, rounded to the nearest voxel as the original's ``get_aug_patch`` does
+    (its dataset then crops the centre back to the patch), the others keep their size."""
     plane = rotation_plane(patch_size)
-    diagonal = math.ceil(math.sqrt(sum(patch_size[a] ** 2 for a in plane)) - 1e-9)
+    diagonal = round(math.sqrt(sum(patch_size[a] ** 2 for a in plane)))
     return tuple(diagonal if a in plane else int(s) for a, s in enumerate(patch_size))

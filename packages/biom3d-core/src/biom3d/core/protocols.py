@@ -94,7 +94,8 @@ class Preprocessor(Protocol):
 
     def plan(self, fingerprint: Mapping[str, Any], budget: AutoConfigSettings) -> dict[str, Any]:
         """Auto-configuration: values for :data:`PLAN_KEYS` (``patch_size``, ``num_pools`` as lists of ints,
-        ``batch_size`` an int), within the config's ``autoconfig`` budget."""
+        ``batch_size`` an int), within the config's ``autoconfig`` budget (``max_batch`` None: no cap of the
+        user's beyond the preprocessor's own rule)."""
         ...
 
     def case(self, image: ImageData, mask: ImageData, fingerprint: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -74,11 +74,11 @@ class SegPreprocessor:
                                  resample=self.params.resample)
 
     def plan(self, fingerprint: Mapping[str, Any], budget) -> dict[str, Any]:
-        """The paper's auto-configuration from the median shape."""
+        """The paper's auto-configuration from the median shape, its batch capped by the number of images."""
         from biom3d.core.builtins.autoconfig import auto_config
 
         return auto_config(fingerprint["median_shape"], max_dim=budget.max_dim, max_pool=budget.max_pool,
-                           max_batch=budget.max_batch).as_dict()
+                           num_images=fingerprint["num_images"], max_batch=budget.max_batch).as_dict()
 
     def case(self, image: ImageData, mask: ImageData, fingerprint: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         array, _ = self.image_array(image)

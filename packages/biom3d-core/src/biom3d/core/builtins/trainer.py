@@ -138,12 +138,15 @@ class SegTrainer:
         for batch in loader:
             image = batch["image"].to(self.device)
             target = batch["mask"].to(self.device)
+            valid = batch.get("valid")
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 output = self.model(image)
-                losses.append(float(self.loss(output, target)))
+                parts = image_parts(output, target, None if valid is None else valid.to(self.device))
+                losses.extend(float(self.loss(out, tgt)) for out, tgt in parts)
             output = output.float()
-            for name, metric, _ in self.job.metrics:
-                per_class[name].append(metric.per_class(output, target).float().cpu())
+            for out, tgt in parts:
+                for name, metric, _ in self.job.metrics:
+                    per_class[name].append(metric.per_class(out.float(), tgt).float().cpu())
             fg = float((target[0] > 0).float().mean())
             if fg > sample_fg:  # keep the validation patch with the most foreground for snapshots
                 sample, sample_fg = (image[0].cpu().numpy(), target[0].cpu().numpy(),
@@ -192,6 +195,27 @@ class SegTrainer:
     def _call(self, hook: str, *args) -> None:
         for cb in self.job.callbacks:
             getattr(cb, hook)(self, *args)
+
+
+def image_parts(output: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """What validation scores: the whole batch, or, when a dataset marks padding (``valid`` 0 where a patch
+    left its volume), each item cut to the box of its image, so that padding never counts. (Padding of a thin
+    validation slab once made up most of a patch; the network's marks there sank the validation Dice while the
+    test Dice rose, and ``best.pt`` came from the wrong epoch.)"""
+    if valid is None or bool(valid.all()):
+        return [(output, target)]
+    if valid.ndim == output.ndim - 1:
+        valid = valid[:, None]
+    parts = []
+    for i in range(output.shape[0]):
+        inside = valid[i, 0].nonzero()
+        if not len(inside):
+            continue
+        box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(inside.min(0).values, inside.max(0).values, strict=True))
+        item = (slice(i, i + 1),)
+        parts.append((output[item + (slice(None),) + box],
+                      target[item + (slice(None),) * (target.ndim - output.ndim + 1) + box]))
+    return parts
 
 
 def make_optimizer(parameters, cfg) -> torch.optim.Optimizer:

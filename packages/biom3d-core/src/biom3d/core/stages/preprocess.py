@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,9 @@ from biom3d.core.protocols import FINGERPRINT_KEYS, PLAN_KEYS
 from biom3d.core.scan import Case, scan_dataset
 
 log = logging.getLogger("biom3d")
-SPLIT_TRAIN_FRACTION = 0.8
+# a single image is split along its longest axis: the first quarter validates, the rest trains (the paper's
+# split_rate_for_single_img)
+SPLIT_VAL_FRACTION = 0.25
 DONE = "done"  # done/<key>.json: what a finished case's files must still be for a re-run to skip it
 IN_PROCESS_BYTES = 256 * 2**20  # below this much input, worker start-up (spawn + imports) outweighs the gain
 
@@ -71,7 +74,7 @@ def preprocess_dataset(
     seed: int = 42,
     max_dim: int = 128,
     max_pool: int = 5,
-    max_batch: int = 16,
+    max_batch: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
     config_extra: dict[str, Any] | None = None,
@@ -117,7 +120,7 @@ def preprocess_dataset(
                      progress=progress)
 
     keys = [f"{c.key}-{part}" for c in cases for part in ("train", "val")] if split else [c.key for c in cases]
-    # a single image: fold 0 validates on its 20% part and trains on the 80% part
+    # a single image: fold 0 validates on its first quarter and trains on the rest
     folds = {f"{k}.npy": 0 if k.endswith("-val") else 1 for k in keys} if split else \
         make_folds([f"{k}.npy" for k in keys], seed=seed)
     write_folds(out / "folds.csv", folds)
@@ -216,8 +219,8 @@ def _process_task(case: Case, job: _Job, fingerprint: dict[str, Any], out: Path,
         _save_case(out, case.key, image, mask, prep)
         return
     axis = int(np.argmax(image.shape[1:]))
-    cut = max(1, int(round(image.shape[1 + axis] * SPLIT_TRAIN_FRACTION)))
-    for part, sl in (("train", slice(0, cut)), ("val", slice(cut, None))):
+    cut = max(1, math.floor(image.shape[1 + axis] * SPLIT_VAL_FRACTION))
+    for part, sl in (("val", slice(0, cut)), ("train", slice(cut, None))):
         index = [slice(None)] * 4
         index[1 + axis] = sl
         m_index = index[1:] if mask.ndim == 3 else index
