@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from biom3d.cli import options as opt
+
 app = typer.Typer(
     name="biom3d",
     help="3D biomedical image segmentation: preprocess, train, predict, evaluate, all from one command.",
@@ -123,14 +125,18 @@ def config_import(
 @app.command()
 def autoconfig(
     median: Annotated[tuple[float, float, float], typer.Option("--median", help="Median image shape D H W.")],
-    max_dim: Annotated[int, typer.Option(help="Side of the largest cubic patch (its volume is the budget).", min=8)] = 128,
-    max_pool: Annotated[int, typer.Option(help="Most poolings per axis.", min=0, max=10)] = 5,
+    max_dim: opt.MaxDim = None,
+    max_pool: opt.MaxPool = None,
+    max_batch: opt.MaxBatch = None,
+    num_images: Annotated[int | None, typer.Option(
+        "--num-images", min=1, help="Images in the dataset: the paper's batch cap, images // 20 (at least 2).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Patch size, pooling per axis, batch size and augmentation patch for a median shape (no data needed)."""
     from biom3d.cli import data_cmd
 
-    data_cmd.autoconfig(median, max_dim=max_dim, max_pool=max_pool, as_json=as_json)
+    budget = _budget({"max_dim": max_dim, "max_pool": max_pool, "max_batch": max_batch})
+    data_cmd.autoconfig(median, budget=budget, num_images=num_images, as_json=as_json)
 
 
 @app.command()
@@ -142,16 +148,15 @@ def preprocess(
     workers: Annotated[int, typer.Option(help="Worker processes (under 256 MiB of input: in-process, faster).", min=0)] = 2,
     name: Annotated[str | None, typer.Option(help="Run name written in the config.")] = None,
     multilabel: Annotated[bool, typer.Option("--multilabel", help="Masks are 4D multi-label (sigmoid outputs).")] = False,
-    stack: Annotated[str | None, typer.Option(help="Stack whose components the config uses [default: the installed "
-                                              "stack of highest priority; see `biom3d plugins --kind stack`].")] = None,
+    stack: opt.Stack = None,
     preprocessor: Annotated[str | None, typer.Option(help="Preprocessor id [default: the stack's].")] = None,
-    reader: Annotated[str | None, typer.Option(help="Reader id used for every file it reads (config `reader:`) "
-                                               "[default: by suffix, then priority].")] = None,
+    reader: opt.Reader = None,
     norm: Annotated[str | None, typer.Option(help="Normalisation: zscore or ct [default: zscore].")] = None,
     channel_axis: Annotated[int | None, typer.Option(help="Channel axis of stored images (default: detect).")] = None,
     mask_fix: Annotated[str | None, typer.Option(help="auto, strict or binarize (see README) [default: auto].")] = None,
-    max_dim: Annotated[int, typer.Option(help="Side of the largest cubic patch.", min=8)] = 128,
-    max_pool: Annotated[int, typer.Option(help="Most poolings per axis.", min=0, max=10)] = 5,
+    max_dim: opt.MaxDim = None,
+    max_pool: opt.MaxPool = None,
+    max_batch: opt.MaxBatch = None,
     seed: Annotated[int, typer.Option(help="Seed of the fold split.")] = 42,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an output folder made from other data.")] = False,
 ) -> None:
@@ -161,37 +166,33 @@ def preprocess(
     params = {k: v for k, v in {"norm": norm, "channel_axis": channel_axis, "mask_fix": mask_fix}.items() if v is not None}
     data_cmd.preprocess(images=images, masks=masks, num_classes=num_classes, out=out, workers=workers, name=name,
                         multilabel=multilabel, stack=stack, preprocessor=preprocessor, params=params, reader=reader,
-                        max_dim=max_dim, max_pool=max_pool, seed=seed, overwrite=overwrite)
+                        seed=seed, overwrite=overwrite, **_budget(locals()))
 
 
 # -- training --------------------------------------------------------------------------------------------
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Argument(help="Config (YAML), e.g. the one `biom3d preprocess` wrote.")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue this run folder from its last checkpoint.")] = None,
-    finetune: Annotated[Path | None, typer.Option(help="Start from this run folder's trained weights.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="train.epochs (with --resume: extend the run).", min=1)] = None,
-    iters_per_epoch: Annotated[int | None, typer.Option(help="train.iters_per_epoch.", min=1)] = None,
-    batch_size: Annotated[int | None, typer.Option(help="train.batch_size.", min=1)] = None,
-    lr: Annotated[float | None, typer.Option(help="train.lr.")] = None,
-    fold: Annotated[int | None, typer.Option(help="train.fold.", min=0)] = None,
-    workers: Annotated[int | None, typer.Option(help="train.workers (data-loader processes).", min=0)] = None,
-    fp16: Annotated[bool | None, typer.Option("--fp16/--no-fp16", help="train.fp16 (CUDA only).")] = None,
-    device: Annotated[str | None, typer.Option(help="train.device: auto, cpu, cuda, cuda:N, mps.")] = None,
-    seed: Annotated[int | None, typer.Option(help="train.seed.")] = None,
-    val_iters: Annotated[int | None, typer.Option(help="train.val_iters.", min=0)] = None,
-    runs_dir: Annotated[Path | None, typer.Option(help="Folder for run folders [default: runs_dir of the config].")] = None,
-    strict_versions: Annotated[bool, typer.Option("--strict-versions", help="Refuse a run made with other plugin "
-                                                  "versions than the installed ones (exit 3) instead of warning.")] = False,
+    resume: opt.Resume = None,
+    finetune: opt.Finetune = None,
+    epochs: opt.Epochs = None,
+    iters_per_epoch: opt.ItersPerEpoch = None,
+    batch_size: opt.BatchSize = None,
+    lr: opt.Lr = None,
+    fold: opt.Fold = None,
+    workers: opt.Workers = None,
+    fp16: opt.Fp16 = None,
+    device: opt.Device = None,
+    seed: opt.Seed = None,
+    val_iters: opt.ValIters = None,
+    runs_dir: opt.RunsDir = None,
+    strict_versions: opt.StrictVersions = False,
 ) -> None:
     """Train a model; writes runs/<name>-<timestamp>/ (config, checkpoints, log.csv, curves.png, snapshots/)."""
     from biom3d.cli import train_cmd
 
-    overrides = {"train.epochs": epochs, "train.iters_per_epoch": iters_per_epoch, "train.batch_size": batch_size,
-                 "train.lr": lr, "train.fold": fold, "train.workers": workers, "train.fp16": fp16,
-                 "train.device": device, "train.seed": seed, "train.val_iters": val_iters}
-    train_cmd.train(config, resume=resume, finetune=finetune, overrides=overrides, runs_dir=runs_dir,
-                    strict_versions=strict_versions)
+    train_cmd.train(config, resume=resume, finetune=finetune, overrides=opt.overrides(locals(), opt.TRAIN_KEYS),
+                    runs_dir=runs_dir, strict_versions=strict_versions)
 
 
 # -- prediction and evaluation ---------------------------------------------------------------------------
@@ -203,19 +204,17 @@ def predict(
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Flip test-time augmentation [default: run's].")] = None,
     overlap: Annotated[float | None, typer.Option(help="Tile overlap, 0 to <1 [default: run's, 0.5].", min=0.0, max=0.95)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
+    checkpoint: opt.Checkpoint = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
-    reader: Annotated[str | None, typer.Option(help="Reader id used for every file it reads (config `reader:`) "
-                                               "[default: by suffix, then priority].")] = None,
-    writer: Annotated[str | None, typer.Option(help="Writer id, e.g. io/npy: masks get its format and suffix "
-                                               "(config `writer:`) [default: the input's format].")] = None,
-    strict_versions: Annotated[bool, typer.Option("--strict-versions", help="Refuse a run made with other plugin "
-                                                  "versions than the installed ones (exit 3) instead of warning.")] = False,
+    reader: opt.Reader = None,
+    writer: opt.Writer = None,
+    strict_versions: opt.StrictVersions = False,
 ) -> None:
     """Predict masks, written in the input's format and metadata under the same relative names."""
     from biom3d.cli import predict_cmd
 
-    predict_cmd.predict(runs, input, output, tta=tta, overlap=overlap, device=device, overwrite=overwrite,
-                        reader=reader, writer=writer, strict_versions=strict_versions)
+    predict_cmd.predict(runs, input, output, tta=tta, overlap=overlap, device=device, checkpoint=checkpoint,
+                        overwrite=overwrite, reader=reader, writer=writer, strict_versions=strict_versions)
 
 
 @app.command("eval")
@@ -244,26 +243,37 @@ def run(
     test_images: Annotated[Path | None, typer.Option(help="Images to predict after training.")] = None,
     test_masks: Annotated[Path | None, typer.Option(help="Their ground truth, to evaluate.")] = None,
     name: Annotated[str | None, typer.Option(help="Pipeline name [default: the images folder's name].")] = None,
-    runs_dir: Annotated[Path | None, typer.Option(help="Where the pipeline folder goes [default: runs].")] = None,
-    stack: Annotated[str | None, typer.Option(help="Stack filling the slots the config leaves out [default: the "
-                                              "config's `stack:`, else the installed one of highest priority].")] = None,
-    reader: Annotated[str | None, typer.Option(help="Reader id used for every file it reads (config `reader:`) "
-                                               "[default: by suffix, then priority].")] = None,
-    writer: Annotated[str | None, typer.Option(help="Writer id, e.g. io/npy: masks get its format and suffix "
-                                               "(config `writer:`) [default: the input's format].")] = None,
-    epochs: Annotated[int | None, typer.Option(help="train.epochs.", min=1)] = None,
-    iters_per_epoch: Annotated[int | None, typer.Option(help="train.iters_per_epoch.", min=1)] = None,
-    batch_size: Annotated[int | None, typer.Option(help="train.batch_size.", min=1)] = None,
-    workers: Annotated[int | None, typer.Option(help="train.workers.", min=0)] = None,
-    device: Annotated[str | None, typer.Option(help="train.device.")] = None,
+    stack: opt.Stack = None,
+    reader: opt.Reader = None,
+    writer: opt.Writer = None,
+    checkpoint: opt.Checkpoint = None,
+    max_dim: opt.MaxDim = None,
+    max_pool: opt.MaxPool = None,
+    max_batch: opt.MaxBatch = None,
+    # every `biom3d train` option, with the same meaning (tests/cli/test_shared_options.py checks)
+    resume: opt.Resume = None,
+    finetune: opt.Finetune = None,
+    epochs: opt.Epochs = None,
+    iters_per_epoch: opt.ItersPerEpoch = None,
+    batch_size: opt.BatchSize = None,
+    lr: opt.Lr = None,
+    fold: opt.Fold = None,
+    workers: opt.Workers = None,
+    fp16: opt.Fp16 = None,
+    device: opt.Device = None,
+    seed: opt.Seed = None,
+    val_iters: opt.ValIters = None,
+    runs_dir: opt.RunsDir = None,
+    strict_versions: opt.StrictVersions = False,
 ) -> None:
-    """Preprocess, train, predict and evaluate in one go; a re-run resumes where it stopped."""
+    """Preprocess, train, predict and evaluate in one go; a re-run (or --resume FOLDER) resumes where it stopped."""
     from biom3d.cli import run_cmd
 
-    run_cmd.run(config, images=images, masks=masks, num_classes=num_classes, test_images=test_images,
-                test_masks=test_masks, name=name, runs_dir=runs_dir,
-                overrides={"stack": stack, "reader": reader, "writer": writer, "train.epochs": epochs, "train.iters_per_epoch": iters_per_epoch,
-                           "train.batch_size": batch_size, "train.workers": workers, "train.device": device})
+    overrides = {"stack": stack, "reader": reader, "writer": writer, "num_classes": num_classes,
+                 **opt.overrides(locals(), opt.TRAIN_KEYS), **opt.overrides(locals(), opt.AUTOCONFIG_KEYS)}
+    run_cmd.run(config, images=images, masks=masks, test_images=test_images, test_masks=test_masks, name=name,
+                runs_dir=runs_dir, resume=resume, finetune=finetune, checkpoint=checkpoint,
+                strict_versions=strict_versions, overrides=overrides)
 
 
 @app.command()
@@ -278,6 +288,11 @@ def demo(
     from biom3d.cli import demo as demo_mod
 
     demo_mod.run_demo(out, epochs=epochs, iters=iters_per_epoch, stack=stack)
+
+
+def _budget(values: dict) -> dict[str, int]:
+    """The auto-configuration flags given (``locals()``), as keyword arguments."""
+    return {name: values[name] for name in opt.AUTOCONFIG_KEYS if values.get(name) is not None}
 
 
 # -- entry point -------------------------------------------------------------------------------------------

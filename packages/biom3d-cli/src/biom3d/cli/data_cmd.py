@@ -9,12 +9,14 @@ from typing import Any
 import typer
 
 
-def autoconfig(median: tuple[float, float, float], *, max_dim: int, max_pool: int, as_json: bool) -> None:
+def autoconfig(median: tuple[float, float, float], *, budget: dict[str, int], num_images: int | None,
+               as_json: bool) -> None:
+    """``budget``: the max_dim/max_pool/max_batch flags given; the others keep auto_config's defaults."""
     from biom3d.core.builtins.autoconfig import auto_config
     from biom3d.core.errors import InputError
 
     try:
-        result = auto_config(median, max_dim=max_dim, max_pool=max_pool)
+        result = auto_config(median, num_images=num_images, **budget)
     except ValueError as exc:
         raise InputError(f"--median {' '.join(map(str, median))}: {exc}") from exc
     if as_json:

@@ -16,7 +16,7 @@ import yaml
 
 from biom3d.core.atomic import atomic_copy, atomic_write_text
 from biom3d.core.config import SLOTS, Config
-from biom3d.core.errors import PluginError, RunError
+from biom3d.core.errors import InputError, PluginError, RunError
 from biom3d.core.registry import state_phrase
 
 log = logging.getLogger("biom3d")
@@ -109,12 +109,37 @@ def check_plugins(run_dir: Path, registry, *, strict_versions: bool = False) -> 
         log.warning("run %s: %s; results may differ (--strict-versions refuses this)", run_dir, line)
 
 
-def require_checkpoint(run_dir: Path) -> None:
-    """A run folder without any checkpoint cannot predict: say why and what to do."""
+#: what `--checkpoint` names -> the files that hold it, in the order tried (last-prev.pt is the last.pt before
+#: the newest, which a kill mid-write or a damaged last.pt leaves as the last one)
+CHECKPOINT_FILES = {"best": ("best.pt",), "last": ("last.pt", "last-prev.pt")}
+DEFAULT_CHECKPOINT_FILES = ("best.pt", "last.pt", "last-prev.pt")  # best when the run has one, else the newest
+
+
+def checkpoint_files(run_dir: Path, choice: str | None = None) -> list[Path]:
+    """The checkpoints of ``run_dir`` that ``choice`` ("best", "last"; None: best, else the newest) may load,
+    those present, in the order to try them; an error naming the run, the file and what exists if none is."""
+    if choice is not None and choice not in CHECKPOINT_FILES:
+        raise InputError(f"checkpoint {choice!r}: choose one of {', '.join(CHECKPOINT_FILES)}")
     folder = Path(run_dir) / "checkpoints"
-    if not (folder.is_dir() and any(folder.glob("*.pt"))):
+    present = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
+    if not present:
         raise RunError(f"{run_dir} holds no checkpoint: its training failed or was stopped before the first epoch "
                        f"ended, so it cannot predict; resume it with `biom3d train --resume {run_dir}` or remove it")
+    names = DEFAULT_CHECKPOINT_FILES if choice is None else CHECKPOINT_FILES[choice]
+    found = [folder / n for n in names if (folder / n).is_file()]
+    if not found:
+        others = [c for c, files in CHECKPOINT_FILES.items() if c != choice and any(f in present for f in files)]
+        why = (f"; best.pt is written when the validation score improves and when training ends (`biom3d train "
+               f"--resume {run_dir}` finishes it)") if choice == "best" else ""
+        hint = f"; or use --checkpoint {others[0]}" if others else ""
+        raise RunError(f"run {run_dir} has no {choice} checkpoint: {folder / names[0]} does not exist (its "
+                       f"checkpoints/ holds {', '.join(present)}){why}{hint}")
+    return found
+
+
+def require_checkpoint(run_dir: Path, choice: str | None = None) -> Path:
+    """The checkpoint file ``choice`` selects (see :func:`checkpoint_files`): the one to predict with."""
+    return checkpoint_files(run_dir, choice)[0]
 
 
 def load_run_config(run_dir: Path, *, registry=None, overrides: dict[str, Any] | None = None,

@@ -26,6 +26,7 @@ class LoadedRun:
     """One trained run ready to predict: its model, preprocessor, predictor and fingerprint."""
 
     run_dir: Path
+    checkpoint: Path  # the file its weights come from
     builder: Any
     model: Any
     preprocessor: Any
@@ -34,10 +35,12 @@ class LoadedRun:
 
 
 def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Path, *, tta: bool | None = None,
-            overlap: float | None = None, device: str = "auto", overwrite: bool = False, skip_existing: bool = False,
-            reader: str | None = None, writer: str | None = None, strict_versions: bool = False, registry=None,
+            overlap: float | None = None, device: str = "auto", checkpoint: str | None = None,
+            overwrite: bool = False, skip_existing: bool = False, reader: str | None = None,
+            writer: str | None = None, strict_versions: bool = False, registry=None,
             progress: bool = True) -> list[Path]:
     """Predict every image under ``inputs`` (a file, a DICOM folder, or a folder of them) into ``output``.
+    ``checkpoint`` ("best", "last"; None: best when a run has one) picks each run's weights.
     ``skip_existing`` resumes an interrupted prediction instead of refusing to touch existing outputs.
     ``reader``/``writer`` (ids) override the run config's ``reader:``/``writer:``; without a writer, masks are
     written in the input's format, and every output's writer is found before any prediction starts."""
@@ -46,7 +49,7 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
     from biom3d.core.discovery import get_registry
 
     registry = registry or get_registry()
-    runs = [load_run(Path(r), registry=registry, tta=tta, overlap=overlap, device=device,
+    runs = [load_run(Path(r), registry=registry, tta=tta, overlap=overlap, device=device, checkpoint=checkpoint,
                      strict_versions=strict_versions) for r in run_dirs]
     if not runs:
         raise InputError("give at least one run folder to predict with")
@@ -83,26 +86,49 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
 
 
 def load_run(run_dir: Path, *, registry, tta: bool | None = None, overlap: float | None = None,
-             device: str = "auto", strict_versions: bool = False) -> LoadedRun:
+             device: str = "auto", checkpoint: str | None = None, strict_versions: bool = False) -> LoadedRun:
+    """A run ready to predict, with the weights ``checkpoint`` selects ("best", "last"; None: best when the run
+    has one, else the newest)."""
     from biom3d.core import runs
     from biom3d.core.builder import Builder
-    from biom3d.core.checkpoints import load_weights
     from biom3d.core.devices import resolve_device
 
     overrides = {"predictor.params.tta": tta, "predictor.params.overlap": overlap}
     config = runs.load_run_config(run_dir, registry=registry, strict_versions=strict_versions,
                                   overrides={k: v for k, v in overrides.items() if v is not None})
-    runs.require_checkpoint(run_dir)
+    candidates = runs.checkpoint_files(run_dir, checkpoint)
     fp_path = run_dir / runs.FINGERPRINT
     if not fp_path.is_file():
         raise RunError(f"{run_dir} has no {runs.FINGERPRINT}: it was not trained on preprocessed data")
     dev = resolve_device(device)
     builder = Builder(config, registry=registry, device=str(dev))
     model = builder.build("model")
-    model.load_state_dict(load_weights(run_dir, map_location=dev)["model"])
+    state, path = _first_readable(candidates, dev)
+    model.load_state_dict(state["model"])
     model.to(dev).eval()
-    return LoadedRun(run_dir, builder, model, builder.build("preprocessor"), builder.build("predictor"),
+    epoch = f", epoch {int(state['epoch']) + 1}" if isinstance(state.get("epoch"), int) else ""
+    log.info("predict: %s with checkpoints/%s%s", run_dir, path.name, epoch)
+    return LoadedRun(run_dir, path, builder, model, builder.build("preprocessor"), builder.build("predictor"),
                      json.loads(fp_path.read_text()))
+
+
+def _first_readable(paths: Sequence[Path], device) -> tuple[dict[str, Any], Path]:
+    """The first of ``paths`` that loads; each unreadable one is a warning, all of them an error."""
+    from biom3d.core.checkpoints import load_checkpoint
+
+    errors = []
+    for path in paths:
+        try:
+            state = load_checkpoint(path, device)
+        except RunError as exc:
+            errors.append(exc)
+            if path != paths[-1]:
+                log.warning("%s; using %s instead", exc, paths[len(errors)].name)
+            continue
+        return state, path
+    if len(errors) == 1:
+        raise errors[0]
+    raise RunError(f"no usable checkpoint in {paths[0].parent}: " + "; ".join(map(str, errors)))
 
 
 def predict_image(runs: Sequence[LoadedRun], image) -> np.ndarray:

@@ -5,6 +5,9 @@ resumes where it stopped (an interrupted training continues from its last checkp
 Pipeline folder::
 
     config.yaml  pipeline.json (stage states)  preprocessed/  run/ (a run folder)  predictions/  eval.csv
+
+A fine-tuning trains in ``run.finetuning/<name>-<timestamp>/`` (where ``Builder.finetune`` puts a new run) and
+becomes ``run/`` once trained; pipeline.json remembers the run it started from, so a re-run resumes it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +25,11 @@ import yaml
 
 from biom3d.core.atomic import atomic_write_text, remove_stale_temporaries
 from biom3d.core.config import Config, apply_overrides, read_yaml, validate
-from biom3d.core.errors import ConfigError, Problem
+from biom3d.core.errors import ConfigError, InputError, Problem
 
 log = logging.getLogger("biom3d")
 SHARED_FROM_PREPROCESS = ("in_channels", "patch_size", "aug_patch_size", "num_pools", "spacing")
+PIPELINE, FINETUNING = "pipeline.json", "run.finetuning"
 
 
 @dataclass
@@ -35,7 +41,13 @@ class PipelineResult:
 
 
 def run_pipeline(config: str | Path | dict[str, Any], *, overrides: dict[str, Any] | None = None,
-                 registry=None, progress: bool = True) -> PipelineResult:
+                 registry=None, progress: bool = True, folder: str | Path | None = None,
+                 checkpoint: str | None = None, finetune: str | Path | None = None,
+                 strict_versions: bool = False) -> PipelineResult:
+    """Run the config's stages in ``folder`` (default ``<runs_dir>/<name>``; see :func:`pipeline_folder`).
+    ``checkpoint`` is the weights the predict stage uses ("best", "last"; None: best when the run has one);
+    ``finetune`` a run folder whose weights training starts from; ``strict_versions`` refuses a run (resumed,
+    fine-tuned from, predicted with) made with other plugin versions, as on `biom3d train` and `predict`."""
     from biom3d.core.discovery import get_registry
 
     registry = registry or get_registry()
@@ -47,20 +59,22 @@ def run_pipeline(config: str | Path | dict[str, Any], *, overrides: dict[str, An
         raw, base, source = copy.deepcopy(config), Path.cwd(), None
     raw = _absolute_data_paths(apply_overrides(raw, overrides or {}), base)
     cfg = validate(raw, registry=registry, source=str(source) if source else None)  # every error, up front
-    folder = Path(cfg.runs_dir).resolve() / cfg.name
+    folder = Path(folder).resolve() if folder is not None else Path(cfg.runs_dir).resolve() / cfg.name
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder)  # the pipeline folder is the pipeline's own: a kill's leftovers go
     atomic_write_text(folder / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
-    state = _State(folder / "pipeline.json")
+    state = _State(folder / PIPELINE)
     result = PipelineResult(folder)
 
     prep_dir = _preprocess(cfg, raw, folder, state, registry, progress)
     if "train" in cfg.stages and prep_dir is not None:
-        result.run_dir = _train(raw, prep_dir, folder, state, registry)
+        result.run_dir = _train(raw, prep_dir, folder, state, registry, finetune=finetune,
+                                strict_versions=strict_versions)
     elif (folder / "run" / "config.yaml").is_file():
         result.run_dir = folder / "run"
     if "predict" in cfg.stages and cfg.data.test_images and result.run_dir is not None:
-        result.predictions = _predict(cfg, result.run_dir, folder, state, registry, progress)
+        result.predictions = _predict(cfg, result.run_dir, folder, state, registry, progress,
+                                      checkpoint=checkpoint, strict_versions=strict_versions)
     if "eval" in cfg.stages and cfg.data.test_masks and result.predictions is not None:
         from biom3d.core.stages.evaluate import evaluate
 
@@ -96,33 +110,97 @@ def _preprocess(cfg: Config, raw, folder: Path, state, registry, progress: bool)
     return out
 
 
-def _train(raw: dict[str, Any], prep_dir: Path, folder: Path, state, registry) -> Path:
+def _train(raw: dict[str, Any], prep_dir: Path, folder: Path, state, registry, *, finetune: str | Path | None,
+           strict_versions: bool) -> Path:
+    """Train ``run/``, or resume it: an interrupted run continues, a finished one is extended when more
+    epochs are asked for; train settings the config (or the command line) changed since apply on resume."""
     from biom3d.core.builder import Builder
-    from biom3d.core.checkpoints import BEST, LAST, PREVIOUS
+    from biom3d.core.checkpoints import BEST, has_checkpoint
 
     run_dir = folder / "run"
-    if state.is_done("train") and (run_dir / "checkpoints" / BEST).is_file():
-        log.info("train: done already (%s)", run_dir)
-        return run_dir
-    checkpoints = run_dir / "checkpoints"
-    if any((checkpoints / n).is_file() for n in (LAST, PREVIOUS, BEST)):
-        log.info("train: resuming the interrupted run %s", run_dir)
-        Builder.resume(run_dir, registry=registry)
+    source = finetune or state.data.get("train", {}).get("finetune")
+    staged = _staged_finetuning(folder)
+    if staged is not None and not has_checkpoint(run_dir / "checkpoints"):
+        log.info("train: resuming the interrupted fine-tuning %s", staged)
+        Builder.resume(staged, registry=registry, overrides=_changed_train(raw, staged),
+                       strict_versions=strict_versions)
+        _install(staged, run_dir)
+    elif has_checkpoint(run_dir / "checkpoints"):
+        changed = _changed_train(raw, run_dir)
+        trained = read_yaml(run_dir / "config.yaml").get("train", {}).get("epochs", 0)
+        extend = changed.get("train.epochs", 0) > trained
+        if state.is_done("train") and (run_dir / "checkpoints" / BEST).is_file() and not extend:
+            log.info("train: done already (%s)", run_dir)
+            ignored = sorted(changed) + (["--finetune"] if finetune else [])
+            if ignored:
+                log.warning("train: the trained run keeps its own %s (more epochs extend it; another --name "
+                            "trains a new run)", ", ".join(ignored))
+            return run_dir
+        if extend:
+            log.info("train: extending the run %s to %d epochs", run_dir, changed["train.epochs"])
+        else:
+            log.info("train: resuming the interrupted run %s", run_dir)
+        Builder.resume(run_dir, registry=registry, overrides=changed, strict_versions=strict_versions)
+    elif source is not None:
+        state.note("train", finetune=str(Path(source).resolve()))  # a re-run after a kill resumes it
+        shutil.rmtree(folder / FINETUNING, ignore_errors=True)  # a kill before its first checkpoint: no run
+        result = Builder.finetune(source, merge_with_preprocessed(raw, prep_dir), registry=registry,
+                                  runs_dir=folder / FINETUNING, strict_versions=strict_versions)
+        _install(result.run_dir, run_dir)
     else:
         merged = merge_with_preprocessed(raw, prep_dir)
         Builder(merged, registry=registry).train(run_dir=run_dir)
-    state.done("train", run_dir=str(run_dir))
+    info = {"finetune": str(source)} if source is not None else {}
+    state.done("train", run_dir=str(run_dir), **info)
     return run_dir
 
 
-def _predict(cfg: Config, run_dir: Path, folder: Path, state, registry, progress: bool) -> Path:
+def _changed_train(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The pipeline config's train settings that differ from the run's, as overrides for ``Builder.resume``."""
+    ran = read_yaml(run_dir / "config.yaml").get("train", {})
+    wanted = raw.get("train") or {}
+    return {f"train.{k}": v for k, v in wanted.items() if ran.get(k) != v}
+
+
+def _staged_finetuning(folder: Path) -> Path | None:
+    """The fine-tuning a kill interrupted after its first checkpoint, if any."""
+    from biom3d.core.checkpoints import has_checkpoint
+
+    found = sorted(p for p in (folder / FINETUNING).glob("*") if has_checkpoint(p / "checkpoints"))
+    return found[-1] if found else None
+
+
+def _install(staged: Path, run_dir: Path) -> None:
+    """Make a trained fine-tuning the pipeline's ``run/`` (whose own training, if any, never checkpointed)."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    os.replace(staged, run_dir)
+    shutil.rmtree(staged.parent, ignore_errors=True)
+
+
+def _predict(cfg: Config, run_dir: Path, folder: Path, state, registry, progress: bool, *,
+             checkpoint: str | None, strict_versions: bool) -> Path:
+    """Predict the test images, skipping those done already; all of them again when the weights differ from
+    those of the last predictions (another --checkpoint, a run trained further)."""
+    from biom3d.core.runs import require_checkpoint
     from biom3d.core.stages.predict import predict
 
     out = Path(cfg.data.predictions) if cfg.data.predictions else folder / "predictions"
-    written = predict([run_dir], cfg.data.test_images, out, device=cfg.train.device, skip_existing=True,
-                      registry=registry, progress=progress)
+    chosen = require_checkpoint(run_dir, checkpoint)
+    stat = chosen.stat()
+    weights = {"file": chosen.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    previous = state.data.get("predict", {}).get("checkpoint")
+    again = previous is not None and previous != weights
+    if again:
+        log.info("predict: the weights changed since the last predictions (%s, now %s): predicting all again",
+                 previous["file"], chosen.name)
+    elif previous is None:
+        state.note("predict", checkpoint=weights)  # a kill now: the re-run keeps what these weights wrote
+    written = predict([run_dir], cfg.data.test_images, out, device=cfg.train.device, checkpoint=checkpoint,
+                      overwrite=again, skip_existing=True, strict_versions=strict_versions, registry=registry,
+                      progress=progress)
     log.info("predict: %d new mask(s) in %s", len(written), out)
-    state.done("predict", folder=str(out))
+    state.done("predict", folder=str(out), checkpoint=weights)
     return out
 
 
@@ -177,3 +255,23 @@ class _State:
     def done(self, stage: str, **info: Any) -> None:
         self.data[stage] = {"done": True, **info}
         atomic_write_text(self.path, json.dumps(self.data, indent=2))
+
+    def note(self, stage: str, **info: Any) -> None:
+        """Record what a stage started with, before it is done."""
+        self.data[stage] = {**self.data.get(stage, {}), "done": False, **info}
+        atomic_write_text(self.path, json.dumps(self.data, indent=2))
+
+
+def pipeline_folder(path: str | Path) -> Path:
+    """The pipeline folder ``path`` names (itself, or the one its ``run/`` is in), for `biom3d run --resume`;
+    a training run folder of `biom3d train` is refused with the command that continues it."""
+    path = Path(path).resolve()
+    if path.name == "run" and (path / "plugins.json").is_file() and (path.parent / "config.yaml").is_file():
+        path = path.parent
+    if (path / "plugins.json").is_file():
+        raise InputError(f"{path} is a training run folder, not a `biom3d run` pipeline folder; continue it with "
+                         f"`biom3d train --resume {path}`")
+    if not (path / "config.yaml").is_file():
+        raise InputError(f"{path} is not a `biom3d run` pipeline folder (no config.yaml); give the folder "
+                         "`biom3d run` created, <runs_dir>/<name>")
+    return path
