@@ -7,7 +7,8 @@ import torch
 from biom3d.core.context import RunContext
 from biom3d.core.errors import DataError
 from biom3d.core.geometry import rotation_plane
-from biom3d.monai.transforms import rotate_range, window
+from biom3d.monai.dataset import PatchDataset, background_value
+from biom3d.monai.transforms import BG, FG, KEYS, PAD, RandPosNegWindowd, rotate_range, window
 from tests.monai.helpers import write_preprocessed
 
 
@@ -25,7 +26,7 @@ def test_items_have_biom3d_shapes_and_dtypes(registry, tmp_path):
     train = data.train_dataset(5)
     assert len(train) == 5
     item = train[0]
-    assert set(item) == {"image", "mask"}
+    assert set(item) == {"image", "mask"} and set(data.val_dataset(1)[0]) == {"image", "mask", "valid"}
     assert item["image"].shape == (1, 16, 16, 16) and item["image"].dtype == torch.float32
     assert item["mask"].shape == (16, 16, 16) and item["mask"].dtype == torch.int64
     assert type(item["image"]) is torch.Tensor  # not a MetaTensor
@@ -56,13 +57,61 @@ def test_one_patch_in_three_is_centred_on_sparse_foreground(registry, tmp_path, 
     assert 0.25 < with_fg < 0.5, with_fg  # 1/3 positive + a few random hits
 
 
-def test_enlarged_window_reads_zeros_outside_the_volume():
+def test_enlarged_window_reads_the_given_value_outside_the_volume():
     volume = np.arange(2 * 4 * 4 * 4).reshape(2, 4, 4, 4)
     out = window(volume, (-1, 2, 0), (3, 3, 4))
     assert out.shape == (2, 3, 3, 4)
     assert (out[:, 0] == 0).all() and (out[:, :, 2:] == 0).all()
     np.testing.assert_array_equal(out[:, 1:, :2], volume[:, :2, 2:4])
     assert not window(volume, (9, 0, 0), (2, 2, 2)).any()
+    out = window(volume, (-1, 0, 0), (5, 4, 4), np.array([-5, -7]))  # one value per channel
+    assert (out[0, 0] == -5).all() and (out[1, 0] == -7).all()
+    np.testing.assert_array_equal(out[:, 1:], volume)
+
+
+def test_padding_is_the_volumes_minimum_and_validation_marks_the_volume(registry, tmp_path):
+    write_preprocessed(tmp_path, size=12)  # smaller than the 16^3 patch: padded at the end of each axis
+    data = _data(registry, tmp_path, params={"augment": False})
+    raw = np.load(tmp_path / "images" / "case0.npy")
+    assert raw.min() < -2  # far from 0, the z-scored mean
+    item = data.val_dataset(1)[0]
+    valid = item["valid"]
+    assert valid.shape == (1, 16, 16, 16) and valid.dtype == torch.bool
+    assert int(valid.sum()) == 12**3 and bool(valid[0, :12, :12, :12].all())
+    np.testing.assert_array_equal(item["image"][:, :12, :12, :12].numpy(), raw)
+    assert (item["image"][~valid] == float(raw.min())).all() and not item["mask"][~valid[0]].any()
+    train = data.train_dataset(3)
+    for i in range(3):
+        image = train[i]["image"]
+        assert int((image == image.min()).sum()) == 16**3 - 12**3 + 1  # the padding, and the volume's own minimum
+
+
+def test_volumes_as_large_as_the_patch_are_never_padded(registry, tmp_path, monkeypatch):
+    write_preprocessed(tmp_path, size=16)
+    monkeypatch.setattr(PatchDataset, "_pad_value", lambda self, case, image: pytest.fail(f"{case.name} was padded"))
+    data = _data(registry, tmp_path, params={"augment": False})
+    val, train = data.val_dataset(4), data.train_dataset(4)
+    assert all(bool(val[i]["valid"].all()) for i in range(4))
+    assert all(train[i]["image"].shape == (1, 16, 16, 16) for i in range(4))
+
+
+def test_enlarged_window_pads_the_image_with_its_background_only_when_it_leaves_the_volume():
+    image = np.random.default_rng(0).random((1, 4, 4, 4)) + 1
+    mask = np.ones((1, 4, 4, 4), np.uint8)
+    calls = []
+    data = {"image": image, "mask": mask, FG: np.arange(64), BG: np.arange(64),
+            PAD: lambda: calls.append(1) or np.array([-3.0])}
+    out = RandPosNegWindowd(KEYS, patch=(4, 4, 4), window=(8, 8, 8), pos=1, neg=0)(data)
+    assert int((out["image"] == -3).sum()) == 8**3 - 4**3 and int(out["mask"].sum()) == 4**3 and calls == [1]
+    out = RandPosNegWindowd(KEYS, patch=(4, 4, 4), window=(4, 4, 4), pos=1, neg=0)(data)
+    assert torch.equal(out["image"], torch.from_numpy(image)) and calls == [1]  # inside: never computed
+
+
+def test_background_reads_a_subsample_of_big_volumes():
+    vol = np.arange(2 * 8 * 4 * 4, dtype=np.float32).reshape(2, 8, 4, 4) - 5
+    vol[:, 1] = -100  # a slice the subsample skips
+    assert background_value(vol, budget=64).tolist() == [-5.0, 123.0]
+    assert background_value(vol).tolist() == [-100.0, -100.0]
 
 
 def test_validation_items_are_deterministic(registry, tmp_path):

@@ -136,7 +136,10 @@ class SegmentationData(Protocol):
     (layout in :mod:`biom3d.core.stages.preprocess`; the split in ``ctx.folds_path``, fold ``ctx.fold``).
 
     Items are dicts ``{"image": float32 tensor (C, *ctx.patch_size), "mask": int64 (*ctx.patch_size) or float32
-    (K, *ctx.patch_size)}``. ``length`` is the number of items one epoch (or one validation round) draws."""
+    (K, *ctx.patch_size)}``. Validation items may also carry ``"valid"``: bool ``(1, *ctx.patch_size)``, True on
+    voxels inside the image and False on padding (where a volume is smaller than the patch); the trainer leaves
+    the padding out of the validation loss and metrics. A dataset that never pads may omit it. ``length`` is
+    the number of items one epoch (or one validation round) draws."""
 
     def train_dataset(self, length: int) -> torch.utils.data.Dataset: ...
 

@@ -129,5 +129,5 @@ def biom3d_datasets():
         aliases=("SegPatchFast",),
         target="biom3d.io.datasets:build_patch_data",
         params=PatchDatasetParams,
-        summary="Memory-mapped patches, 1 in 3 on foreground, rotation-aware crop, TorchIO augmentations.",
+        summary="Memory-mapped patches, foreground per batch as the paper, rotation-aware crop, the paper's TorchIO augmentations.",
     )
