@@ -9,6 +9,7 @@ Exit code 0 when every step passed, 1 otherwise.
 --python    the Python API: with --pipeline, every installed model builds and runs a forward pass, run_pipeline()
             on a minimal config, then preprocess -> Builder.train -> predict -> evaluate step by step
 --cli       the `biom3d` command: --help, plugins, autoconfig, and `biom3d run CONFIG.yaml` (with --pipeline)
+--gui       `biom3d gui` (biom3d-gui): the installed server starts, answers with the token and refuses without
 --pipeline  the combination is a complete stack: train/predict/evaluate on synthetic data
 
 The configs name no component: only num_classes, data paths and a tiny budget. Which components train is the
@@ -373,6 +374,46 @@ def cli_run(data: dict[str, str], work: Path) -> None:
     note("biom3d run: " + out.stdout.strip().splitlines()[-1])
 
 
+def gui_serves(work: Path) -> None:
+    """`biom3d gui` from the installed wheels: listed by `biom3d --help`, serves the API with the token, refuses
+    a request without it."""
+    import urllib.error
+    import urllib.request
+
+    check(" gui " in _biom3d("--help").stdout, "`biom3d --help` does not list `gui`")
+    exe = Path(sys.executable).with_name("biom3d")
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "BIOM3D_GUI_TOKEN": "smoke-token"}
+    cmd = [str(exe), "gui", "--no-browser", "--port", "0", "--root", str(work), "--runs-dir", str(work / "gui-runs")]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
+                              errors="replace", env=env)
+    try:
+        url, seen, deadline = None, [], time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = server.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            found = re.search(r"open (http://[^/\s]+)", line)
+            url = found.group(1) if found else None
+        check(url is not None, "`biom3d gui` printed no address: " + "".join(seen)[-2000:])
+        with urllib.request.urlopen(urllib.request.Request(f"{url}/api/runs", headers={"X-Biom3d-Token": "smoke-token"}),
+                                    timeout=30) as reply:
+            check(reply.status == 200, f"GET /api/runs with the token: {reply.status}")
+            body = json.loads(reply.read())
+        try:
+            urllib.request.urlopen(f"{url}/api/runs", timeout=30)
+            check(False, "GET /api/runs without the token was answered")
+        except urllib.error.HTTPError as exc:
+            check(exc.code in (401, 403), f"GET /api/runs without the token: {exc.code}")
+        note(f"biom3d gui at {url}: /api/runs {type(body).__name__}, refused without token")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
 # -- main --------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -380,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", required=True, type=Path, help="scratch folder")
     parser.add_argument("--python", action="store_true", help="exercise the Python API")
     parser.add_argument("--cli", action="store_true", help="exercise the biom3d command")
+    parser.add_argument("--gui", action="store_true", help="exercise `biom3d gui` (biom3d-gui installed)")
     parser.add_argument("--pipeline", action="store_true", help="a complete stack: train, predict, evaluate")
     parser.add_argument("--summary", type=Path, help="write the steps' results here (JSON)")
     args = parser.parse_args(argv)
@@ -395,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     smoke.step("autoconfig", check_autoconfig)
     if args.cli:
         smoke.step("cli: --help, plugins, autoconfig", cli_basics)
+    if args.gui:
+        smoke.step("gui: biom3d gui serves with its token", gui_serves, work)
     if args.pipeline:
         suffix = smoke.step("data format", choose_suffix, registry) if registry is not None else None
         data = smoke.step("synthetic data", make_dataset, work / "data", suffix) if suffix else None

@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-DISTS = ("core", "io", "models", "monai", "cli")
+DISTS = ("core", "io", "models", "monai", "cli", "gui")
 
 
 def _build_wheel(package: Path, out: Path) -> Path:

@@ -301,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     a biom3d error its own, a file-system error 2 (a path the user gave) or 1 (disk full, I/O), anything
     else 1, said to be a bug."""
     _setup_logging()
+    from biom3d.cli.commands import add_plugin_commands
+
+    add_plugin_commands(app, sys.argv[1:] if argv is None else argv)  # commands from plugins (`biom3d gui`)
     try:
         app(args=argv, standalone_mode=True)
     except SystemExit as exc:

@@ -1,0 +1,178 @@
+"""The page in a real headless browser (Debian's chromium through Playwright; no browser is downloaded): what a
+biologist does, click by click: open the printed address, pick the tiny dataset with the folder browser, scan
+it, preview a mask, fix a value the page refuses, start a 2-epoch training, watch the curves and the snapshot
+appear, upload the test image and predict it, download its mask, evaluate it. A screenshot of every step goes to the
+test's folder (``BIOM3D_GUI_SCREENSHOTS=DIR`` copies them there too, e.g. for the README)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from tests.gui.conftest import TOKEN
+
+CHROMIUM = next((p for p in (os.environ.get("BIOM3D_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium",
+                             shutil.which("chromium-browser")) if p and Path(p).is_file()), None)
+playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
+                                     "(pip install playwright; the browser itself is the system's chromium)")
+expect = playwright_api.expect  # waits run in Playwright's own world: the page's CSP (no eval) stays on
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install -y chromium, or set "
+                                "BIOM3D_CHROMIUM to a Chromium executable)")
+
+
+@pytest.fixture
+def server(data, tmp_path):
+    """The GUI on a free localhost port, served by uvicorn in a thread: (address with the token, runs folder)."""
+    import uvicorn
+
+    from biom3d.gui.server import address, bind, create_app
+
+    runs = tmp_path / "runs"
+    app = create_app([data], TOKEN, runs)
+    sock = bind("127.0.0.1", 0)
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not uv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert uv.started, "the server did not start"
+    yield address("127.0.0.1", sock.getsockname()[1], TOKEN), runs
+    uv.should_exit = True
+    thread.join(10)
+
+
+class Steps:
+    """Screenshots named by step, into the test's folder (and $BIOM3D_GUI_SCREENSHOTS)."""
+
+    def __init__(self, page, folder: Path):
+        self.page, self.folder, self.n = page, folder, 0
+        self.extra = Path(os.environ["BIOM3D_GUI_SCREENSHOTS"]) if os.environ.get("BIOM3D_GUI_SCREENSHOTS") else None
+
+    def shot(self, name: str) -> Path:
+        self.n += 1
+        path = self.folder / f"{self.n:02d}-{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        if self.extra is not None:
+            self.extra.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, self.extra / path.name)
+        return path
+
+
+def test_a_biologist_trains_predicts_and_downloads_a_mask_in_the_browser(server, data, tmp_path):
+    url, runs = server
+    errors: list[str] = []
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True).new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            steps = Steps(page, tmp_path)
+            page.set_default_timeout(30_000)
+
+            # the printed address: the token sets a cookie and leaves the address bar
+            page.goto(url)
+            page.wait_for_selector("body[data-ready='1']")
+            assert "token" not in page.url
+
+            # 1. data: the folder browser, then a typed path
+            page.click("button[data-browse='images']")
+            for name in ("data", "train", "images"):
+                page.click(f"#browser-entries li.dir:text-is('📁 {name}')")
+            page.wait_for_selector("#browser-entries li.file")
+            assert page.inner_text("#browser-path") == str((data / "train" / "images").resolve())
+            page.click("#browser-choose")
+            assert page.input_value("#images") == str((data / "train" / "images").resolve())
+            page.fill("#masks", str(data / "train" / "masks"))
+            steps.shot("data")
+            page.click("#scan")
+            page.wait_for_selector("#scan-files tbody tr:nth-child(3)")
+            summary = page.inner_text("#scan-summary")
+            assert "16 × 24 × 24" in summary and "2 × 0.5 × 0.5" in summary and "patch size" in summary
+            page.click("#scan-files tbody tr:first-child button")
+            expect(page.locator("#data-preview img")).to_have_js_property("naturalWidth", 24)
+            steps.shot("scan-and-preview")
+
+            # 2. train: a refused value is shown next to its field, then a tiny training starts
+            page.click("#to-train")
+            page.fill("#name", "browser-run")
+            page.fill("#epochs", "2")
+            page.fill("#lr", "fast")
+            page.click("#train-form details:first-of-type summary")
+            page.fill("#iters_per_epoch", "1")
+            page.fill("#val_iters", "1")
+            page.fill("#workers", "0")
+            page.select_option("#device", "cpu")
+            page.check("#small")
+            for i in range(3):
+                page.fill(f"#patch-{i}", "16")
+                page.dispatch_event(f"#patch-{i}", "change")
+            expect(page.locator("#patch-info")).to_contain_text("poolings 2 × 2 × 2")
+            page.click("#start")
+            expect(page.locator("#err-lr")).to_contain_text("valid number")  # next to the field
+            steps.shot("train-refused")
+            page.fill("#lr", "0.01")
+            page.click("#start")
+
+            # 3. runs: the curves and the snapshot appear as the epochs end
+            page.wait_for_selector("#tab-runs:not([hidden]) #run-detail:not([hidden])")
+            expect(page.locator("#run-state .status")).to_have_text("finished", timeout=240_000)
+            two_points = re.compile(r"^\S+ \S+$")  # one per epoch
+            for chart, series in (("loss", "train_loss"), ("loss", "val_loss"), ("metric", "val_dice")):
+                expect(page.locator(f"#chart-{chart} polyline[data-series={series}]")).to_have_attribute("points", two_points)
+            expect(page.locator("#snapshot")).not_to_have_js_property("naturalWidth", 0)
+            assert page.input_value("#snapshot-epoch") == "epoch-0002.png"
+            assert "epoch 2 of 2" in page.inner_text("#run-state")
+            steps.shot("training")
+
+            # 4. predict an uploaded image with this run, download the mask
+            page.click("#run-predict")
+            page.wait_for_selector("#predict-runs input[value='browser-run']:checked")
+            page.set_input_files("input[data-upload='predict-input']", str(data / "test" / "images" / "case0.tif"))
+            expect(page.locator("#predict-input")).to_have_value(re.compile(r"/uploads/.+/inputs$"))
+            page.uncheck("#predict-tta")
+            page.select_option("#predict-device", "cpu")
+            page.click("#predict")
+            page.wait_for_selector("#predict-files a.mask-link", timeout=180_000)
+            with page.expect_download() as download:
+                page.click("#predict-files a.mask-link")
+            saved = tmp_path / "downloaded" / download.value.suggested_filename
+            download.value.save_as(saved)
+            page.click("#predict-files button")
+            expect(page.locator("#predict-preview img")).to_have_js_property("naturalWidth", 24)
+            steps.shot("predict")
+            with page.expect_download() as archive:
+                page.click("#predict-zip")
+            assert archive.value.suggested_filename.endswith(".zip")
+
+            # 5. evaluate the prediction against the test mask
+            page.click("button[data-tab='evaluate']")
+            assert page.input_value("#eval-pred").startswith(str(runs.resolve() / "predictions"))
+            page.fill("#eval-truth", str(data / "test" / "masks"))
+            page.click("#evaluate")
+            page.wait_for_selector("#eval-result table.eval", timeout=120_000)
+            shown = float(page.inner_text("#eval-result table.eval tbody tr:first-child td:nth-child(3)"))
+            steps.shot("evaluate")
+        finally:
+            browser.close()
+
+    assert saved.name == "case0.tif"
+    mask = tifffile.imread(saved)
+    assert mask.shape == (16, 24, 24) and set(np.unique(mask)) <= {0, 1}
+    truth = tifffile.imread(data / "test" / "masks" / "case0.tif") > 0
+    dice = 2 * np.logical_and(mask > 0, truth).sum() / ((mask > 0).sum() + truth.sum())
+    assert shown == pytest.approx(dice, abs=1e-4)  # the table shows the downloaded mask's Dice
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "01-data.png", "02-scan-and-preview.png", "03-train-refused.png", "04-training.png", "05-predict.png",
+        "06-evaluate.png"]
+    refused = [e for e in errors if "status of 422" in e]  # the browser logs the refusal of step 2
+    assert len(refused) == 1 and [e for e in errors if e not in refused] == [], errors

@@ -1,0 +1,109 @@
+"""Jobs as processes: one at a time per device, the others queued; a stop ends the whole process group; a
+failure keeps the command's own error paragraph; a new server adopts what still runs and queues what waited."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from biom3d.gui.jobs import JobManager, _alive
+
+SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
+# a job with a worker process of its own (a data loader would be one): stopping the job must stop it too
+WITH_CHILD = [sys.executable, "-c", "import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', "
+              "'import time; time.sleep(60)']); print('child', p.pid, flush=True); time.sleep(60)"]
+
+
+def _until(check, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_one_job_per_lane_the_others_queue(tmp_path):
+    jobs = JobManager(tmp_path, jobs_per_lane=1)
+    first = jobs.submit("train", SLEEP, lane="cpu", title="first")
+    second = jobs.submit("train", SLEEP, lane="cpu", title="second")
+    elsewhere = jobs.submit("train", SLEEP, lane="cuda:0", title="on the GPU")
+    try:
+        assert (first.state, second.state, elsewhere.state) == ("running", "queued", "running")
+        jobs.stop(first.id)
+        assert _until(lambda: second.state == "running")
+        assert first.state == "stopped" and first.message == "stopped on request"
+        cancelled = jobs.submit("train", SLEEP, lane="cpu", title="third")
+        assert jobs.stop(cancelled.id).state == "cancelled" and cancelled.pid is None
+    finally:
+        for job in (second, elsewhere):
+            jobs.stop(job.id)
+        assert _until(lambda: second.state == elsewhere.state == "stopped")
+
+
+def test_stop_ends_the_process_group_with_its_workers(tmp_path):
+    jobs = JobManager(tmp_path)
+    job = jobs.submit("train", WITH_CHILD, lane="cpu", title="with a child")
+    assert _until(lambda: any(line.startswith("child ") for line in jobs.tail(job)))
+    child = int(next(line for line in jobs.tail(job) if line.startswith("child ")).split()[1])
+    assert _alive(job.pid, job.pid_start) and _alive(child, None)
+    jobs.stop(job.id)
+    assert _until(lambda: job.state == "stopped")
+    assert _until(lambda: not _alive(child, None)), "the job's worker outlived the stop"
+    assert job.returncode is not None
+
+
+def test_a_failed_job_keeps_the_commands_error_paragraph(tmp_path):
+    jobs = JobManager(tmp_path)
+    failing = [sys.executable, "-c", "import sys; print('working...'); print('error: the masks folder is empty;\\n"
+               "  choose another', file=sys.stderr); sys.exit(2)"]
+    job = jobs.submit("train", failing, lane="cpu", title="fails")
+    assert _until(lambda: job.state == "failed")
+    assert job.returncode == 2 and job.message == "the masks folder is empty; choose another"
+    done = jobs.submit("eval", [sys.executable, "-c", "print('fine')"], lane="eval", title="works")
+    assert _until(lambda: done.state == "done") and jobs.tail(done) == ["fine"]
+
+
+def test_progress_bars_show_their_last_state_in_the_tail(tmp_path):
+    jobs = JobManager(tmp_path)
+    bar = "import sys; sys.stderr.write('epoch 1:  10%\\repoch 1:  50%\\repoch 1: 100%\\r      \\rINFO: epoch 1 done\\n')"
+    job = jobs.submit("train", [sys.executable, "-c", bar], lane="cpu", title="bar")
+    assert _until(lambda: job.state == "done")
+    assert jobs.tail(job) == ["INFO: epoch 1 done"]
+
+
+def test_a_new_server_adopts_running_jobs_queues_waiting_ones_and_marks_lost_ones(tmp_path):
+    old = JobManager(tmp_path, jobs_per_lane=1)
+    running = old.submit("train", SLEEP, lane="cpu", title="survives the server")
+    waiting = old.submit("train", [sys.executable, "-c", "print('late')"], lane="cpu", title="was queued")
+    lost = old.submit("train", SLEEP, lane="gpu", title="killed while no server watched")
+    assert running.state == lost.state == "running" and waiting.state == "queued"
+    os.killpg(lost.pid, signal.SIGKILL)
+    assert _until(lambda: lost.state == "failed")  # the old manager saw it...
+    record = old.folder / f"{lost.id}.json"  # ...but as if the server had died first: still "running" on disk
+    record.write_text(record.read_text().replace('"state": "failed"', '"state": "running"'))
+
+    new = JobManager(tmp_path, jobs_per_lane=1)
+    adopted, lost_again, queued = new.get(running.id), new.get(lost.id), new.get(waiting.id)
+    assert adopted.state == "running" and adopted.pid == running.pid
+    assert lost_again.state == "interrupted" and "no server watched" in lost_again.message
+    assert queued.state == "queued"  # the adopted job holds the lane
+    new.stop(adopted.id)  # an adopted job can be stopped by the new server
+    assert _until(lambda: adopted.state == "stopped")
+    assert _until(lambda: queued.state == "done")  # the lane is free: the queued job ran
+
+
+def test_a_job_that_ignores_sigint_is_stopped_without_waiting_the_grace_period(tmp_path):
+    from biom3d.gui.jobs import STOP_GRACE_S
+
+    jobs = JobManager(tmp_path)
+    deaf = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+            "print('ready', flush=True); time.sleep(60)"]
+    job = jobs.submit("train", deaf, lane="cpu", title="ignores SIGINT")
+    assert _until(lambda: jobs.tail(job) == ["ready"])
+    start = time.time()
+    jobs.stop(job.id)
+    assert _until(lambda: job.state == "stopped")
+    assert time.time() - start < STOP_GRACE_S / 2 and job.returncode == -signal.SIGTERM
