@@ -157,6 +157,66 @@ def _pss_kib(pid: int) -> int:
         return 0
 
 
+# -- step workers: two long-lived children taking turns -------------------------------------------------------
+READY_TAG, STEP_TAG = "BENCH_READY", "BENCH_STEP "
+
+
+class StepWorker:
+    """A child that serves timed steps on request (:func:`serve_steps`), so that two of them (ours, the
+    original) can take turns step by step and a change of machine load hits both alike."""
+
+    def __init__(self, cmd: Sequence[str], *, orig: bool = False):
+        env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+        if orig:
+            env.pop("PYTHONPATH", None)
+        self.cmd = list(cmd)
+        self._err = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by finish or kill)
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
+                                     env=env, cwd=str(ROOT), text=True, encoding="utf-8", errors="replace")
+        self._read(READY_TAG)
+
+    def step(self) -> dict[str, float]:
+        """One step in the child: its ``measured`` figures."""
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        return json.loads(self._read(STEP_TAG))
+
+    def finish(self) -> ChildResult:
+        """Stop the child: what it emitted last, with its peak RSS (wait4)."""
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.flush()
+        data = json.loads(self._read(RESULT_TAG))
+        status, usage = _wait(self.proc, None)
+        self._err.close()
+        return ChildResult(data, usage.ru_maxrss / 1024, float("nan"), 0.0)
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+            self.proc.wait()
+        self._err.close()
+
+    def _read(self, tag: str) -> str:
+        for line in self.proc.stdout:
+            if line.startswith(tag):
+                return line[len(tag):].strip()
+        self.proc.wait()
+        self._err.seek(0)
+        tail = "\n".join(self._err.read().strip().splitlines()[-25:])
+        raise ChildError(f"{' '.join(self.cmd[:4])} ... failed (exit {self.proc.returncode}):\n{tail}")
+
+
+def serve_steps(step: Callable[[], Any], result: Callable[[], dict[str, Any]]) -> None:
+    """The child's side of :class:`StepWorker`: ``step`` on each request, then ``result()`` emitted at the end."""
+    print(READY_TAG, flush=True)
+    for line in sys.stdin:
+        if line.strip() == "step":
+            print(STEP_TAG + json.dumps(measured(step)), flush=True)
+        elif line.strip() == "quit":
+            break
+    emit(result())
+
+
 # -- inside a child -------------------------------------------------------------------------------------------------
 def emit(data: dict[str, Any]) -> None:
     """Print a child's result (the last tagged line of its stdout is what the driver reads)."""
@@ -184,6 +244,16 @@ def timed(fn: Callable[[], Any], *, warmup: int, repeats: int, setup: Callable[[
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return times
+
+
+def measured(fn: Callable[[], Any]) -> dict[str, float]:
+    """Run ``fn`` once: its wall seconds, this process's user and system CPU seconds and minor page faults
+    (first touches of fresh pages: large tensors freed and allocated again show up here and in ``sys``)."""
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    fn()
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    return {"wall": wall, "user": after.ru_utime - before.ru_utime, "sys": after.ru_stime - before.ru_stime,
+            "minflt": after.ru_minflt - before.ru_minflt}
 
 
 def loader_rates(loader: Any, *, batch: int, warmup: int, windows: int, per_window: int) -> list[float]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from biom3d.core.devices import resolve_device, seed_everything
+from biom3d.core.devices import keep_freed_memory, resolve_device, seed_everything
 from biom3d.core.protocols import TrainJob
 
 log = logging.getLogger("biom3d")
@@ -111,6 +111,8 @@ class SegTrainer:
         total, count = torch.zeros((), device=self.device), 0
         clip = self.train_cfg.grad_clip
         for step, batch in enumerate(loader):
+            if step == 0 and self.device.type == "cpu":
+                keep_freed_memory()  # after the loader's workers started, so that they keep glibc's defaults
             self._call("on_batch_begin", step)
             image = batch["image"].to(self.device, non_blocking=True)
             target = batch["mask"].to(self.device, non_blocking=True)
