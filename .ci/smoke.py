@@ -10,6 +10,8 @@ Exit code 0 when every step passed, 1 otherwise.
             on a minimal config, then preprocess -> Builder.train -> predict -> evaluate step by step
 --cli       the `biom3d` command: --help, plugins, autoconfig, and `biom3d run CONFIG.yaml` (with --pipeline)
 --gui       `biom3d gui` (biom3d-gui): the installed server starts, answers with the token and refuses without
+--export    `biom3d export` (biom3d-export, with --cli --pipeline): the CLI run as TorchScript, ONNX and a
+            bioimage.io package, and `biom3d predict` from each, agreeing with the run folder's masks
 --pipeline  the combination is a complete stack: train/predict/evaluate on synthetic data
 
 The configs name no component: only num_classes, data paths and a tiny budget. Which components train is the
@@ -374,6 +376,42 @@ def cli_run(data: dict[str, str], work: Path) -> None:
     note("biom3d run: " + out.stdout.strip().splitlines()[-1])
 
 
+def cli_export(data: dict[str, str], work: Path) -> None:
+    """`biom3d export` of the run `cli_run` trained, then `biom3d predict` from each export: the same masks as
+    the run folder's own prediction."""
+    import numpy as np
+
+    run_dir = work / "runs-cli" / "smoke-cli" / "run"
+    check((run_dir / "config.yaml").is_file(), f"no run folder {run_dir} (the `biom3d run` step failed?)")
+    exports = work / "exports"
+    out = _biom3d("export", str(run_dir), "--format", "torchscript", "--format", "onnx", "--format", "bioimageio",
+                  "--output", str(exports))
+    files = {p.name: p for p in exports.iterdir() if p.suffix in (".pt", ".onnx", ".zip")}
+    check(len(files) == 3, f"`biom3d export` wrote {sorted(files)}, expected a .pt, an .onnx and a .zip")
+    check((run_dir / "exports.json").is_file(), "`biom3d export` recorded nothing in exports.json")
+    reference = work / "pred-export-ref"
+    _biom3d("predict", str(run_dir), "--input", data["test_images"], "--output", str(reference), "--device", "cpu")
+    expected = {p.name: p for p in reference.iterdir()}
+    for name, path in sorted(files.items()):
+        target = work / f"pred-{name}"
+        _biom3d("predict", str(path), "--input", data["test_images"], "--output", str(target), "--device", "cpu")
+        got = {p.name: p for p in target.iterdir()}
+        check(set(got) == set(expected), f"predict from {name} wrote {sorted(got)}, the run folder {sorted(expected)}")
+        for key in expected:
+            same = np.array_equal(_read_mask(got[key]), _read_mask(expected[key]))
+            check(same, f"predict from {name}: {key} differs from the run folder's prediction")
+    note(f"exported and predicted alike from {', '.join(sorted(files))}; " + out.stdout.strip().splitlines()[-1])
+
+
+def _read_mask(path: Path):
+    """A written mask as an array, with the reader this combination installed."""
+    import numpy as np
+
+    from biom3d.core import get_registry
+
+    return np.asarray(get_registry().reader_for(path).build({}, None)(path).array)
+
+
 def gui_serves(work: Path) -> None:
     """`biom3d gui` from the installed wheels: listed by `biom3d --help`, serves the API with the token, refuses
     a request without it."""
@@ -422,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python", action="store_true", help="exercise the Python API")
     parser.add_argument("--cli", action="store_true", help="exercise the biom3d command")
     parser.add_argument("--gui", action="store_true", help="exercise `biom3d gui` (biom3d-gui installed)")
+    parser.add_argument("--export", action="store_true", help="exercise `biom3d export` (with --cli --pipeline)")
     parser.add_argument("--pipeline", action="store_true", help="a complete stack: train, predict, evaluate")
     parser.add_argument("--summary", type=Path, help="write the steps' results here (JSON)")
     args = parser.parse_args(argv)
@@ -452,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
                 smoke.step("python: preprocess -> Builder.train -> predict -> evaluate", python_step_by_step, data, work)
             if args.cli:
                 smoke.step("cli: biom3d run minimal.yaml", cli_run, data, work)
+            if args.cli and args.export:
+                smoke.step("cli: biom3d export -> biom3d predict from each export", cli_export, data, work)
 
     if args.summary:
         args.summary.write_text(json.dumps(smoke.steps, indent=2))

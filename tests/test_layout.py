@@ -8,8 +8,8 @@ PACKAGES = sorted((ROOT / "packages").glob("biom3d-*"))
 
 
 def test_the_distributions():
-    assert [p.name for p in PACKAGES] == ["biom3d-cli", "biom3d-core", "biom3d-gui", "biom3d-io", "biom3d-models",
-                                          "biom3d-monai"]
+    assert [p.name for p in PACKAGES] == ["biom3d-cli", "biom3d-core", "biom3d-export", "biom3d-gui", "biom3d-io",
+                                          "biom3d-models", "biom3d-monai"]
 
 
 def test_no_distribution_ships_a_biom3d_init():

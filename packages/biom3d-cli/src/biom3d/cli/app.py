@@ -198,7 +198,8 @@ def train(
 # -- prediction and evaluation ---------------------------------------------------------------------------
 @app.command()
 def predict(
-    runs: Annotated[list[Path], typer.Argument(help="Run folder(s); several make an ensemble.")],
+    runs: Annotated[list[Path], typer.Argument(
+        help="Run folder(s), or exports (`biom3d export`: .pt, .onnx, .bioimageio.zip); several make an ensemble.")],
     input: Annotated[Path, typer.Option("--input", "-i", help="Image file, DICOM folder, or folder of images.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created).")],
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Flip test-time augmentation [default: run's].")] = None,

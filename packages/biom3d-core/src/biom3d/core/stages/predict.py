@@ -1,6 +1,11 @@
 """`biom3d predict`: preprocess each input exactly as the run's training data, predict with one run or an
 ensemble (probabilities averaged on the original grid), post-process, and write masks in the input's format
-and metadata under the same relative names."""
+and metadata under the same relative names.
+
+Each model is a run folder or an export (`biom3d export`: a TorchScript or ONNX file with its sidecar, or a
+bioimage.io package, see :mod:`biom3d.core.exported`). An export brings its own inference settings, so it
+predicts without the plugin that provides its network; both kinds become a :class:`LoadedRun`, and everything
+after loading is the same for both."""
 
 from __future__ import annotations
 
@@ -23,40 +28,47 @@ DICOM_OUTPUT_SUFFIX = ".nii.gz"
 
 @dataclass
 class LoadedRun:
-    """One trained run ready to predict: its model, preprocessor, predictor and fingerprint."""
+    """One trained model ready to predict: its network, preprocessor, predictor, fingerprint, post-processing,
+    and the run context and reader/writer choices they were built with."""
 
-    run_dir: Path
+    run_dir: Path  # the run folder, or the export file
     checkpoint: Path  # the file its weights come from
-    builder: Any
+    builder: Any  # the run's Builder; None for an export
     model: Any
     preprocessor: Any
     predictor: Any
     fingerprint: dict[str, Any]
+    context: Any  # RunContext
+    postprocessors: list[Any]
+    reader: Any = None  # the config's `reader:` Envelope, if any
+    writer: Any = None
+    epoch: int | None = None  # of the checkpoint, 1-based, when it says
 
 
 def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Path, *, tta: bool | None = None,
             overlap: float | None = None, device: str = "auto", checkpoint: str | None = None,
             overwrite: bool = False, skip_existing: bool = False, reader: str | None = None,
             writer: str | None = None, strict_versions: bool = False, registry=None,
-            progress: bool = True) -> list[Path]:
+            progress: bool = True, backend: str = "torch") -> list[Path]:
     """Predict every image under ``inputs`` (a file, a DICOM folder, or a folder of them) into ``output``.
     ``checkpoint`` ("best", "last"; None: best when a run has one) picks each run's weights.
     ``skip_existing`` resumes an interrupted prediction instead of refusing to touch existing outputs.
     ``reader``/``writer`` (ids) override the run config's ``reader:``/``writer:``; without a writer, masks are
-    written in the input's format, and every output's writer is found before any prediction starts."""
+    written in the input's format, and every output's writer is found before any prediction starts.
+    ``run_dirs`` may name exports (TorchScript/ONNX file, bioimage.io zip) instead of run folders.
+    ``backend`` runs a run folder's network with "torch" or "onnxruntime" (CPU; exported in memory)."""
     from tqdm.auto import tqdm
 
     from biom3d.core.discovery import get_registry
 
     registry = registry or get_registry()
-    runs = [load_run(Path(r), registry=registry, tta=tta, overlap=overlap, device=device, checkpoint=checkpoint,
-                     strict_versions=strict_versions) for r in run_dirs]
+    runs = [load_model(Path(r), registry=registry, tta=tta, overlap=overlap, device=device, checkpoint=checkpoint,
+                       strict_versions=strict_versions, backend=backend) for r in run_dirs]
     if not runs:
-        raise InputError("give at least one run folder to predict with")
+        raise InputError("give at least one run folder (or export) to predict with")
     _check_ensemble(runs)
-    config = runs[0].builder.config
-    reader_env = _choice(registry, "reader", reader, config.reader)
-    writer_env = _choice(registry, "writer", writer, config.writer)
+    reader_env = _choice(registry, "reader", reader, runs[0].reader)
+    writer_env = _choice(registry, "writer", writer, runs[0].writer)
     root, items = scan_input(Path(inputs), registry, reader_env.name if reader_env else None)
     output = Path(output)
     writers = {item.key: _writer_for(registry, item, writer_env) for item in items}
@@ -70,8 +82,8 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
         raise DataError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; pass --overwrite to "
                         "replace them or choose another --output")
     remove_stale_temporaries(output, names={t.name for _, t in targets})  # what a killed prediction left
-    first = runs[0].builder
-    post = first.build("postprocessors")
+    first = runs[0]
+    post = first.postprocessors
     written = []
     for item, target in tqdm(targets, desc="predict", disable=not progress, unit="img"):
         params = reader_env.params if reader_env is not None and reader_env.name == item.reader else {}
@@ -85,10 +97,55 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
     return written
 
 
+def load_model(path: Path, *, registry, tta: bool | None = None, overlap: float | None = None,
+               device: str = "auto", checkpoint: str | None = None, strict_versions: bool = False,
+               backend: str = "torch") -> LoadedRun:
+    """A run folder (:func:`load_run`) or an export (:func:`load_export`), by what ``path`` is."""
+    from biom3d.core.exported import export_format
+
+    if export_format(path) is None:
+        return load_run(path, registry=registry, tta=tta, overlap=overlap, device=device, checkpoint=checkpoint,
+                        strict_versions=strict_versions, backend=backend)
+    if checkpoint is not None:
+        raise InputError(f"--checkpoint chooses a run folder's weights; {path} is an export, which holds one set "
+                         "(export the run again with --checkpoint to change them)")
+    return load_export(path, registry=registry, tta=tta, overlap=overlap, device=device,
+                       strict_versions=strict_versions)
+
+
+def load_export(path: Path, *, registry, tta: bool | None = None, overlap: float | None = None,
+                device: str = "auto", strict_versions: bool = False) -> LoadedRun:
+    """An export ready to predict: its network, and the preprocessor, predictor and post-processing its
+    sidecar names, built through the registry (the plugin of its network is not needed)."""
+    from biom3d.core import exported
+    from biom3d.core.config import Envelope
+    from biom3d.core.context import RunContext
+    from biom3d.core.devices import resolve_device
+
+    dev = resolve_device(device)
+    model = exported.load(path, device=dev)
+    exported.check_plugins(model, registry, strict_versions=strict_versions)
+    settings = model.settings
+    ctx = RunContext(**model.context, device=str(dev), fingerprint=settings["fingerprint"])
+    comps = {k: v for k, v in settings["components"].items() if v is not None}
+    envs = {k: [Envelope(**e) for e in v] if isinstance(v, list) else Envelope(**v) for k, v in comps.items()}
+    overrides = {k: v for k, v in {"tta": tta, "overlap": overlap}.items() if v is not None}
+    predictor = registry.resolve("predictor", envs["predictor"].name)
+    if model.weights == "onnx" and "channels_last" in predictor.spec.params.model_fields:
+        overrides["channels_last"] = False  # ONNX Runtime takes contiguous arrays: no layout to convert to
+    post = [registry.resolve("postprocessor", e.name).build(e.params, ctx) for e in envs.get("postprocessors", [])]
+    log.info("predict: %s", model.describe())
+    return LoadedRun(path, path, None, model.network,
+                     registry.resolve("preprocessor", envs["preprocessor"].name).build(envs["preprocessor"].params, ctx),
+                     predictor.build({**envs["predictor"].params, **overrides}, ctx), settings["fingerprint"], ctx,
+                     post, envs.get("reader"), envs.get("writer"))
+
+
 def load_run(run_dir: Path, *, registry, tta: bool | None = None, overlap: float | None = None,
-             device: str = "auto", checkpoint: str | None = None, strict_versions: bool = False) -> LoadedRun:
+             device: str = "auto", checkpoint: str | None = None, strict_versions: bool = False,
+             backend: str = "torch") -> LoadedRun:
     """A run ready to predict, with the weights ``checkpoint`` selects ("best", "last"; None: best when the run
-    has one, else the newest)."""
+    has one, else the newest), its network run by ``backend`` ("torch", or "onnxruntime" on the CPU)."""
     from biom3d.core import runs
     from biom3d.core.builder import Builder
     from biom3d.core.devices import resolve_device
@@ -101,15 +158,25 @@ def load_run(run_dir: Path, *, registry, tta: bool | None = None, overlap: float
     if not fp_path.is_file():
         raise RunError(f"{run_dir} has no {runs.FINGERPRINT}: it was not trained on preprocessed data")
     dev = resolve_device(device)
+    if backend not in ("torch", "onnxruntime"):
+        raise InputError(f"backend {backend!r}: choose torch or onnxruntime")
+    if backend == "onnxruntime" and dev.type != "cpu":
+        raise InputError(f"--backend onnxruntime runs on the CPU, not {dev}: add --device cpu, or use --backend torch")
     builder = Builder(config, registry=registry, device=str(dev))
     model = builder.build("model")
     state, path = _first_readable(candidates, dev)
     model.load_state_dict(state["model"])
     model.to(dev).eval()
-    epoch = f", epoch {int(state['epoch']) + 1}" if isinstance(state.get("epoch"), int) else ""
-    log.info("predict: %s with checkpoints/%s%s", run_dir, path.name, epoch)
+    epoch = int(state["epoch"]) + 1 if isinstance(state.get("epoch"), int) else None
+    log.info("predict: %s with checkpoints/%s%s", run_dir, path.name, f", epoch {epoch}" if epoch else "")
+    if backend == "onnxruntime":
+        from biom3d.core.exported import onnxruntime_network
+
+        patch = config.predictor.params.get("patch_size") or config.patch_size
+        model = onnxruntime_network(model, tuple(patch), config.in_channels, config.model.name)
     return LoadedRun(run_dir, path, builder, model, builder.build("preprocessor"), builder.build("predictor"),
-                     json.loads(fp_path.read_text()))
+                     json.loads(fp_path.read_text()), builder.context, builder.build("postprocessors"),
+                     config.reader, config.writer, epoch)
 
 
 def _first_readable(paths: Sequence[Path], device) -> tuple[dict[str, Any], Path]:
@@ -157,7 +224,7 @@ def output_name(item: Item, writer=None) -> str:
 
 
 def _check_channels(run: LoadedRun, image, x) -> None:
-    expected = run.builder.config.in_channels
+    expected = run.context.in_channels
     found = int(x.shape[0])
     if found != expected:
         raise DataError(f"{image.path}: {found} channel(s) (stored shape {tuple(np.shape(image.array))}), but the run "
@@ -221,9 +288,9 @@ def _build_writer(comp, env, ctx, overwrite: bool):
 
 
 def _check_ensemble(runs: Sequence[LoadedRun]) -> None:
-    first = runs[0].builder.config
+    first = runs[0].context
     for run in runs[1:]:
-        cfg = run.builder.config
+        cfg = run.context
         if (cfg.num_classes, cfg.multilabel, cfg.in_channels) != (first.num_classes, first.multilabel, first.in_channels):
             raise InputError(
                 f"runs {runs[0].run_dir} and {run.run_dir} cannot be ensembled: classes/multilabel/channels differ "
