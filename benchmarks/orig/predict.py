@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="its patch loader's workers (its default: 4)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-tta", action="store_true", help="its predictor without flip TTA")
     args = parser.parse_args()
 
     import torch
@@ -46,7 +47,7 @@ def main() -> None:
 
     def once() -> None:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # prints, tqdm
-            logit = seg_predict_patch_2(image, tuple(args.shape), model, args.patch, tta=True,
+            logit = seg_predict_patch_2(image, tuple(args.shape), model, args.patch, tta=not args.no_tta,
                                         num_workers=args.workers)
         out["probs"] = torch.softmax(logit, dim=0)
 

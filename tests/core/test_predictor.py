@@ -105,3 +105,36 @@ def test_ensemble_averages_models():
     pred = SlidingWindowPredictor((16, 16, 16), tta=False)
     both = pred([a, b], image)
     assert torch.allclose(both, (pred([a], image) + pred([b], image)) / 2, atol=1e-6)
+
+
+def test_fast_mode_grows_tiles_lowers_overlap_and_drops_flips_unless_set_explicitly():
+    from biom3d.core.builtins.plugin import PredictorParams
+    from biom3d.core.builtins.predictor import FAST, build_predictor
+    from biom3d.core.context import RunContext
+
+    ctx = RunContext(num_classes=1, patch_size=(16, 16, 16), num_pools=(2, 3, 3))
+    fast = build_predictor(PredictorParams(fast=True), ctx)
+    assert (fast.overlap, fast.tta) == (FAST["overlap"], FAST["tta"])
+    assert fast._tile_for((20, 40, 100))[0] == (20, 32, 32)  # stride 4 on z: 20 fits; 2x the patch elsewhere
+    assert fast._tile_for((10, 12, 16))[0] == (16, 16, 16)  # never smaller than the patch
+    explicit = build_predictor(PredictorParams(fast=True, overlap=0.5, tta=True, patch_size=(16, 16, 16)), ctx)
+    assert (explicit.overlap, explicit.tta, explicit.grow_stride) == (0.5, True, None)
+    plain = build_predictor(PredictorParams(), ctx)
+    assert plain._tile_for((20, 40, 100))[0] == (16, 16, 16) and (plain.overlap, plain.tta) == (0.5, True)
+
+
+def test_fast_mode_runs_fewer_network_voxels_and_blends_grown_tiles_exactly():
+    class Pointwise(Probe):  # a 1x1x1 convolution: any tiling gives the same probabilities, so blending shows
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 2, 1)
+            torch.nn.init.normal_(self.conv.weight)
+
+    image = np.random.default_rng(0).normal(size=(1, 24, 48, 44)).astype(np.float32)
+    slow, fast = Pointwise().eval(), Pointwise().eval()
+    fast.load_state_dict(slow.state_dict())
+    ref = SlidingWindowPredictor((16, 16, 16), overlap=0.5, tta=False)([slow], image)
+    out = SlidingWindowPredictor((16, 16, 16), overlap=0.25, tta=False, grow_stride=(8, 8, 8))([fast], image)
+    assert out.shape == ref.shape == (2, 24, 48, 44)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert (fast.seen, slow.seen) == (4, 50)  # 1 x 2 x 2 tiles of (24, 32, 32) against 2 x 5 x 5 of 16^3

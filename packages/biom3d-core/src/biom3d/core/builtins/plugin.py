@@ -114,6 +114,11 @@ class PredictorParams(Params):
     )
     patch_size: tuple[int, int, int] | None = Field(None, description="Tile size (null: the run's patch_size).")
     channels_last: bool = Field(True, description="Run the network on channels-last (NDHWC) tensors: faster convolutions.")
+    fast: bool = Field(
+        False,
+        description="Trade a little accuracy for speed: tiles twice the patch per axis (at most the image, in multiples of "
+        "the network's stride), overlap 0.25 and no flip TTA, unless overlap, tta or patch_size are set explicitly.",
+    )
 
 
 @hookimpl
