@@ -27,7 +27,7 @@ SAMPLES = {
     "seed": (["--seed", "7"], 7),
     "val_iters": (["--val-iters", "2"], 2),
 }
-NOT_OVERRIDES = {"config", "resume", "finetune", "runs_dir", "strict_versions"}  # handled by each command
+NOT_OVERRIDES = {"config", "resume", "finetune", "runs_dir", "strict_versions", "devices", "gpus"}  # handled by each command
 
 
 def _params(command: str) -> dict:

@@ -25,7 +25,7 @@ config_app = typer.Typer(help="Validate, show, export the schema of, or import c
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(config_app, name="config")
 
-_state = {"debug": False}
+_state: dict = {"debug": False, "argv": sys.argv[1:]}
 
 
 def _version(value: bool) -> None:
@@ -187,10 +187,17 @@ def train(
     val_iters: opt.ValIters = None,
     runs_dir: opt.RunsDir = None,
     strict_versions: opt.StrictVersions = False,
+    devices: opt.Devices = None,
+    gpus: opt.Gpus = None,
 ) -> None:
-    """Train a model; writes runs/<name>-<timestamp>/ (config, checkpoints, log.csv, curves.png, snapshots/)."""
+    """Train a model; writes runs/<name>-<timestamp>/ (config, checkpoints, log.csv, curves.png, snapshots/).
+    Under torchrun, or with --devices/--gpus, every process trains one model with DDP (docs/distributed.md)."""
     from biom3d.cli import train_cmd
 
+    if devices is not None or gpus is not None:
+        from biom3d.core.distributed import launch
+
+        launch(_state["argv"], devices=devices, gpus=gpus)  # replaces this process with torchrun's, for 2+ GPUs
     train_cmd.train(config, resume=resume, finetune=finetune, overrides=opt.overrides(locals(), opt.TRAIN_KEYS),
                     runs_dir=runs_dir, strict_versions=strict_versions)
 
@@ -207,15 +214,20 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
     checkpoint: opt.Checkpoint = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Keep the outputs that exist and predict the "
+                                                "others (an interrupted prediction, or --shard part, run again).")] = False,
     reader: opt.Reader = None,
     writer: opt.Writer = None,
     strict_versions: opt.StrictVersions = False,
+    shard: opt.Shard = None,
 ) -> None:
-    """Predict masks, written in the input's format and metadata under the same relative names."""
+    """Predict masks, written in the input's format and metadata under the same relative names; under torchrun
+    (or with --shard I/N) this process predicts its share of the inputs."""
     from biom3d.cli import predict_cmd
 
     predict_cmd.predict(runs, input, output, tta=tta, overlap=overlap, device=device, checkpoint=checkpoint,
-                        overwrite=overwrite, reader=reader, writer=writer, strict_versions=strict_versions)
+                        overwrite=overwrite, skip_existing=skip_existing, reader=reader, writer=writer,
+                        strict_versions=strict_versions, shard=shard)
 
 
 @app.command("eval")
@@ -266,9 +278,13 @@ def run(
     val_iters: opt.ValIters = None,
     runs_dir: opt.RunsDir = None,
     strict_versions: opt.StrictVersions = False,
+    devices: opt.Devices = None,
+    gpus: opt.Gpus = None,
 ) -> None:
     """Preprocess, train, predict and evaluate in one go; a re-run (or --resume FOLDER) resumes where it stopped."""
     from biom3d.cli import run_cmd
+
+    _refuse_distributed_pipeline(devices is not None or gpus is not None)
 
     overrides = {"stack": stack, "reader": reader, "writer": writer, "num_classes": num_classes,
                  **opt.overrides(locals(), opt.TRAIN_KEYS), **opt.overrides(locals(), opt.AUTOCONFIG_KEYS)}
@@ -291,6 +307,18 @@ def demo(
     demo_mod.run_demo(out, epochs=epochs, iters=iters_per_epoch, stack=stack)
 
 
+def _refuse_distributed_pipeline(launch: bool) -> None:
+    """`biom3d run` stays one process for now: its preprocess and evaluate stages would run on every rank."""
+    import os
+
+    if launch or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        from biom3d.core.errors import InputError
+
+        raise InputError("biom3d run does not run on several processes yet (its preprocess and eval stages are not "
+                         "shared between ranks): run `biom3d preprocess`, then `biom3d train --devices 0,1 CONFIG` "
+                         "(or under torchrun), then `biom3d predict` (docs/distributed.md)")
+
+
 def _budget(values: dict) -> dict[str, int]:
     """The auto-configuration flags given (``locals()``), as keyword arguments."""
     return {name: values[name] for name in opt.AUTOCONFIG_KEYS if values.get(name) is not None}
@@ -302,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     a biom3d error its own, a file-system error 2 (a path the user gave) or 1 (disk full, I/O), anything
     else 1, said to be a bug."""
     _setup_logging()
+    _state["argv"] = list(sys.argv[1:] if argv is None else argv)  # what --devices re-runs under torchrun
     from biom3d.cli.commands import add_plugin_commands
 
     add_plugin_commands(app, sys.argv[1:] if argv is None else argv)  # commands from plugins (`biom3d gui`)

@@ -31,13 +31,21 @@ TRAIN_KEYS = {name: f"train.{name}" for name in ("epochs", "iters_per_epoch", "b
                                                   "workers", "fp16", "device", "seed", "val_iters")}
 
 # -- training: where and from what ---------------------------------------------------------------------------
-Resume = Annotated[Path | None, typer.Option(help="Continue this run folder from its last checkpoint (`biom3d run`: "
-                                             "this pipeline folder, with its config.yaml).")]
+Resume = Annotated[Path | None, typer.Option(help="Continue this run folder from its last checkpoint; `biom3d train "
+                                             "CONFIG --resume DIR` starts the run in DIR when DIR holds none yet, "
+                                             "so the same command starts or continues it (torchrun --max-restarts) "
+                                             "(`biom3d run`: this pipeline folder, with its config.yaml).")]
 Finetune = Annotated[Path | None, typer.Option(help="Start from this run folder's trained weights.")]
 RunsDir = Annotated[Path | None, typer.Option(help="Folder for run folders (`biom3d run`: for the pipeline "
                                               "folder) [default: runs_dir of the config, runs].")]
 StrictVersions = Annotated[bool, typer.Option("--strict-versions", help="Refuse a run made with other plugin "
                                               "versions than the installed ones (exit 3) instead of warning.")]
+
+# -- several GPUs: `train` and `run` start torchrun themselves (not config overrides) ------------------------
+Devices = Annotated[str | None, typer.Option(help="GPUs to train on, e.g. 0,1: one process per GPU under torchrun "
+                                             "(DistributedDataParallel); train.batch_size is the global batch, split "
+                                             "over them, the learning rate unchanged.")]
+Gpus = Annotated[int | None, typer.Option(help="Train on the first N visible GPUs (as --devices 0,..,N-1).", min=1)]
 
 # -- auto-configuration budget: `autoconfig`, `preprocess`, `run` ---------------------------------------------
 MaxDim = Annotated[int | None, typer.Option(help="Side of the largest cubic patch; its volume is the budget "
@@ -62,6 +70,10 @@ Writer = Annotated[str | None, typer.Option(help="Writer id, e.g. io/npy: masks 
 Checkpoint = Annotated[Literal["best", "last"] | None, typer.Option(
     help="Weights to predict with: best (best validation score) or last (end of training) [default: best "
          "when the run has one, else the newest].")]
+
+Shard = Annotated[str | None, typer.Option(help="I/N: predict part I (from 0) of N of the inputs, e.g. a SLURM "
+                                           "array task: --shard $SLURM_ARRAY_TASK_ID/4 (under torchrun each rank "
+                                           "predicts its share, with or without it).")]
 
 
 def overrides(values: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:

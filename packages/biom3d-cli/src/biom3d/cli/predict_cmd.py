@@ -7,12 +7,16 @@ from pathlib import Path
 import typer
 
 
-def predict(runs: list[Path], input: Path, output: Path, **kw) -> None:
+def predict(runs: list[Path], input: Path, output: Path, *, shard: str | None = None, **kw) -> None:
+    from biom3d.core import distributed
     from biom3d.core.stages.predict import predict as run_predict
 
-    written = run_predict(runs, input, output, **kw)
+    part = distributed.parse_shard(shard) if shard is not None else None
+    written = run_predict(runs, input, output, shard=part, **kw)
     what = "ensemble of " + str(len(runs)) + " runs" if len(runs) > 1 else str(runs[0])
-    typer.echo(f"{len(written)} mask(s) written to {output} ({what})")
+    world = distributed.current()
+    share = (f", part {shard}" if shard else "") + (f", rank {world.rank} of {world.size}" if world.distributed else "")
+    typer.echo(f"{len(written)} mask(s) written to {output} ({what}{share})")
 
 
 def evaluate(pred: Path, truth: Path, *, num_classes: int | None, csv: Path | None, overwrite: bool = False,

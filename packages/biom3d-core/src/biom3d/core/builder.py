@@ -1,10 +1,14 @@
 """The Builder: turns a resolved config into live components, handing each factory the run context, and
 runs the stages: ``Builder(config).train()``, ``Builder.resume(run_dir)``, ``Builder.finetune(run_dir, config)``.
+
+Under torchrun each training joins the job's process group (:mod:`biom3d.core.distributed`): rank 0 creates
+and writes the run folder while the others wait, then every rank trains its share.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 from collections.abc import Iterator
@@ -68,18 +72,22 @@ class Builder:
     # -- training ------------------------------------------------------------------------------------------
     def train(self, *, runs_dir: str | Path | None = None, run_dir: str | Path | None = None) -> TrainResult:
         """Train in a new run folder ``<runs_dir>/<name>-<timestamp>`` (or the given empty ``run_dir``)."""
-        from biom3d.core import runs
+        from biom3d.core import distributed, runs
 
         self._check_trainable()
-        if run_dir is None:
-            run_dir = runs.new_run_dir(Path(runs_dir or self.config.runs_dir), self.config.name)
-        run_dir = Path(run_dir)
-        created = not run_dir.exists() or not any(run_dir.iterdir())
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with _discarded_if_no_checkpoint(run_dir, created):
-            runs.write_run_files(run_dir, self.config, self.registry, data_dir=self.context.data_dir,
-                                 folds=self.context.folds_path)
-            return self._fit(run_dir)
+        with self._session() as world:
+            def make_folder() -> tuple[Path, bool]:
+                folder = Path(run_dir) if run_dir is not None else runs.new_run_dir(
+                    Path(runs_dir or self.config.runs_dir), self.config.name)
+                created = run_dir is None or not folder.exists() or not any(folder.iterdir())
+                folder.mkdir(parents=True, exist_ok=True)
+                return folder, created
+
+            folder, created = distributed.run_on_main(make_folder)  # one folder, named by rank 0
+            with _discarded_if_no_checkpoint(folder, created and world.is_main):
+                distributed.run_on_main(lambda: runs.write_run_files(
+                    folder, self.config, self.registry, data_dir=self.context.data_dir, folds=self.context.folds_path))
+                return self._fit(folder)
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, epochs: int | None = None, registry: Registry | None = None,
@@ -96,22 +104,23 @@ class Builder:
             overrides["train.epochs"] = epochs
         config = runs.load_run_config(run_dir, registry=registry, overrides=overrides, strict_versions=strict_versions)
         builder = cls(config, registry=registry)
-        from biom3d.core.atomic import remove_stale_temporaries
+        from biom3d.core import distributed
+        from biom3d.core.atomic import atomic_write_text, remove_stale_temporaries
 
-        remove_stale_temporaries(run_dir)  # a kill mid-write leaves its temporary file
-        state = None
-        if has_checkpoint(run_dir / "checkpoints"):
-            state, path = load_latest(run_dir / "checkpoints")
-            log.info("resuming %s from %s (epoch %d done)", run_dir, path.name, int(state["epoch"]) + 1)
-        else:
-            builder._check_trainable()
-            log.warning("%s was stopped before its first checkpoint: training it from the start, in the same folder "
-                        "and with its config.yaml", run_dir)
-        if overrides:
-            from biom3d.core.atomic import atomic_write_text
-
-            atomic_write_text(run_dir / runs.CONFIG, runs.portable_yaml(config))
-        return builder._fit(run_dir, resume=state)
+        with builder._session():
+            # a kill mid-write leaves its temporary file
+            distributed.run_on_main(lambda: remove_stale_temporaries(run_dir))
+            state = None
+            if has_checkpoint(run_dir / "checkpoints"):
+                state, path = load_latest(run_dir / "checkpoints")
+                log.info("resuming %s from %s (epoch %d done)", run_dir, path.name, int(state["epoch"]) + 1)
+            else:
+                builder._check_trainable()
+                log.warning("%s was stopped before its first checkpoint: training it from the start, in the same "
+                            "folder and with its config.yaml", run_dir)
+            if overrides:
+                distributed.run_on_main(lambda: atomic_write_text(run_dir / runs.CONFIG, runs.portable_yaml(config)))
+            return builder._fit(run_dir, resume=state)
 
     @classmethod
     def finetune(cls, run_dir: str | Path, config: Config | str | Path | dict[str, Any], *,
@@ -137,20 +146,28 @@ class Builder:
                      getattr(new, "name", new), getattr(kept_value, "name", kept_value))
         weights = load_weights(Path(run_dir))["model"]
         builder._check_trainable()
-        new_dir = runs.new_run_dir(Path(runs_dir or builder.config.runs_dir), builder.config.name)
-        with _discarded_if_no_checkpoint(new_dir, True):
-            runs.write_run_files(new_dir, builder.config, registry, data_dir=builder.context.data_dir,
-                                 folds=builder.context.folds_path)
-            return builder._fit(new_dir, init_weights=weights)
+        from biom3d.core import distributed
+
+        with builder._session() as world:
+            new_dir = distributed.run_on_main(
+                lambda: runs.new_run_dir(Path(runs_dir or builder.config.runs_dir), builder.config.name))
+            with _discarded_if_no_checkpoint(new_dir, world.is_main):
+                distributed.run_on_main(lambda: runs.write_run_files(
+                    new_dir, builder.config, registry, data_dir=builder.context.data_dir,
+                    folds=builder.context.folds_path))
+                return builder._fit(new_dir, init_weights=weights)
 
     def _fit(self, run_dir: Path, *, resume: dict[str, Any] | None = None,
              init_weights: dict[str, Any] | None = None) -> TrainResult:
-        from biom3d.core.devices import resolve_device, seed_everything
+        from biom3d.core import distributed
+        from biom3d.core.devices import seed_everything
         from biom3d.core.protocols import TrainJob
 
-        if resume is None:
-            seed_everything(self.config.train.seed)  # before building: weight initialisation is random too
-        ctx = self.context.replace(run_dir=run_dir, device=str(resolve_device(self.config.train.device)))
+        if resume is None:  # before building: weight initialisation is random too (the same on every rank)
+            seed_everything(self.config.train.seed)
+        device = distributed.rank_device(self.config.train.device)
+        ctx = self.context.replace(run_dir=run_dir, device=str(device))
+        _record_ranks(run_dir, self.config, device, resume)
 
         def build(slot: str, index: int | None = None) -> Any:
             return self._build_with(ctx, slot, index)
@@ -178,6 +195,13 @@ class Builder:
         role = SLOTS[slot][1]
         return comp.build(env.params, ctx.replace(role=role) if role else ctx)
 
+    def _session(self) -> contextlib.AbstractContextManager:
+        """The job's process group under torchrun (:func:`biom3d.core.distributed.session`), else nothing."""
+        from biom3d.core import distributed
+
+        train = self.config.train
+        return distributed.session(distributed.rank_device(train.device), train.ddp_timeout)
+
     def _check_trainable(self) -> None:
         problems = []
         if self.context.data_dir is None:
@@ -203,6 +227,32 @@ def _discarded_if_no_checkpoint(run_dir: Path, created: bool) -> Iterator[None]:
             shutil.rmtree(run_dir, ignore_errors=True)
             log.warning("training failed before its first checkpoint: removed the run folder %s", run_dir)
         raise
+
+
+def _record_ranks(run_dir: Path, config: Config, device: Any, resume: dict[str, Any] | None) -> None:
+    """Log every rank's host, device and seed once, and keep them in ``distributed.json`` (one entry per
+    training session of the run: a resume with another world size adds its own)."""
+    from biom3d.core import distributed
+    from biom3d.core.atomic import atomic_write_text
+
+    world = distributed.current()
+    ranks = distributed.describe_ranks(world, device, config.train.seed)
+    path = run_dir / "distributed.json"
+
+    def write() -> None:
+        if not world.distributed and not path.is_file():
+            return  # a one-process run that never was distributed
+        for r in ranks:
+            log.info("rank %d of %d: %s on %s, seed %s", r["rank"], world.size, r["device"], r["host"], r["seed"])
+        batch = config.train.batch_size
+        entry = {"world_size": world.size, "from_epoch": int(resume["epoch"]) + 1 if resume else 0,
+                 "global_batch": batch, "batch_per_rank": batch // world.size, "lr": config.train.lr,
+                 "lr_rule": "unchanged with the world size: DDP averages the gradients over the global batch",
+                 "seed_rule": f"rank seed = train.seed + {distributed.SEED_STRIDE} x rank", "ranks": ranks}
+        sessions = json.loads(path.read_text(encoding="utf-8")).get("sessions", []) if path.is_file() else []
+        atomic_write_text(path, json.dumps({"sessions": [*sessions, entry]}, indent=2))
+
+    distributed.run_on_main(write)
 
 
 def _warn_if_patch_exceeds_images(images: Path, patch: tuple[int, ...]) -> None:

@@ -139,7 +139,12 @@ class SegmentationData(Protocol):
     (K, *ctx.patch_size)}``. Validation items may also carry ``"valid"``: bool ``(1, *ctx.patch_size)``, True on
     voxels inside the image and False on padding (where a volume is smaller than the patch); the trainer leaves
     the padding out of the validation loss and metrics. A dataset that never pads may omit it. ``length`` is
-    the number of items one epoch (or one validation round) draws."""
+    the number of items one epoch (or one validation round) draws.
+
+    Optional: ``on_device(batch) -> batch``, called by the trainer on every training batch
+    ``{"image": (B, C, *patch), "mask": ...}`` once it is on the training device, under ``torch.no_grad()``;
+    it returns the batch to train on (e.g. augmented as a whole on the GPU, while the loader only crops).
+    Under torchrun it runs on each rank's batch, drawing from that rank's own (seeded) RNG."""
 
     def train_dataset(self, length: int) -> torch.utils.data.Dataset: ...
 

@@ -17,7 +17,7 @@ class PatchDatasetParams(BaseModel):
         description="Foreground share of each batch: of a batch of B patches, the last B - round(B * (1 - fg_rate)) "
                     "are centred on a foreground voxel (the original's rule: batch 2 -> 1 of 2, batch 4 -> 1 of 4).",
     )
-    augment: bool = Field(True, description="Apply TorchIO augmentations to training patches.")
+    augment: bool = Field(True, description="Augment training patches (the transforms below).")
     p_rotate: float = Field(
         0.2, ge=0, le=1,
         description="Probability of a rotation, applied to the enlarged crop (aug_patch_size) and centre-cropped "

@@ -1,8 +1,8 @@
 """The default dataset (``io/patch-dataset``): patches from the preprocessed folder, memory-mapped, with
 foreground oversampling, a rotation-aware enlarged crop and the original biom3d's TorchIO augmentations.
 
-Sampling (what to crop) and augmenting (what to do with the crop) are separate classes, so an augmenter can
-later run on whole batches on the GPU while workers only crop.
+Sampling (what to crop) and augmenting (what to do with the crop) are separate classes: ``io/batch-augment``
+(batch_augment.py) reuses the sampling, and augments whole batches on the training device while workers only crop.
 
 The patch box stays inside the volume on every axis where the volume is at least as large as the patch; only
 where it is smaller is the crop padded, the image with the volume's background (its per-channel minimum: zero
@@ -30,6 +30,8 @@ from biom3d.core.geometry import ANISOTROPY, rotation_plane
 
 #: voxels per channel read to find a volume's background; larger volumes are read one slice in k
 BACKGROUND_BUDGET = 2**26
+#: order of the bias field's polynomial (TorchIO's default, as the original)
+BIAS_ORDER = 3
 
 
 def build_patch_data(params, ctx) -> PatchData:
@@ -50,7 +52,7 @@ class PatchData:
         self.patch = tuple(ctx.patch_size)
         # the enlarged crop that rotations need; only cropped when a rotation is drawn
         self.rot_crop = tuple(max(int(r), p) for r, p in zip(ctx.aug_patch_size or self.patch, self.patch, strict=True))
-        self.augmenter = Augmenter(params, self.patch, self.rot_crop, ctx.multilabel) if params.augment else None
+        self.augmenter = self._augmenter() if params.augment else None
 
     def train_dataset(self, length: int) -> PatchDataset:
         return PatchDataset(self.store, self.train_names, length, self.patch, self.rot_crop, self._sampler(),
@@ -63,6 +65,9 @@ class PatchData:
 
     def _sampler(self) -> ForegroundRule:
         return ForegroundRule(self.params.fg_rate, self.ctx.batch_size)
+
+    def _augmenter(self):
+        return Augmenter(self.params, self.patch, self.rot_crop, self.ctx.multilabel)
 
 
 class ForegroundRule:
@@ -144,25 +149,31 @@ class PatchDataset(torch.utils.data.Dataset):
         gen = None
         if self.seed is not None:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        name = self.names[index % len(self.names)] if gen is not None else \
-            self.names[int(torch.randint(len(self.names), (1,)))]
-        image, mask, fg = self.store.get(name)
-        spatial = image.shape[1:]
-        start = crop_start(spatial, self.patch, fg if self.foreground(index) else None, gen)
+        name, start = self.locate(index, gen)
         rotate = self.augmenter is not None and self.augmenter.draw_rotation()
-        box, size = start, self.patch
-        if rotate:  # the patch box grown on both sides: the augmenter's centre crop returns to it
-            box = [s - (r - p) // 2 for s, r, p in zip(start, self.rot_crop, self.patch, strict=True)]
-            size = self.rot_crop
-        pad = 0 if box_inside(box, size, spatial) else self.store.background(name)
-        img = torch.from_numpy(crop_pad(image, box, size, channel_first=True, value=pad))
-        msk = torch.from_numpy(crop_pad(mask, box, size, channel_first=mask.ndim == 4))
+        img, msk = self.read(name, start, self.rot_crop if rotate else self.patch)
         if self.augmenter is not None:
             img, msk = self.augmenter(img, msk, rotate=rotate)
         item = {"image": img.float(), "mask": msk.float() if self.multilabel else msk.long()}
         if self.seed is not None:
-            item["valid"] = torch.from_numpy(valid_mask(start, self.patch, spatial))
+            item["valid"] = torch.from_numpy(valid_mask(start, self.patch, self.store.get(name)[0].shape[1:]))
         return item
+
+    def locate(self, index: int, gen: torch.Generator | None) -> tuple[str, list[int]]:
+        """Item ``index``'s volume and the first voxel of its patch box (foreground-centred per the rule)."""
+        name = self.names[index % len(self.names)] if gen is not None else \
+            self.names[int(torch.randint(len(self.names), (1,)))]
+        image, _, fg = self.store.get(name)
+        return name, crop_start(image.shape[1:], self.patch, fg if self.foreground(index) else None, gen)
+
+    def read(self, name: str, start: Sequence[int], size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The patch box at ``start`` grown on both sides to ``size`` (a rotation's enlarged crop, whose centre
+        crop is the patch box again), background-padded where it leaves the volume."""
+        image, mask, _ = self.store.get(name)
+        box = [s - (n - p) // 2 for s, n, p in zip(start, size, self.patch, strict=True)]
+        pad = 0 if box_inside(box, size, image.shape[1:]) else self.store.background(name)
+        img = torch.from_numpy(crop_pad(image, box, size, channel_first=True, value=pad))
+        return img, torch.from_numpy(crop_pad(mask, box, size, channel_first=mask.ndim == 4))
 
 
 def crop_start(shape: Sequence[int], crop: Sequence[int], fg: dict[str, np.ndarray] | None, gen) -> list[int]:
@@ -239,19 +250,16 @@ class Augmenter:
             tio.RandomAffine(scales=0, degrees=rotation_degrees(patch, params), translation=0, **own),
             tio.Crop(cropping, **own),
         ], **own)
-        small = min(patch)
-        aniso_axes = tuple(a for a in range(3) if patch[a] > ANISOTROPY * small) or (0, 1, 2)
-        swap = tuple(max(1, s // 8) for s in patch)
-        flip_axes = tuple(a for a in range(3) if patch[a] > 1)  # 2D data: a 1-voxel axis has nothing to flip
         self.transform = tio.Compose([
             tio.RandomAffine(scales=tuple(params.scales), degrees=0, translation=0, p=params.p_scale, **own),
-            tio.RandomAnisotropy(axes=aniso_axes, downsampling=tuple(params.anisotropy_downsampling),
+            tio.RandomAnisotropy(axes=anisotropy_axes(patch), downsampling=tuple(params.anisotropy_downsampling),
                                  p=params.p_anisotropy, **own),
-            tio.RandomFlip(axes=flip_axes, flip_probability=params.p_flip, **own),
-            tio.RandomBiasField(coefficients=params.bias_coefficients, p=params.p_bias, **own),
+            tio.RandomFlip(axes=flip_axes(patch), flip_probability=params.p_flip, **own),
+            tio.RandomBiasField(coefficients=params.bias_coefficients, order=BIAS_ORDER, p=params.p_bias, **own),
             tio.RandomBlur(std=tuple(params.blur_std), p=params.p_blur, **own),
             tio.RandomNoise(std=tuple(params.noise_std), p=params.p_noise, **own),
-            tio.RandomSwap(patch_size=swap, num_iterations=params.swap_iterations, p=params.p_swap, **own),
+            tio.RandomSwap(patch_size=swap_block(patch), num_iterations=params.swap_iterations, p=params.p_swap,
+                           **own),
             tio.RandomGamma(log_gamma=tuple(params.log_gamma), p=params.p_gamma, **own),
         ], **own)
 
@@ -277,3 +285,18 @@ def rotation_degrees(patch: Sequence[int], params) -> tuple[float, ...]:
         return (-params.rotation_degrees, params.rotation_degrees) * 3
     d = params.rotation_degrees_anisotropic
     return tuple(v for a in range(3) for v in ((0.0, 0.0) if a in plane else (-d, d)))
+
+
+def anisotropy_axes(patch: Sequence[int]) -> tuple[int, ...]:
+    """Axes simulated anisotropy may pick: those > 3x the smallest, or any axis of an isotropic patch."""
+    return tuple(a for a in range(3) if patch[a] > ANISOTROPY * min(patch)) or (0, 1, 2)
+
+
+def flip_axes(patch: Sequence[int]) -> tuple[int, ...]:
+    """Axes that flip; 2D data's 1-voxel axis has nothing to flip."""
+    return tuple(a for a in range(3) if patch[a] > 1)
+
+
+def swap_block(patch: Sequence[int]) -> tuple[int, ...]:
+    """The blocks the swap exchanges: an eighth of the patch per axis."""
+    return tuple(max(1, int(s) // 8) for s in patch)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from biom3d.core import hookimpl
 from biom3d.core.specs import DatasetSpec, NoParams, ReaderSpec, WriterSpec
+from biom3d.io.batch_augment_params import BatchAugmentParams
 from biom3d.io.dataset_params import PatchDatasetParams
 
 # First-party formats sit above a plugin's default priority 0, so installing a plugin that also reads, say,
@@ -130,4 +131,10 @@ def biom3d_datasets():
         target="biom3d.io.datasets:build_patch_data",
         params=PatchDatasetParams,
         summary="Memory-mapped patches, foreground per batch as the paper, rotation-aware crop, the paper's TorchIO augmentations.",
+    )
+    yield DatasetSpec(
+        name="batch-augment",
+        target="biom3d.io.batch_augment:build_batch_augment_data",
+        params=BatchAugmentParams,
+        summary="patch-dataset's crops and augmentations, the augmentations batched on the training device (GPU).",
     )

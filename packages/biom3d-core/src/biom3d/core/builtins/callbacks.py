@@ -3,6 +3,10 @@ early stopping. Each is a component selected in the config's ``callbacks`` list.
 
 Every file they write is written atomically, and each removes at train begin the temporaries a killed run
 left of its own files, so a restarted or resumed run folder holds no stray ``.tmp`` file.
+
+Under torchrun every callback runs on every rank (the trainer hands them the same, all-reduced numbers, so an
+LR schedule or early stopping decides alike everywhere), and those that write do so on rank 0 only; the
+others wait while rank 0 writes a checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from biom3d.core.atomic import atomic_copy, atomic_path, atomic_write_text, remove_stale_temporaries
+from biom3d.core.distributed import is_main, run_on_main
 from biom3d.core.protocols import Callback
 
 log = logging.getLogger("biom3d")
@@ -85,29 +90,37 @@ class Checkpoint(Callback):
         self.best: float | None = None
 
     def on_train_begin(self, trainer) -> None:
-        remove_stale_temporaries(self.folder)
+        if is_main():
+            remove_stale_temporaries(self.folder)
 
     def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
-        from biom3d.core.checkpoints import BEST, LAST, save_checkpoint
-
         value = logs.get(trainer.monitor)
         improved = value is not None and not math.isnan(value) and (
             self.best is None or (value > self.best if trainer.monitor_higher else value < self.best))
         if improved:
             self.best = value
-        state = None
-        if improved and self.params.save_best:
-            state = trainer.state_dict()
+        best = improved and self.params.save_best
+        last = (epoch + 1) % self.params.every == 0 or epoch + 1 >= trainer.epochs or trainer.stop_training
+        if best or last:  # the same decision on every rank: the logs are all-reduced
+            run_on_main(lambda: self._save(trainer, best=best, last=last))
+
+    def _save(self, trainer, *, best: bool, last: bool) -> None:
+        from biom3d.core.checkpoints import BEST, LAST, save_checkpoint
+
+        state = trainer.state_dict()
+        if best:
             save_checkpoint(self.folder / BEST, state)
-        last_epoch = epoch + 1 >= trainer.epochs or trainer.stop_training
-        if (epoch + 1) % self.params.every == 0 or last_epoch:
-            save_checkpoint(self.folder / LAST, state or trainer.state_dict(), keep_previous=True)
+        if last:
+            save_checkpoint(self.folder / LAST, state, keep_previous=True)
 
     def on_train_end(self, trainer) -> None:
         from biom3d.core.checkpoints import BEST, LAST
 
-        if not (self.folder / BEST).exists() and (self.folder / LAST).exists():
-            atomic_copy(self.folder / LAST, self.folder / BEST)
+        def copy_last() -> None:
+            if not (self.folder / BEST).exists() and (self.folder / LAST).exists():
+                atomic_copy(self.folder / LAST, self.folder / BEST)
+
+        run_on_main(copy_last)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
@@ -123,9 +136,12 @@ class CSVLog(Callback):
         self.path = Path(path)
 
     def on_train_begin(self, trainer) -> None:
-        remove_stale_temporaries(self.path.parent, names=[self.path.name], recursive=False)
+        if is_main():
+            remove_stale_temporaries(self.path.parent, names=[self.path.name], recursive=False)
 
     def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
+        if not is_main():
+            return
         rows = trainer.history
         columns = ["epoch", "lr", "train_loss", "val_loss"]
         columns += sorted({k for row in rows for k in row} - set(columns) - {"time"}) + ["time"]
@@ -145,16 +161,18 @@ class Progress(Callback):
         self.bar = None
 
     def on_train_begin(self, trainer) -> None:
+        from biom3d.core.distributed import unwrap
+
         log.info("training %s on %s: %d epochs x %d iterations, batch %d, run folder %s",
-                 type(trainer.model).__name__, trainer.device, trainer.epochs, trainer.train_cfg.iters_per_epoch,
-                 trainer.train_cfg.batch_size, trainer.run_dir)
+                 type(unwrap(trainer.model)).__name__, trainer.device, trainer.epochs,
+                 trainer.train_cfg.iters_per_epoch, trainer.train_cfg.batch_size, trainer.run_dir)
 
     def on_epoch_begin(self, trainer, epoch: int) -> None:
         from tqdm.auto import tqdm
 
         self.seen, self.start = 0, time.perf_counter()
         self.bar = tqdm(total=trainer.train_cfg.iters_per_epoch, desc=f"epoch {epoch + 1}/{trainer.epochs}",
-                        leave=False, disable=not self.params.bar, dynamic_ncols=True, unit="it")
+                        leave=False, disable=not self.params.bar or not is_main(), dynamic_ncols=True, unit="it")
 
     def on_batch_end(self, trainer, step: int, logs: dict[str, Any]) -> None:
         self.seen += int(logs.get("batch_size", 0))
@@ -180,9 +198,12 @@ class Curves(Callback):
         self.path = Path(path)
 
     def on_train_begin(self, trainer) -> None:
-        remove_stale_temporaries(self.path.parent, names=[self.path.name], recursive=False)
+        if is_main():
+            remove_stale_temporaries(self.path.parent, names=[self.path.name], recursive=False)
 
     def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
+        if not is_main():
+            return
         import matplotlib
 
         matplotlib.use("Agg")
@@ -217,11 +238,12 @@ class Snapshots(Callback):
         self.folder = Path(folder)
 
     def on_train_begin(self, trainer) -> None:
-        remove_stale_temporaries(self.folder)
+        if is_main():
+            remove_stale_temporaries(self.folder)
 
     def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
         sample = trainer.last_val_sample
-        if sample is None or (epoch + 1) % self.params.every:
+        if sample is None or (epoch + 1) % self.params.every or not is_main():
             return
         save_overlay(self.folder / f"epoch-{epoch + 1:04d}.png", *sample, title=f"epoch {epoch + 1}")
 

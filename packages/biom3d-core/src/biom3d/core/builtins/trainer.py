@@ -3,6 +3,12 @@ mixed precision on CUDA, validation every N epochs, and callbacks at six points.
 
 Everything that is not the optimisation step itself (LR schedule, checkpoints, logs, curves, snapshots,
 early stopping) is a callback chosen in the config, so the loop stays short and replaceable.
+
+Under torchrun (:mod:`biom3d.core.distributed`) the model is wrapped in DistributedDataParallel: the config's
+batch size is the global batch, split over the ranks, with the learning rate unchanged (DDP averages the
+gradients, so a step is the one-process step on the whole batch); each rank draws its patches with its own
+seed; losses and metrics are averaged over the ranks, so every rank logs (and callbacks decide on) the same
+numbers; callbacks run on every rank and write on rank 0 only.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from biom3d.core.devices import keep_freed_memory, resolve_device, seed_everything
+from biom3d.core import distributed
+from biom3d.core.devices import keep_freed_memory, resolve_device, seed_everything  # noqa: F401 (benchmarks)
 from biom3d.core.protocols import TrainJob
 
 log = logging.getLogger("biom3d")
@@ -35,13 +42,16 @@ class SegTrainer:
         self.history: list[dict[str, float]] = []
         self.epoch = -1
         self.last_val_sample: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._rank_rngs: list[dict[str, Any]] = []  # under DDP: every rank's RNG state at the last epoch end
 
     # -- public --------------------------------------------------------------------------------------------
     def fit(self, job: TrainJob) -> list[dict[str, float]]:
         cfg = job.train
         self.job, self.train_cfg, self.run_dir = job, cfg, job.run_dir
         self.epochs = cfg.epochs
-        self.device = resolve_device(cfg.device)
+        self.world = distributed.current()
+        self.device = distributed.rank_device(cfg.device, self.world)
+        self.batch_size = distributed.local_batch(cfg.batch_size, self.world)
         self.model = job.model.to(self.device)
         self.loss = job.loss.to(self.device) if isinstance(job.loss, torch.nn.Module) else job.loss
         self.optimizer = make_optimizer(self.model.parameters(), cfg)
@@ -52,14 +62,62 @@ class SegTrainer:
         if job.resume is not None:
             start = self.load_state(job.resume) + 1
         else:
-            seed_everything(cfg.seed)
+            seed_everything(distributed.rank_seed(cfg.seed, self.world.rank))
         if start >= self.epochs:
             log.info("the run already finished its %d epochs; pass more --epochs to extend it", self.epochs)
             return self.history
+        if self.world.distributed:
+            log.info("distributed: global batch %d = %d ranks x %d; learning rate %g unchanged (DDP averages the "
+                     "gradients over the global batch, as one process with batch %d would)", cfg.batch_size,
+                     self.world.size, self.batch_size, cfg.lr, cfg.batch_size)
+        self.model = distributed.wrap(self.model, self.device)  # after loading: every rank starts from the same weights
         train_loader = self._loader(job.data.train_dataset(cfg.iters_per_epoch * cfg.batch_size), shuffle=False)
         val_loader = None
         if cfg.val_iters > 0:
             val_loader = self._loader(job.data.val_dataset(cfg.val_iters * cfg.batch_size), shuffle=False, seed_offset=1)
+        try:
+            self._epochs(start, train_loader, val_loader)
+        except Exception as exc:
+            if self.world.distributed and distributed.is_collective_failure(exc):
+                raise distributed.lost_ranks(exc, cfg.ddp_timeout, self.run_dir) from exc
+            raise
+        return self.history
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue: weights (of the network DDP wraps), optimizer, scaler, epoch, history,
+        RNG and callback states; under DDP also the world size and every rank's RNG state (gathered at the end
+        of each epoch, so that this is no collective and one rank may call it alone)."""
+        world = getattr(self, "world", None)
+        ranks = {"world_size": world.size, "rng_ranks": self._rank_rngs} if world and world.distributed else {}
+        return {
+            "model": distributed.unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "history": [dict(h) for h in self.history],
+            "rng": rng_state(),
+            "callbacks": {f"{i}:{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(self.job.callbacks)},
+            **ranks,
+            **self.job.extra_state,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> int:
+        distributed.unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.history = [dict(h) for h in state.get("history", [])]
+        for i, cb in enumerate(self.job.callbacks):
+            saved = state.get("callbacks", {}).get(f"{i}:{type(cb).__name__}")
+            if saved:
+                cb.load_state_dict(saved)
+        self.epoch = int(state["epoch"])
+        self._restore_rng(state)
+        return self.epoch
+
+    # -- loop ----------------------------------------------------------------------------------------------
+    def _epochs(self, start: int, train_loader, val_loader) -> None:
+        cfg = self.train_cfg
         self._call("on_train_begin")
         for epoch in range(start, self.epochs):
             self.epoch = epoch
@@ -70,52 +128,31 @@ class SegTrainer:
             if val_loader is not None and (epoch + 1) % cfg.val_every == 0:
                 logs.update(self._validate(val_loader))
             logs["time"] = time.perf_counter() - start_time
+            if self.world.distributed:
+                self._rank_rngs = distributed.gather(rng_state())  # each rank's, for checkpoints
             self.history.append(logs)
             self._call("on_epoch_end", epoch, logs)
             if self.stop_training:
                 log.info("stopping after epoch %d (requested by a callback)", epoch)
                 break
         self._call("on_train_end")
-        return self.history
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue: weights, optimizer, scaler, epoch, history, RNG and callback states."""
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "history": [dict(h) for h in self.history],
-            "rng": rng_state(),
-            "callbacks": {f"{i}:{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(self.job.callbacks)},
-            **self.job.extra_state,
-        }
-
-    def load_state(self, state: dict[str, Any]) -> int:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.history = [dict(h) for h in state.get("history", [])]
-        for i, cb in enumerate(self.job.callbacks):
-            saved = state.get("callbacks", {}).get(f"{i}:{type(cb).__name__}")
-            if saved:
-                cb.load_state_dict(saved)
-        set_rng_state(state["rng"])
-        self.epoch = int(state["epoch"])
-        return self.epoch
-
-    # -- loop ----------------------------------------------------------------------------------------------
     def _train_epoch(self, loader) -> float:
+        """Mean training loss of the epoch, over every rank's batches."""
         self.model.train()
         total, count = torch.zeros((), device=self.device), 0
         clip = self.train_cfg.grad_clip
+        on_device = getattr(self.job.data, "on_device", None)  # batched augmentation on the device, if the data has it
         for step, batch in enumerate(loader):
             if step == 0 and self.device.type == "cpu":
                 keep_freed_memory()  # after the loader's workers started, so that they keep glibc's defaults
             self._call("on_batch_begin", step)
             image = batch["image"].to(self.device, non_blocking=True)
             target = batch["mask"].to(self.device, non_blocking=True)
+            if on_device is not None:
+                with torch.no_grad():
+                    batch = on_device({"image": image, "mask": target})
+                image, target = batch["image"], batch["mask"]
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 output = self.model(image)
                 loss = self.loss(output, target)
@@ -130,11 +167,14 @@ class SegTrainer:
             total += detached
             count += 1
             self._call("on_batch_end", step, {"loss": detached, "batch_size": image.shape[0]})
-        return float(total) / max(count, 1)
+        return distributed.mean_over_ranks({"train_loss": (total, count)}, "train")["train_loss"]
 
     @torch.inference_mode()
     def _validate(self, loader) -> dict[str, float]:
-        self.model.eval()
+        """Validation loss and metrics over every rank's patches (each rank scores its share; the means are
+        weighted by how many parts each rank scored)."""
+        network = distributed.unwrap(self.model)  # no DDP forward: nothing to synchronise in evaluation
+        network.eval()
         losses, per_class = [], {name: [] for name, _, _ in self.job.metrics}
         sample, sample_fg = None, -1.0
         for batch in loader:
@@ -142,7 +182,7 @@ class SegTrainer:
             target = batch["mask"].to(self.device)
             valid = batch.get("valid")
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                output = self.model(image)
+                output = network(image)
                 parts = image_parts(output, target, None if valid is None else valid.to(self.device))
                 losses.extend(float(self.loss(out, tgt)) for out, tgt in parts)
             output = output.float()
@@ -154,10 +194,15 @@ class SegTrainer:
                 sample, sample_fg = (image[0].cpu().numpy(), target[0].cpu().numpy(),
                                      self._discretize(output[0]).cpu().numpy()), fg
         self.last_val_sample = sample
-        logs = {"val_loss": float(np.mean(losses))}
-        metric_by_name = {name: metric for name, metric, _ in self.job.metrics}
+        sums = {"val_loss": (float(np.sum(losses)), len(losses))}
         for name, values in per_class.items():
-            scores = torch.stack(values).mean(0)
+            stacked = torch.stack(values) if values else torch.zeros(0, self.ctx.num_classes)
+            sums[name] = (stacked.sum(0), len(values))
+        means = distributed.mean_over_ranks(sums, "val")
+        logs = {"val_loss": means["val_loss"]}
+        metric_by_name = {name: metric for name, metric, _ in self.job.metrics}
+        for name in per_class:
+            scores = means[name].float()
             logs[f"val_{name}"] = float(scores.mean())
             labels = getattr(metric_by_name[name], "class_labels", None)
             labels = labels(len(scores)) if callable(labels) else labels
@@ -173,12 +218,17 @@ class SegTrainer:
         return logits.argmax(0).to(torch.uint8)
 
     def _loader(self, dataset, *, shuffle: bool, seed_offset: int = 0):
+        """A loader of this rank's batches: its share of ``dataset`` (:func:`distributed.rank_indices`), drawn
+        with its own seed (workers are seeded from it)."""
         cfg = self.train_cfg
         generator = torch.Generator()
-        generator.manual_seed((cfg.seed or 0) + seed_offset)
+        generator.manual_seed(distributed.rank_seed(cfg.seed or 0, self.world.rank) + seed_offset)
+        if self.world.distributed:
+            dataset = torch.utils.data.Subset(dataset, distributed.rank_indices(len(dataset), cfg.batch_size,
+                                                                                self.world))
         return torch.utils.data.DataLoader(
             dataset,
-            batch_size=cfg.batch_size,
+            batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=cfg.workers,
             pin_memory=self.device.type == "cuda",
@@ -197,6 +247,21 @@ class SegTrainer:
     def _call(self, hook: str, *args) -> None:
         for cb in self.job.callbacks:
             getattr(cb, hook)(self, *args)
+
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        """This rank's RNG state as saved; a rank the saved run did not have (resumed with more ranks) draws
+        from its own seed, moved on by the epochs done."""
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        saved = int(state.get("world_size", 1))
+        if saved != self.world.size:
+            log.info("note: this run was trained with %d rank(s) and resumes with %d: the global batch stays %d "
+                     "(%d per rank now) and the learning rate is unchanged", saved, self.world.size,
+                     self.train_cfg.batch_size, self.batch_size)
+        if self.world.rank < len(ranks):
+            set_rng_state(ranks[self.world.rank])
+        else:
+            seed = distributed.rank_seed(self.train_cfg.seed, self.world.rank)
+            seed_everything(None if seed is None else seed + self.epoch + 1)
 
 
 def image_parts(output: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -49,17 +49,22 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
             overlap: float | None = None, device: str = "auto", checkpoint: str | None = None,
             overwrite: bool = False, skip_existing: bool = False, reader: str | None = None,
             writer: str | None = None, strict_versions: bool = False, registry=None,
-            progress: bool = True, backend: str = "torch") -> list[Path]:
+            progress: bool = True, backend: str = "torch", shard: tuple[int, int] | None = None) -> list[Path]:
     """Predict every image under ``inputs`` (a file, a DICOM folder, or a folder of them) into ``output``.
     ``checkpoint`` ("best", "last"; None: best when a run has one) picks each run's weights.
     ``skip_existing`` resumes an interrupted prediction instead of refusing to touch existing outputs.
     ``reader``/``writer`` (ids) override the run config's ``reader:``/``writer:``; without a writer, masks are
     written in the input's format, and every output's writer is found before any prediction starts.
     ``run_dirs`` may name exports (TorchScript/ONNX file, bioimage.io zip) instead of run folders.
-    ``backend`` runs a run folder's network with "torch" or "onnxruntime" (CPU; exported in memory)."""
+    ``backend`` runs a run folder's network with "torch" or "onnxruntime" (CPU; exported in memory).
+    ``shard`` (I, N) predicts part I (from 0) of N of the inputs; under torchrun each rank predicts its share
+    (of that part) on its own device: the shares together are the outputs of one process, byte for byte."""
     from tqdm.auto import tqdm
 
+    from biom3d.core import distributed
     from biom3d.core.discovery import get_registry
+
+    device = str(distributed.rank_device(device, training=False))
 
     registry = registry or get_registry()
     runs = [load_model(Path(r), registry=registry, tta=tta, overlap=overlap, device=device, checkpoint=checkpoint,
@@ -75,6 +80,12 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
     log.info("predict: reading with %s, writing with %s", ", ".join(sorted({i.reader for i in items})),
              ", ".join(sorted({w.qid for w in writers.values()})))
     targets = [(item, output / output_name(item, writers[item.key].spec)) for item in items]
+    world = distributed.current()
+    if shard is not None or world.distributed:  # before skipping: each process keeps the same share on a re-run
+        total, targets = len(targets), distributed.shard(targets, shard, world)
+        part = f"part {shard[0]}/{shard[1]}" if shard else "inputs"
+        rank = f", rank {world.rank} of {world.size}" if world.distributed else ""
+        log.info("predict: %s%s: %d of %d image(s)", part, rank, len(targets), total)
     if skip_existing and not overwrite:
         targets = [(item, t) for item, t in targets if not t.exists()]
     existing = [str(t) for _, t in targets if t.exists()]

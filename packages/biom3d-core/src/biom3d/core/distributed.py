@@ -1,0 +1,382 @@
+"""Several processes, one model: PyTorch's DistributedDataParallel started by torchrun, never by us.
+
+torchrun (or ``srun`` with the same variables) starts one process per device and sets ``RANK``,
+``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; this module reads them, opens the process
+group (nccl on CUDA, gloo on CPU) with a timeout on every collective, so that a dead or hung rank ends the job
+instead of hanging it, derives each rank's seed from the run's, averages figures over the ranks, lets rank 0
+alone write, splits prediction inputs, and re-launches ``biom3d train --devices 0,1`` under
+``torch.distributed.run``. Without those variables everything here is the one-process case, at no cost.
+
+Stdlib only at import: the CLI imports it to launch; torch is imported where a group is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from biom3d.core.errors import InputError, RunError
+
+log = logging.getLogger("biom3d")
+T = TypeVar("T")
+#: rank r draws with seed + SEED_STRIDE * r, so rank 0 draws as a one-process run does
+SEED_STRIDE = 1000
+#: a folder: each rank appends what it contributes to every reduction to rank-<r>.jsonl (for tests, debugging)
+DEBUG_DIR_ENV = "BIOM3D_DDP_DEBUG_DIR"
+LAUNCH_FLAGS = ("--devices", "--gpus")
+_FAILURE_MARKS = ("gloo", "nccl", "Connection closed by peer", "Connection reset by peer", "ProcessGroup",
+                  "Timed out waiting", "Watchdog caught collective")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes of one job."""
+
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def current() -> World:
+    """The world the environment describes (torchrun's variables); one process without them."""
+    try:
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError as exc:
+        raise InputError(f"RANK, LOCAL_RANK and WORLD_SIZE must be integers (torchrun sets them): {exc}") from exc
+    if size < 1 or not 0 <= rank < size:
+        raise InputError(f"RANK {rank} does not fit WORLD_SIZE {size}: start the processes with torchrun")
+    return World(rank, local, size)
+
+
+def is_main() -> bool:
+    """Whether this process writes the run folder (rank 0, or the only process)."""
+    return current().is_main
+
+
+def rank_seed(seed: int | None, rank: int) -> int | None:
+    """The seed rank ``rank`` draws its patches with (None: unseeded)."""
+    return None if seed is None else seed + SEED_STRIDE * rank
+
+
+def rank_device(name: str, world: World | None = None, *, training: bool = True) -> Any:
+    """This rank's ``torch.device``: ``auto``/``cuda`` become ``cuda:LOCAL_RANK`` under torchrun. In training
+    one GPU per rank is a rule of DDP, so an explicit ``cuda:N`` is refused there."""
+    from biom3d.core.devices import resolve_device
+
+    world = world or current()
+    device = resolve_device(name)
+    if not world.distributed:
+        return device
+    if device.type == "mps":
+        raise InputError("train.device mps: DDP runs on CUDA (nccl) or on the CPU (gloo); use --device cpu")
+    if device.type != "cuda" or (not training and ":" in name):
+        return device
+    import torch
+
+    if ":" in name:
+        raise InputError(f"train.device {name}: under torchrun each rank takes cuda:LOCAL_RANK; use --device cuda "
+                         "(or auto) and choose the GPUs with CUDA_VISIBLE_DEVICES or `biom3d train --devices`")
+    count = torch.cuda.device_count()
+    if world.local_rank >= count:
+        raise InputError(f"rank {world.rank} has LOCAL_RANK {world.local_rank} but {count} GPU(s) are visible: "
+                         f"start at most {count} processes per node (--nproc_per_node)")
+    return torch.device("cuda", world.local_rank)
+
+
+def local_batch(global_batch: int, world: World) -> int:
+    """The config's batch size is the global batch, split over the ranks."""
+    if global_batch % world.size:
+        from biom3d.core.errors import ConfigError, Problem
+
+        raise ConfigError([Problem("train.batch_size", f"{global_batch} is the global batch, split over the "
+                                   f"{world.size} ranks: it must be a multiple of {world.size} (e.g. "
+                                   f"{global_batch // world.size * world.size or world.size})")])
+    return global_batch // world.size
+
+
+def rank_indices(length: int, global_batch: int, world: World) -> list[int]:
+    """Which items of a ``length``-item dataset this rank loads: in step j, slots ``r*b .. r*b+b-1`` of the
+    global batch j. The union over ranks is the one-process item set, and an item keeps its position in the
+    global batch (datasets read it, e.g. to centre some patches of each batch on foreground)."""
+    b = global_batch // world.size
+    steps = length // global_batch
+    return [j * global_batch + world.rank * b + p for j in range(steps) for p in range(b)]
+
+
+# -- the process group ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def session(device: Any, timeout_s: float) -> Iterator[World]:
+    """Join the job's process group for the time of the block (nothing to do in one process, or when the
+    caller joined already). Collectives fail after ``timeout_s`` seconds instead of waiting for ever; ranks
+    other than 0 log warnings only."""
+    world = current()
+    if not world.distributed or _initialized():
+        yield world
+        return
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    options: dict[str, Any] = {}
+    if backend == "nccl":
+        torch.cuda.set_device(device)
+        options["device_id"] = device
+    try:
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **options)
+    except (ValueError, RuntimeError) as exc:
+        raise RunError(f"rank {world.rank} of {world.size} cannot join the process group ({_first_line(exc)}); "
+                       "start every process with torchrun, which sets RANK, WORLD_SIZE, MASTER_ADDR and "
+                       "MASTER_PORT (see docs/distributed.md)") from exc
+    level = log.level
+    if not world.is_main:
+        log.setLevel(logging.WARNING)
+    _debug_record(world, {"event": "joined", "pid": os.getpid(), "backend": backend})
+    try:
+        yield world
+    except Exception as exc:
+        if is_collective_failure(exc):
+            raise lost_ranks(exc, timeout_s) from exc
+        raise
+    finally:
+        log.setLevel(level)
+        dist.destroy_process_group()
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed because another rank died, hung or left."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and any(mark in str(exc) for mark in _FAILURE_MARKS)
+
+
+def lost_ranks(exc: BaseException, timeout_s: float, run_dir: Path | None = None) -> RunError:
+    """The error a rank ends with when the others stopped answering."""
+    world = current()
+    where = f" of {run_dir}" if run_dir is not None else ""
+    resume = f"biom3d train --resume {run_dir}" if run_dir is not None else "biom3d train --resume RUN_FOLDER"
+    return RunError(f"rank {world.rank} of {world.size}: the other ranks stopped answering ({_first_line(exc)}); "
+                    f"a rank died or hung (each collective waits at most train.ddp_timeout = {timeout_s:g} s). "
+                    f"Continue from the last checkpoint{where} with `{resume}` under the same launcher (torchrun "
+                    "--max-restarts does it by itself, see docs/distributed.md)")
+
+
+def run_on_main(fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0 while the others wait; every rank returns its result. If it fails on rank 0, rank 0
+    raises its error and the others a RunError that names it (not a timeout later)."""
+    if not _active():
+        return fn()
+    import torch.distributed as dist
+
+    box: list[Any] = [None]
+    error: BaseException | None = None
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", fn())
+        except BaseException as exc:
+            error, box[0] = exc, ("error", f"{type(exc).__name__}: {exc}")
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    status, value = box[0]
+    if status == "error":
+        raise RunError(f"rank {dist.get_rank()}: rank 0 failed, so this rank stops too: {value}")
+    return value
+
+
+def gather(value: T) -> list[T]:
+    """Every rank's ``value``, in rank order, on every rank (``[value]`` in one process)."""
+    if not _active():
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def mean_over_ranks(parts: Mapping[str, tuple[Any, int]], tag: str = "") -> dict[str, Any]:
+    """``{name: (sum, count)}`` of this rank -> ``{name: sum over ranks / count over ranks}`` (a float, or a
+    float64 tensor for a vector sum), the same numbers on every rank; nan where no rank counted anything."""
+    import torch
+
+    names = list(parts)
+    sums = [torch.as_tensor(parts[n][0]).detach().to("cpu", torch.float64) for n in names]
+    counts = torch.tensor([float(parts[n][1]) for n in names], dtype=torch.float64)
+    flat = torch.cat([s.reshape(-1) for s in sums] + [counts])
+    world = current()
+    _debug_record(world, {"event": "reduce", "tag": tag,
+                          "parts": {n: [s.tolist(), int(parts[n][1])] for n, s in zip(names, sums, strict=True)}})
+    if _active():
+        import torch.distributed as dist
+
+        on = flat.to(torch.device("cuda", torch.cuda.current_device())) if dist.get_backend() == "nccl" else flat
+        dist.all_reduce(on, op=dist.ReduceOp.SUM)
+        flat = on.cpu()
+    out, i = {}, 0
+    total_counts = flat[-len(names):]
+    for k, (name, s) in enumerate(zip(names, sums, strict=True)):
+        total = flat[i:i + s.numel()].reshape(s.shape)
+        i += s.numel()
+        mean = total / total_counts[k] if total_counts[k] > 0 else torch.full_like(total, float("nan"))
+        out[name] = float(mean) if mean.ndim == 0 else mean
+    return out
+
+
+def describe_ranks(world: World, device: Any, seed: int | None) -> list[dict[str, Any]]:
+    """Every rank's host, device and seed, gathered (one entry in one process)."""
+    return gather({"rank": world.rank, "local_rank": world.local_rank, "host": socket.gethostname(),
+                   "device": str(device), "seed": rank_seed(seed, world.rank), "pid": os.getpid()})
+
+
+def wrap(model: Any, device: Any) -> Any:
+    """The model DDP trains (gradients averaged over the ranks), or the model itself in one process. On CUDA,
+    batch norms become synchronised ones, as nnU-Net does (same parameters and state_dict keys; none on the CPU,
+    where torch has no synchronised batch norm)."""
+    if not _active():
+        return model
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def unwrap(model: Any) -> Any:
+    """The network inside a DDP wrapper: what checkpoints hold and one process predicts with."""
+    ddp = sys.modules.get("torch.nn.parallel")
+    cls = getattr(ddp, "DistributedDataParallel", None)
+    return model.module if cls is not None and isinstance(model, cls) else model
+
+
+# -- prediction ----------------------------------------------------------------------------------------------
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` (I from 0) -> (I, N); anything else is an input error that says the form."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        index, count = -1, 0
+    if count < 1 or not 0 <= index < count:
+        raise InputError(f"--shard {text!r}: give I/N with 0 <= I < N, e.g. --shard 0/4 for the first of four "
+                         "parts (a SLURM array task: --shard $SLURM_ARRAY_TASK_ID/4 with --array=0-3)")
+    return index, count
+
+
+def shard(items: Sequence[T], part: tuple[int, int] | None = None, world: World | None = None) -> list[T]:
+    """This process's share of ``items``: part I of N (``--shard``), then, under torchrun, this rank's share
+    of that. Every item falls in exactly one share, whatever the number of items."""
+    world = world or current()
+    index, count = part or (0, 1)
+    index, count = index * world.size + world.rank, count * world.size
+    return list(items[index::count])
+
+
+# -- launching ---------------------------------------------------------------------------------------------
+def parse_devices(text: str) -> list[str]:
+    """``"0,1"`` -> ["0", "1"]: the GPU ids (as nvidia-smi numbers them) to train on."""
+    ids = [part.strip() for part in text.split(",") if part.strip()]
+    if not ids or not all(i.isdigit() for i in ids) or len(set(ids)) != len(ids):
+        raise InputError(f"--devices {text!r}: give distinct GPU numbers separated by commas, e.g. --devices 0,1")
+    return ids
+
+
+def launch(argv: Sequence[str], *, devices: str | None, gpus: int | None) -> None:
+    """``biom3d train --devices 0,1 ...``: run the same command under torchrun, one process per GPU (this
+    process is replaced; it never returns then). One GPU needs no launcher: the command goes on here."""
+    if devices is not None and gpus is not None:
+        raise InputError("give --devices or --gpus, not both")
+    if current().distributed:
+        raise InputError(f"{' / '.join(LAUNCH_FLAGS)} start torchrun themselves, and this process already runs under "
+                         "a launcher (WORLD_SIZE is set): drop them")
+    ids = parse_devices(devices) if devices is not None else None
+    count = len(ids) if ids is not None else int(gpus or 0)
+    if ids is not None:  # before CUDA starts in this process: it reads the variable once
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise InputError(f"{'--devices' if ids else '--gpus'} starts one process per GPU, but CUDA is not available "
+                         "here; for several CPU processes use torchrun yourself: torchrun --standalone "
+                         "--nproc_per_node=2 -m biom3d.cli train CONFIG (see docs/distributed.md)")
+    if ids is None and count > torch.cuda.device_count():
+        raise InputError(f"--gpus {count}: only {torch.cuda.device_count()} GPU(s) are visible")
+    if count <= 1:
+        return
+    command = torchrun_command(count, argv)
+    log.info("launching %d processes: %s", count, " ".join(command))
+    _exec(command)
+
+
+def torchrun_command(nproc: int, argv: Sequence[str]) -> list[str]:
+    """torchrun's own launcher on this node, running ``biom3d`` with ``argv`` less the launch flags."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "biom3d.cli", *without_launch_flags(argv)]
+
+
+def without_launch_flags(argv: Sequence[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in LAUNCH_FLAGS:
+            skip = True
+        elif not arg.startswith(tuple(f"{flag}=" for flag in LAUNCH_FLAGS)):
+            out.append(arg)
+    return out
+
+
+def _exec(command: list[str]) -> NoReturn:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+def _initialized() -> bool:
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized()
+
+
+def _active() -> bool:
+    """A process group of more than one rank is open."""
+    if not _initialized():
+        return False
+    import torch.distributed as dist
+
+    return dist.get_world_size() > 1
+
+
+def _debug_record(world: World, entry: dict[str, Any]) -> None:
+    folder = os.environ.get(DEBUG_DIR_ENV)
+    if not folder:
+        return
+    path = Path(folder) / f"rank-{world.rank}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"rank": world.rank, "world_size": world.size, **entry}) + "\n")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:240]}"

@@ -1,0 +1,210 @@
+"""Batched tensor ops behind ``io/batch-augment``: each takes a sub-batch ``(n, C, D, H, W)`` and per-sample
+parameters as tensors, and runs in a few kernels on whatever device the batch is on (what depends only on the
+drawn parameters, such as the swap's permutation or the blur's matrices, is worked out on the host).
+
+Every op follows the TorchIO transform of ``io/patch-dataset`` it replaces (the tests compare them): same
+bias-field polynomial, scipy's Gaussian (truncated at 4 sigma, ``reflect`` borders), TorchIO's anisotropy
+geometry (nearest down to ``floor(n / f)`` voxels about the centre, linear back), sign-preserving gamma. Blur
+and anisotropy are 1D linear maps along an axis, applied as one batched matmul per axis with a per-sample
+matrix, which also folds the border handling in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: scipy.ndimage.gaussian_filter's default kernel radius, in standard deviations
+TRUNCATE = 4.0
+
+
+def affine_resample(image: torch.Tensor, labels: torch.Tensor, samples: torch.Tensor, matrix: torch.Tensor,
+                    centre: Sequence[float], out_image: torch.Tensor, out_labels: torch.Tensor, *,
+                    per_sample: bool | None = None) -> None:
+    """Resample batch items ``samples`` into ``out_*[samples]`` (patch-sized, smaller than the inputs): output
+    voxel ``i`` reads input voxel ``centre + matrix @ (i - (patch - 1) / 2)``, trilinear for the image, nearest
+    for the labels (so no label value is ever made up). Outside the input the image takes its per-channel
+    minimum (TorchIO's ``default_pad_value='minimum'``), the labels 0.
+
+    ``image`` float (B, C, *in), ``labels`` any dtype (B, K, *in; ``out_labels`` may have another: the values are
+    small integers), ``matrix`` (n, 3, 3) in voxel units. One grid serves the sub-batch: one ``grid_sample`` for
+    the images and one gather at the rounded grid points for the labels (the points ``grid_sample``'s nearest
+    mode takes, at a fraction of its cost). ``per_sample`` (default: on a CPU) samples each item from its input
+    in place, as gathering the enlarged crops into a sub-batch first costs more there than the sampling; both
+    ways give the same result."""
+    patch, spatial = out_image.shape[2:], image.shape[2:]
+    matrix = matrix.to(image.device, torch.float32)
+    grid = _grid(matrix, patch, centre, spatial)  # (n, *patch, 3), (x, y, z) = (W, H, D) in [-1, 1]
+    index = _nearest_index(grid, spatial)  # (n, *patch) flat input voxel
+    leaving = _leaves(matrix, patch, centre, spatial).tolist()
+    if image.device.type == "cpu" if per_sample is None else per_sample:
+        for j, b in enumerate(samples.tolist()):
+            out_image[b] = F.grid_sample(image[b:b + 1], grid[j:j + 1], mode="bilinear", padding_mode="border",
+                                         align_corners=False)[0]
+            if labels[b].any():
+                flat = labels[b].reshape(len(labels[b]), -1)
+                out_labels[b].view(len(flat), -1).copy_(flat.gather(1, index[j].view(1, -1).expand(len(flat), -1)))
+            else:  # a background crop stays background: no gather
+                out_labels[b].zero_()
+            if leaving[j]:
+                _pad_outside(out_image[b:b + 1], out_labels[b:b + 1], grid[j:j + 1], image[b:b + 1])
+        return
+    source, source_labels = image.index_select(0, samples), labels.index_select(0, samples)
+    out = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    n, k = source_labels.shape[:2]
+    picked = source_labels.reshape(n, k, -1).gather(2, index.view(n, 1, -1).expand(n, k, -1)).view(n, k, *patch)
+    if any(leaving):
+        _pad_outside(out, picked, grid, source)
+    out_image.index_copy_(0, samples, out)
+    out_labels.index_copy_(0, samples, picked.to(out_labels.dtype))
+
+
+def _grid(matrix: torch.Tensor, patch: Sequence[int], centre: Sequence[float], spatial: Sequence[int]) -> torch.Tensor:
+    """``grid_sample``'s normalised grid of :func:`affine_resample`'s map: per coordinate one broadcast sum of
+    three outer terms written in place (``F.affine_grid`` multiplies a homogeneous base grid: twice as slow here)."""
+    n, device = len(matrix), matrix.device
+    size = torch.tensor(spatial, device=device, dtype=torch.float32)
+    scaled = matrix * (2 / size)[None, :, None]  # rows in normalised units of their input axis
+    offset = [(2 * c + 1) / side - 1 for c, side in zip(centre, spatial, strict=True)]
+    steps = [torch.arange(p, device=device, dtype=torch.float32) - (p - 1) / 2 for p in patch]
+    v0, v1, v2 = steps[0].view(1, -1, 1, 1), steps[1].view(1, 1, -1, 1), steps[2].view(1, 1, 1, -1)
+    grid = torch.empty((n, *patch, 3), device=device)
+    for k in range(3):
+        m = scaled[:, k].view(n, 3, 1, 1, 1)
+        torch.add(m[:, 2] * v2 + m[:, 1] * v1 + offset[k], m[:, 0] * v0, out=grid[..., 2 - k])
+    return grid
+
+
+def _nearest_index(grid: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
+    """Flat index of the input voxel nearest each grid point (clamped into the input)."""
+    index = None
+    for axis, n in enumerate(spatial):
+        along = grid[..., 2 - axis].mul(n / 2).add_((n - 1) / 2).round_().clamp_(0, n - 1).long()
+        index = along if index is None else index.mul_(n).add_(along)
+    return index
+
+
+def _leaves(matrix: torch.Tensor, patch: Sequence[int], centre: Sequence[float],
+            spatial: Sequence[int]) -> torch.Tensor:
+    """Which samples read outside their input: an affine map's image of the patch box is the hull of its 8
+    corners (the enlarged crop is made for rotations, so mostly only zoom-outs leave it)."""
+    half = torch.tensor([(p - 1) / 2 for p in patch], device=matrix.device)
+    corners = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0], device=matrix.device)] * 3) * half  # (8, 3)
+    reach = (corners @ matrix.transpose(1, 2)).abs().amax(1)  # (n, 3) voxels from the centre
+    room = torch.tensor([min(c + 0.5, s - 0.5 - c) for c, s in zip(centre, spatial, strict=True)], device=matrix.device)
+    return (reach > room).any(1)
+
+
+def _pad_outside(out: torch.Tensor, picked: torch.Tensor, grid: torch.Tensor, source: torch.Tensor) -> None:
+    """TorchIO's padding where the grid left the input: the image's per-channel minimum, label 0. In place."""
+    outside = (grid.abs() > 1).any(-1).unsqueeze(1)
+    floor = source.amin(dim=(2, 3, 4), keepdim=True)
+    out.copy_(torch.where(outside, floor, out))
+    picked.masked_fill_(outside, 0)
+
+
+def along_axis(x: torch.Tensor, matrices: torch.Tensor, axis: int) -> torch.Tensor:
+    """``out[b, ..., i, ...] = sum_j matrices[b, i, j] * x[b, ..., j, ...]`` along spatial ``axis`` (0..2): one
+    batched matmul, no transposed copy."""
+    n, c, *spatial = x.shape
+    size = spatial[axis]
+    if axis == 2:
+        return (x.reshape(n, -1, size) @ matrices.transpose(1, 2)).reshape(x.shape)
+    before, after = c * math.prod(spatial[:axis]), math.prod(spatial[axis + 1:])
+    return (matrices[:, None] @ x.reshape(n, before, size, after)).reshape(x.shape)
+
+
+def gaussian_matrices(std: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, size, size) Gaussian smoothing along an axis of ``size`` voxels, as scipy.ndimage.gaussian_filter:
+    radius ``int(4 * std + 0.5)``, normalised taps, ``reflect`` border (the edge voxel repeated)."""
+    radius = (TRUNCATE * std + 0.5).floor()
+    reach = int(radius.max()) if len(std) else 0
+    taps = torch.arange(-reach, reach + 1, dtype=std.dtype, device=std.device)
+    weights = torch.exp(-0.5 * (taps / std[:, None]) ** 2) * (taps.abs() <= radius[:, None])
+    weights = weights / weights.sum(1, keepdim=True)
+    rows = torch.arange(size, device=std.device)
+    cols = _reflect(rows[:, None] + taps.long()[None], size)  # (size, taps)
+    out = torch.zeros(len(std), size, size, dtype=std.dtype, device=std.device)
+    return out.scatter_add_(2, cols.expand(len(std), -1, -1), weights[:, None].expand(-1, size, -1))
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """scipy's ``reflect`` (d c b a | a b c d | d c b a): period ``2 * size``."""
+    index = index.remainder(2 * size)
+    return torch.where(index >= size, 2 * size - 1 - index, index)
+
+
+def anisotropy_matrices(factor: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, size, size) simulated anisotropy along an axis, TorchIO's RandomAnisotropy geometry: nearest
+    sampling down to ``floor(size / factor)`` voxels of spacing ``factor`` centred on the axis, then linear
+    interpolation back. Past the downsampled extent (at most a voxel at each end) the edge value carries on,
+    where TorchIO fills zeros, the z-scored mean."""
+    n, dtype, device = len(factor), factor.dtype, factor.device
+    down = (size / factor).floor().clamp(min=1)[:, None]  # voxels after downsampling
+    centre, f = (size - 1) / 2, factor[:, None]
+    i = torch.arange(size, dtype=dtype, device=device)[None]
+    position = torch.minimum(((i - centre) / f + (down - 1) / 2).clamp(min=0), down - 1)  # in downsampled voxels
+    low = position.floor()
+    high = torch.minimum(low + 1, down - 1)
+    weight = position - low
+
+    def nearest(j: torch.Tensor) -> torch.Tensor:  # the original voxel a downsampled one took
+        return (centre + (j - (down - 1) / 2) * f + 0.5).floor().clamp(0, size - 1).long()
+
+    out = torch.zeros(n, size, size, dtype=dtype, device=device)
+    out.scatter_add_(2, nearest(low)[..., None], (1 - weight)[..., None])
+    return out.scatter_add_(2, nearest(high)[..., None], weight[..., None])
+
+
+def bias_basis(shape: Sequence[int], order: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(terms, *shape) monomials ``x^i y^j z^k`` (``i + j + k <= order``) over coordinates in [-1, 1], in
+    TorchIO's BiasField order, so that coefficients drawn in that order give its field."""
+    axes = []
+    for n in shape:
+        coord = torch.arange(n, dtype=torch.float32, device=device) - (n - 1) / 2
+        axes.append(coord / ((n - 1) / 2) if n > 1 else coord)
+    x, y, z = (axes[0].view(-1, 1, 1), axes[1].view(1, -1, 1), axes[2].view(1, 1, -1))
+    terms = [x**i * y**j * z**k for i in range(order + 1) for j in range(order + 1 - i)
+             for k in range(order + 1 - i - j)]
+    return torch.stack([t.expand(*shape) for t in terms])
+
+
+def bias_terms(order: int) -> int:
+    return math.comb(order + 3, 3)
+
+
+def swap_blocks(x: torch.Tensor, starts: torch.Tensor, block: Sequence[int]) -> torch.Tensor:
+    """TorchIO's RandomSwap on every sample at once: for each iteration ``t``, the blocks at ``starts[:, t, 0]``
+    and ``starts[:, t, 1]`` (first voxels, (n, iterations, 2, 3), on the CPU) exchange contents, all channels
+    alike. Both blocks are read before either is written (TorchIO copies a view of the first, so overlapping
+    blocks come out in its copy order).
+
+    The swaps move voxels whatever their values, so their composition is one permutation, worked out on the host
+    from the locations alone; the device then runs a single gather instead of four ops per iteration."""
+    n, c, *spatial = x.shape
+    order = swap_permutation(spatial, starts, block)
+    index = torch.from_numpy(order).to(x.device, non_blocking=True).long()
+    return x.reshape(n, c, -1).gather(2, index.unsqueeze(1).expand(n, c, -1)).view(x.shape)
+
+
+def swap_permutation(spatial: Sequence[int], starts: torch.Tensor, block: Sequence[int]) -> np.ndarray:
+    """(n, voxels) int32: output voxel ``i`` of sample ``b`` takes input voxel ``order[b, i]``."""
+    n, size = len(starts), math.prod(spatial)
+    order = np.broadcast_to(np.arange(size, dtype=np.int32), (n, size)).copy()
+    for sample, pairs in enumerate(starts.tolist()):
+        grid = order[sample].reshape(spatial)
+        for first, second in pairs:
+            one = tuple(slice(s, s + k) for s, k in zip(first, block, strict=True))
+            two = tuple(slice(s, s + k) for s, k in zip(second, block, strict=True))
+            grid[two], grid[one] = grid[one].copy(), grid[two].copy()
+    return order
+
+
+def signed_gamma(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """``sign(x) * |x| ** gamma`` per sample and channel (gamma (n, C)): TorchIO's RandomGamma on z-scored
+    (signed) intensities, and plain ``x ** gamma`` where x >= 0."""
+    return x.abs().pow_(gamma[:, :, None, None, None]).copysign_(x)
