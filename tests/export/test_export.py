@@ -73,10 +73,13 @@ def test_each_export_predicts_like_the_run_folder(fmt, exports, data, reference,
 def test_a_run_folder_predicts_alike_with_the_onnxruntime_backend(run_dir, data, reference, tmp_path):
     import tifffile
 
+    from biom3d.cli.app import main
     from biom3d.core.discovery import get_registry
-    from biom3d.core.stages.predict import load_run, predict, predict_image
+    from biom3d.core.stages.predict import load_run, predict_image
 
-    predict([run_dir], data / "test" / "images", tmp_path, progress=False, device="cpu", backend="onnxruntime")
+    code = main(["predict", str(run_dir), "--input", str(data / "test" / "images"), "--output", str(tmp_path),
+                 "--device", "cpu", "--backend", "onnxruntime"])
+    assert code in (0, None)
     assert _dice(tifffile.imread(tmp_path / "case0.tif"), tifffile.imread(reference[0])) >= 0.999
     reg, image = get_registry(), data / "test" / "images" / "case0.tif"
     run = load_run(run_dir, registry=reg, device="cpu", backend="onnxruntime")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -220,6 +220,9 @@ def predict(
     writer: opt.Writer = None,
     strict_versions: opt.StrictVersions = False,
     shard: opt.Shard = None,
+    backend: Annotated[Literal["torch", "onnxruntime"], typer.Option(
+        help="Run a run folder's network with PyTorch, or with ONNX Runtime on the CPU (exported in memory and "
+             "checked against the network; biom3d-core[onnx]).")] = "torch",
 ) -> None:
     """Predict masks, written in the input's format and metadata under the same relative names; under torchrun
     (or with --shard I/N) this process predicts its share of the inputs."""
@@ -227,7 +230,7 @@ def predict(
 
     predict_cmd.predict(runs, input, output, tta=tta, overlap=overlap, device=device, checkpoint=checkpoint,
                         overwrite=overwrite, skip_existing=skip_existing, reader=reader, writer=writer,
-                        strict_versions=strict_versions, shard=shard)
+                        strict_versions=strict_versions, shard=shard, backend=backend)
 
 
 @app.command("eval")
