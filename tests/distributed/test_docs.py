@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.fenced import fenced_blocks
+
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "distributed.md"
 #: values for the shell variables the recipes use
 SAMPLE = {"SLURM_NNODES": "2", "SLURM_JOB_ID": "4242", "head": "node1", "SLURM_ARRAY_TASK_ID": "3"}
@@ -20,18 +22,7 @@ SAMPLE = {"SLURM_NNODES": "2", "SLURM_JOB_ID": "4242", "head": "node1", "SLURM_A
 
 def blocks() -> list[tuple[int, str, str]]:
     """(line, language, text) of each fenced block."""
-    found, lines, i = [], GUIDE.read_text(encoding="utf-8").splitlines(), 0
-    while i < len(lines):
-        opening = re.match(r"^```(\w*)\s*$", lines[i])
-        if opening:
-            start, body = i + 1, []
-            i += 1
-            while lines[i] != "```":
-                body.append(lines[i])
-                i += 1
-            found.append((start, opening[1], "\n".join(body) + "\n"))
-        i += 1
-    return found
+    return fenced_blocks(GUIDE)
 
 
 def command_lines() -> list[tuple[int, str, list[str]]]:

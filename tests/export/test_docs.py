@@ -5,7 +5,6 @@ lists; the validation one-liner prints ``valid-format``; every other bash block 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -13,24 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.fenced import fenced_blocks
+
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "export.md"
 LANGUAGES = {"bash", "text"}
 
 
 def blocks() -> list[tuple[int, str, str]]:
     """(line, info string, text) of each fenced block."""
-    found, lines, i = [], GUIDE.read_text(encoding="utf-8").splitlines(), 0
-    while i < len(lines):
-        opening = re.match(r"^```([\w ]*)\s*$", lines[i])
-        if opening:
-            start, body = i + 1, []
-            i += 1
-            while lines[i] != "```":
-                body.append(lines[i])
-                i += 1
-            found.append((start, opening[1].strip(), "\n".join(body) + "\n"))
-        i += 1
-    return found
+    return fenced_blocks(GUIDE)
 
 
 def _bash(script: str, cwd: Path) -> subprocess.CompletedProcess:

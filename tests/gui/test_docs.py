@@ -15,6 +15,7 @@ import typer
 from typer.testing import CliRunner
 
 from biom3d.gui import cli
+from tests.fenced import fenced_blocks
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "gui.md"
 LANGUAGES = {"bash", "text", "nginx", "python"}
@@ -22,18 +23,7 @@ LANGUAGES = {"bash", "text", "nginx", "python"}
 
 def blocks(kind: str | None = None) -> list[tuple[int, str, str]]:
     """(line, language, text) of each fenced block."""
-    found, lines, i = [], GUIDE.read_text(encoding="utf-8").splitlines(), 0
-    while i < len(lines):
-        opening = re.match(r"^```(\w*)\s*$", lines[i])
-        if opening:
-            start, body = i + 1, []
-            i += 1
-            while lines[i] != "```":
-                body.append(lines[i])
-                i += 1
-            found.append((start, opening[1], "\n".join(body) + "\n"))
-        i += 1
-    return [b for b in found if kind is None or b[1] == kind]
+    return [b for b in fenced_blocks(GUIDE) if kind is None or b[1] == kind]
 
 
 def commands(prefix: str) -> list[tuple[int, list[str]]]:
