@@ -45,11 +45,13 @@ def command_lines() -> list[tuple[int, str, list[str]]]:
 def recorded(monkeypatch):
     """What the commands hand to their stages, instead of training or predicting."""
     import biom3d.cli.predict_cmd
+    import biom3d.cli.run_cmd
     import biom3d.cli.train_cmd
     from biom3d.core import distributed
 
     calls: list[tuple[str, dict]] = []
     monkeypatch.setattr(biom3d.cli.train_cmd, "train", lambda config, **kw: calls.append(("train", kw)))
+    monkeypatch.setattr(biom3d.cli.run_cmd, "run", lambda config, **kw: calls.append(("run", kw)))
     monkeypatch.setattr(biom3d.cli.predict_cmd, "predict", lambda *a, **kw: calls.append(("predict", kw)))
     monkeypatch.setattr(distributed, "launch", lambda argv, **kw: calls.append(("launch", kw)))
     return calls
@@ -104,6 +106,7 @@ def test_the_recipes_cover_what_the_issue_asks_for():
     assert any("--nnodes=2" in argv for argv in torchruns)  # two machines
     assert any("--max-restarts=2" in argv or "--max-restarts=3" in argv for argv in torchruns)
     assert "srun torchrun" in text and "#SBATCH --array=" in text and "--shard" in text
+    assert any(argv[0] == "torchrun" and "run" in argv for _, _, argv in command_lines())  # the whole pipeline
     assert re.search(r"train.batch_size. is the \*\*global\*\* batch", text)
     assert "learning rate is unchanged" in text.lower().replace("**", "")
 

@@ -7,7 +7,6 @@ import os
 import sys
 
 import pytest
-from typer.testing import CliRunner
 
 from biom3d.core import distributed
 from biom3d.core.distributed import World
@@ -128,13 +127,13 @@ def test_one_gpu_needs_no_launcher_and_bad_requests_are_refused(launched, monkey
     assert "already runs under a launcher" in capsys.readouterr().err
 
 
-def test_the_pipeline_refuses_several_processes_with_the_way_to_do_it(tmp_path, monkeypatch):
-    from biom3d.cli.app import app
+def test_the_pipeline_launches_under_torchrun_like_train_and_the_cpu_hint_names_its_command(launched, monkeypatch,
+                                                                                          capsys):
+    import torch
+    from torch.distributed.run import get_args_parser
 
-    config = tmp_path / "c.yaml"
-    config.write_text("num_classes: 1\n", encoding="utf-8")
-    with pytest.raises(InputError, match=r"biom3d run does not run on several processes.*biom3d train --devices"):
-        CliRunner().invoke(app, ["run", str(config), "--gpus", "2"], catch_exceptions=False)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(InputError, match="biom3d run does not run on several processes"):
-        CliRunner().invoke(app, ["run", str(config)], catch_exceptions=False)
+    args = get_args_parser().parse_args(launched("run", "c.yaml", "--devices", "0,1", "--epochs", "2")["exec"][3:])
+    assert (args.nproc_per_node, args.training_script_args) == ("2", ["run", "c.yaml", "--epochs", "2"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert launched("run", "c.yaml", "--gpus", "2")["code"] == 2
+    assert "torchrun --standalone --nproc_per_node=2 -m biom3d.cli run c.yaml (see" in capsys.readouterr().err

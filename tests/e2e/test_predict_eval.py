@@ -154,3 +154,70 @@ def test_multichannel_images_with_multilabel_masks(tmp_path):
     pred = np.load(written[0])
     assert pred.shape == (2, 12, 24, 24) and set(np.unique(pred)) <= {0, 1}
     assert evaluate(tmp_path / "pred", tmp_path / "test" / "msk").classes == [1, 2]
+
+
+def _old_style_run(trained, tmp_path):
+    """A copy of the run whose config names overlap 0.5 and tta true, as runs saved before those params were
+    nullable do: `--fast` must still choose its own overlap and flips there."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "old-run"
+    shutil.copytree(trained.run_dir, run)
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    config["predictor"]["params"].update(overlap=0.5, tta=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return run
+
+
+def test_fast_mode_chooses_its_overlap_and_flips_even_where_the_run_config_names_them(trained, tmp_path):
+    from biom3d.core.builtins.predictor import FAST, PLAIN
+    from biom3d.core.discovery import get_registry
+    from biom3d.core.stages.predict import load_run
+
+    reg = get_registry()
+    for run in (trained.run_dir, _old_style_run(trained, tmp_path)):
+        plain = load_run(run, registry=reg).predictor
+        assert (plain.overlap, plain.tta, plain.grow_stride) == (PLAIN["overlap"], PLAIN["tta"], None)
+        fast = load_run(run, registry=reg, fast=True).predictor
+        assert (fast.overlap, fast.tta) == (FAST["overlap"], FAST["tta"]) and fast.grow_stride is not None
+        given = load_run(run, registry=reg, fast=True, tta=True, overlap=0.4).predictor  # the command line wins
+        assert (given.overlap, given.tta) == (0.4, True) and given.grow_stride is not None
+        off = load_run(run, registry=reg, fast=False).predictor
+        assert (off.overlap, off.tta, off.grow_stride) == (PLAIN["overlap"], PLAIN["tta"], None)
+
+
+def test_cli_fast_flag_predicts_what_the_stage_does_in_fast_mode(trained, dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from biom3d.cli.app import app
+
+    images = dataset / "test" / "images"
+    predict([trained.run_dir], images, tmp_path / "stage", fast=True, progress=False)
+    predict([trained.run_dir], images, tmp_path / "plain", progress=False)
+    result = CliRunner().invoke(app, ["predict", str(trained.run_dir), "--input", str(images), "--output",
+                                      str(tmp_path / "cli"), "--fast", "--device", "cpu"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "stage").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "cli").iterdir()) and names
+    for name in names:
+        fast = np.asarray(_read(tmp_path / "cli" / name).array)
+        assert np.array_equal(fast, np.asarray(_read(tmp_path / "stage" / name).array))
+        assert fast.shape == np.asarray(_read(tmp_path / "plain" / name).array).shape
+
+
+def test_fast_on_a_predictor_without_a_fast_mode_is_an_input_error_naming_it():
+    from types import SimpleNamespace
+
+    from biom3d.core.errors import InputError
+    from biom3d.core.specs import Params
+    from biom3d.core.stages.predict import predictor_overrides
+
+    class NoFast(Params):
+        overlap: float = 0.5
+
+    spec = SimpleNamespace(qid="acme/tiles", spec=SimpleNamespace(params=NoFast))
+    with pytest.raises(InputError, match=r"--fast: predictor 'acme/tiles' has no fast mode.*overlap"):
+        predictor_overrides(spec, tta=None, overlap=None, fast=True)
+    assert predictor_overrides(spec, tta=None, overlap=0.3, fast=None) == {"tta": None, "overlap": 0.3}

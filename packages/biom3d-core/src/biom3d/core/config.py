@@ -269,8 +269,12 @@ def check_yaml_limits(text: str, *, source: str | None = None) -> None:
         return  # not valid YAML: the loader reports it, with its line
 
 
+# an override value that removes its key, so the params model's default applies again (None means "not given")
+RESET = object()
+
+
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (``train.epochs``) on a copy of ``raw``; None values are skipped."""
+    """Set dotted keys (``train.epochs``) on a copy of ``raw``; None values are skipped, RESET ones removed."""
     import copy
 
     raw = copy.deepcopy(raw)
@@ -281,7 +285,10 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
-        node[leaf] = value
+        if value is RESET:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
     return raw
 
 

@@ -32,6 +32,9 @@ SEED_STRIDE = 1000
 #: a folder: each rank appends what it contributes to every reduction to rank-<r>.jsonl (for tests, debugging)
 DEBUG_DIR_ENV = "BIOM3D_DDP_DEBUG_DIR"
 LAUNCH_FLAGS = ("--devices", "--gpus")
+#: how long ranks wait for rank 0's whole stage (`biom3d run`'s preprocessing, evaluation) or for each other's
+#: predictions: a stage can outlast train.ddp_timeout, and a dead rank 0 is torchrun's to notice (it stops the job)
+STAGE_TIMEOUT_S = 7 * 24 * 3600
 _FAILURE_MARKS = ("gloo", "nccl", "Connection closed by peer", "Connection reset by peer", "ProcessGroup",
                   "Timed out waiting", "Watchdog caught collective")
 
@@ -159,6 +162,7 @@ def session(device: Any, timeout_s: float) -> Iterator[World]:
         raise
     finally:
         log.setLevel(level)
+        _STAGE_GROUP.clear()
         dist.destroy_process_group()
 
 
@@ -181,9 +185,10 @@ def lost_ranks(exc: BaseException, timeout_s: float, run_dir: Path | None = None
                     "--max-restarts does it by itself, see docs/distributed.md)")
 
 
-def run_on_main(fn: Callable[[], T]) -> T:
+def run_on_main(fn: Callable[[], T], *, stage: bool = False) -> T:
     """``fn()`` on rank 0 while the others wait; every rank returns its result. If it fails on rank 0, rank 0
-    raises its error and the others a RunError that names it (not a timeout later)."""
+    raises its error and the others a RunError that names it (not a timeout later). A ``stage`` (a whole
+    pipeline stage) may take longer than the collective timeout: the others wait up to STAGE_TIMEOUT_S."""
     if not _active():
         return fn()
     import torch.distributed as dist
@@ -195,13 +200,22 @@ def run_on_main(fn: Callable[[], T]) -> T:
             box[0] = ("ok", fn())
         except BaseException as exc:
             error, box[0] = exc, ("error", f"{type(exc).__name__}: {exc}")
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=_stage_group() if stage else None)
     if error is not None:
         raise error
     status, value = box[0]
     if status == "error":
         raise RunError(f"rank {dist.get_rank()}: rank 0 failed, so this rank stops too: {value}")
     return value
+
+
+def wait_for_all() -> None:
+    """Every rank reaches this point before any goes on (each rank's share of a stage is done); the wait is a
+    stage's (STAGE_TIMEOUT_S). Nothing to wait for in one process."""
+    if _active():
+        import torch.distributed as dist
+
+        dist.barrier(group=_stage_group())
 
 
 def gather(value: T) -> list[T]:
@@ -318,7 +332,8 @@ def launch(argv: Sequence[str], *, devices: str | None, gpus: int | None) -> Non
     if not torch.cuda.is_available():
         raise InputError(f"{'--devices' if ids else '--gpus'} starts one process per GPU, but CUDA is not available "
                          "here; for several CPU processes use torchrun yourself: torchrun --standalone "
-                         "--nproc_per_node=2 -m biom3d.cli train CONFIG (see docs/distributed.md)")
+                         f"--nproc_per_node=2 -m biom3d.cli {' '.join(without_launch_flags(argv)) or 'train CONFIG'} "
+                         "(see docs/distributed.md)")
     if ids is None and count > torch.cuda.device_count():
         raise InputError(f"--gpus {count}: only {torch.cuda.device_count()} GPU(s) are visible")
     if count <= 1:
@@ -356,6 +371,21 @@ def _exec(command: list[str]) -> NoReturn:
 def _initialized() -> bool:
     dist = sys.modules.get("torch.distributed")
     return dist is not None and dist.is_available() and dist.is_initialized()
+
+
+_STAGE_GROUP: dict[str, Any] = {}
+
+
+def _stage_group() -> Any:
+    """A gloo group of every rank with the stage timeout, made the first time the ranks need it (all at once,
+    as torch requires) and dropped with the process group. gloo: its objects and barrier stay on the CPU."""
+    if "group" not in _STAGE_GROUP:
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        _STAGE_GROUP["group"] = dist.new_group(backend="gloo", timeout=timedelta(seconds=STAGE_TIMEOUT_S))
+    return _STAGE_GROUP["group"]
 
 
 def _active() -> bool:

@@ -69,7 +69,8 @@ def package(target: Path, run, wrapper: torch.nn.Module, graphs: dict[str, Any],
     with tempfile.TemporaryDirectory(prefix="biom3d-bmz-") as tmp:
         folder = Path(tmp)
         files = _write_files(folder, run, wrapper, graphs, sidecar, raw, probs, norm)
-        descr = _describe(cfg, base, files, norm, patch, stride if dynamic else None, batch, opset, authors, license)
+        descr = _describe(cfg, base, files, norm, patch, stride if dynamic else None, batch, opset, authors, license,
+                          run.predictor)
         with atomic_path(target, suffix=".zip") as tmp_zip:
             tmp_zip.unlink()  # the packer writes a new file
             save_bioimageio_package(descr, output_path=tmp_zip)
@@ -179,12 +180,12 @@ def _write_files(folder: Path, run, wrapper, graphs, sidecar, raw, probs, norm) 
     return files
 
 
-def _describe(cfg, base, files, norm, patch, stride, batch, opset, authors, license):
+def _describe(cfg, base, files, norm, patch, stride, batch, opset, authors, license, predictor):
     from bioimageio.spec.model import v0_5 as bmz
 
     spacing = base["context"].get("spacing") or [1.0, 1.0, 1.0]
     axes_ids = ("z", "y", "x")
-    overlap = float(base["components"]["predictor"]["params"].get("overlap", 0.5))
+    overlap = float(getattr(predictor, "overlap", 0.5))  # a predictor without tiles: the halo of biom3d's default
     if stride is not None:
         sizes = [bmz.ParameterizedSize(min=p, step=s) for p, s in zip(patch, stride, strict=True)]
     else:

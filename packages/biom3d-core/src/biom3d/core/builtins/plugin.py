@@ -107,8 +107,14 @@ def biom3d_callbacks():
 
 
 class PredictorParams(Params):
-    overlap: float = Field(0.5, ge=0, lt=1, description="Overlap between neighbouring tiles (fraction of the patch).")
-    tta: bool = Field(True, description="Average over the 8 flips (identity + 7 axis combinations).")
+    # overlap and tta are null unless chosen, so that a run's saved config (every param written out) still lets
+    # `fast` pick its own values: an explicit 0.5 would be indistinguishable from the default there
+    overlap: float | None = Field(
+        None, ge=0, lt=1, description="Overlap between neighbouring tiles, a fraction of the patch (null: 0.5; 0.25 in fast mode)."
+    )
+    tta: bool | None = Field(
+        None, description="Average over the 8 flips, identity + 7 axis combinations (null: on; off in fast mode)."
+    )
     batch_size: int | None = Field(
         None, ge=1, description="Network inputs (tiles x flips) per forward pass (null: 2 on CPU, 16 on CUDA)."
     )
@@ -117,7 +123,7 @@ class PredictorParams(Params):
     fast: bool = Field(
         False,
         description="Trade a little accuracy for speed: tiles twice the patch per axis (at most the image, in multiples of "
-        "the network's stride), overlap 0.25 and no flip TTA, unless overlap, tta or patch_size are set explicitly.",
+        "the network's stride), overlap 0.25 and no flip TTA, unless overlap, tta or patch_size are set (not null).",
     )
 
 

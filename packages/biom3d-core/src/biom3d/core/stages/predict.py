@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from biom3d.core.atomic import remove_stale_temporaries
+from biom3d.core.config import RESET
 from biom3d.core.errors import DataError, InputError, RunError
 from biom3d.core.scan import Item, scan_input
 
@@ -46,12 +47,14 @@ class LoadedRun:
 
 
 def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Path, *, tta: bool | None = None,
-            overlap: float | None = None, device: str = "auto", checkpoint: str | None = None,
+            overlap: float | None = None, fast: bool | None = None, device: str = "auto", checkpoint: str | None = None,
             overwrite: bool = False, skip_existing: bool = False, reader: str | None = None,
             writer: str | None = None, strict_versions: bool = False, registry=None,
             progress: bool = True, backend: str = "torch", shard: tuple[int, int] | None = None) -> list[Path]:
     """Predict every image under ``inputs`` (a file, a DICOM folder, or a folder of them) into ``output``.
     ``checkpoint`` ("best", "last"; None: best when a run has one) picks each run's weights.
+    ``tta``, ``overlap`` and ``fast`` (None: each run's) set the predictor's params; ``fast`` lets the predictor
+    choose its fast overlap and flips wherever ``tta``/``overlap`` are not given, even if the run's config has them.
     ``skip_existing`` resumes an interrupted prediction instead of refusing to touch existing outputs.
     ``reader``/``writer`` (ids) override the run config's ``reader:``/``writer:``; without a writer, masks are
     written in the input's format, and every output's writer is found before any prediction starts.
@@ -67,8 +70,8 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
     device = str(distributed.rank_device(device, training=False))
 
     registry = registry or get_registry()
-    runs = [load_model(Path(r), registry=registry, tta=tta, overlap=overlap, device=device, checkpoint=checkpoint,
-                       strict_versions=strict_versions, backend=backend) for r in run_dirs]
+    runs = [load_model(Path(r), registry=registry, tta=tta, overlap=overlap, fast=fast, device=device,
+                       checkpoint=checkpoint, strict_versions=strict_versions, backend=backend) for r in run_dirs]
     if not runs:
         raise InputError("give at least one run folder (or export) to predict with")
     _check_ensemble(runs)
@@ -109,23 +112,23 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
 
 
 def load_model(path: Path, *, registry, tta: bool | None = None, overlap: float | None = None,
-               device: str = "auto", checkpoint: str | None = None, strict_versions: bool = False,
-               backend: str = "torch") -> LoadedRun:
+               fast: bool | None = None, device: str = "auto", checkpoint: str | None = None,
+               strict_versions: bool = False, backend: str = "torch") -> LoadedRun:
     """A run folder (:func:`load_run`) or an export (:func:`load_export`), by what ``path`` is."""
     from biom3d.core.exported import export_format
 
     if export_format(path) is None:
-        return load_run(path, registry=registry, tta=tta, overlap=overlap, device=device, checkpoint=checkpoint,
-                        strict_versions=strict_versions, backend=backend)
+        return load_run(path, registry=registry, tta=tta, overlap=overlap, fast=fast, device=device,
+                        checkpoint=checkpoint, strict_versions=strict_versions, backend=backend)
     if checkpoint is not None:
         raise InputError(f"--checkpoint chooses a run folder's weights; {path} is an export, which holds one set "
                          "(export the run again with --checkpoint to change them)")
-    return load_export(path, registry=registry, tta=tta, overlap=overlap, device=device,
+    return load_export(path, registry=registry, tta=tta, overlap=overlap, fast=fast, device=device,
                        strict_versions=strict_versions)
 
 
 def load_export(path: Path, *, registry, tta: bool | None = None, overlap: float | None = None,
-                device: str = "auto", strict_versions: bool = False) -> LoadedRun:
+                fast: bool | None = None, device: str = "auto", strict_versions: bool = False) -> LoadedRun:
     """An export ready to predict: its network, and the preprocessor, predictor and post-processing its
     sidecar names, built through the registry (the plugin of its network is not needed)."""
     from biom3d.core import exported
@@ -140,30 +143,38 @@ def load_export(path: Path, *, registry, tta: bool | None = None, overlap: float
     ctx = RunContext(**model.context, device=str(dev), fingerprint=settings["fingerprint"])
     comps = {k: v for k, v in settings["components"].items() if v is not None}
     envs = {k: [Envelope(**e) for e in v] if isinstance(v, list) else Envelope(**v) for k, v in comps.items()}
-    overrides = {k: v for k, v in {"tta": tta, "overlap": overlap}.items() if v is not None}
     predictor = registry.resolve("predictor", envs["predictor"].name)
+    params = dict(envs["predictor"].params)
+    for key, value in predictor_overrides(predictor, tta=tta, overlap=overlap, fast=fast).items():
+        if value is RESET:
+            params.pop(key, None)
+        elif value is not None:
+            params[key] = value
     if model.weights == "onnx" and "channels_last" in predictor.spec.params.model_fields:
-        overrides["channels_last"] = False  # ONNX Runtime takes contiguous arrays: no layout to convert to
+        params["channels_last"] = False  # ONNX Runtime takes contiguous arrays: no layout to convert to
     post = [registry.resolve("postprocessor", e.name).build(e.params, ctx) for e in envs.get("postprocessors", [])]
     log.info("predict: %s", model.describe())
     return LoadedRun(path, path, None, model.network,
                      registry.resolve("preprocessor", envs["preprocessor"].name).build(envs["preprocessor"].params, ctx),
-                     predictor.build({**envs["predictor"].params, **overrides}, ctx), settings["fingerprint"], ctx,
+                     predictor.build(params, ctx), settings["fingerprint"], ctx,
                      post, envs.get("reader"), envs.get("writer"))
 
 
 def load_run(run_dir: Path, *, registry, tta: bool | None = None, overlap: float | None = None,
-             device: str = "auto", checkpoint: str | None = None, strict_versions: bool = False,
-             backend: str = "torch") -> LoadedRun:
+             fast: bool | None = None, device: str = "auto", checkpoint: str | None = None,
+             strict_versions: bool = False, backend: str = "torch") -> LoadedRun:
     """A run ready to predict, with the weights ``checkpoint`` selects ("best", "last"; None: best when the run
     has one, else the newest), its network run by ``backend`` ("torch", or "onnxruntime" on the CPU)."""
     from biom3d.core import runs
     from biom3d.core.builder import Builder
     from biom3d.core.devices import resolve_device
 
-    overrides = {"predictor.params.tta": tta, "predictor.params.overlap": overlap}
-    config = runs.load_run_config(run_dir, registry=registry, strict_versions=strict_versions,
-                                  overrides={k: v for k, v in overrides.items() if v is not None})
+    config = runs.load_run_config(run_dir, registry=registry, strict_versions=strict_versions)
+    if tta is not None or overlap is not None or fast is not None:
+        changes = predictor_overrides(registry.resolve("predictor", config.predictor.name), tta=tta, overlap=overlap,
+                                      fast=fast)
+        config = runs.load_run_config(run_dir, registry=registry,
+                                      overrides={f"predictor.params.{k}": v for k, v in changes.items()})
     candidates = runs.checkpoint_files(run_dir, checkpoint)
     fp_path = run_dir / runs.FINGERPRINT
     if not fp_path.is_file():
@@ -188,6 +199,22 @@ def load_run(run_dir: Path, *, registry, tta: bool | None = None, overlap: float
     return LoadedRun(run_dir, path, builder, model, builder.build("preprocessor"), builder.build("predictor"),
                      json.loads(fp_path.read_text()), builder.context, builder.build("postprocessors"),
                      config.reader, config.writer, epoch)
+
+
+def predictor_overrides(predictor, *, tta: bool | None, overlap: float | None, fast: bool | None) -> dict[str, Any]:
+    """The predictor params a prediction's options set (None: left as they are). With ``fast``, the ones not
+    given are reset to their defaults, so that the predictor's fast mode chooses them (a run's saved config
+    names every param)."""
+    fields = predictor.spec.params.model_fields
+    if fast is not None and "fast" not in fields:
+        raise InputError(f"--fast: predictor {predictor.qid!r} has no fast mode (its params: {', '.join(fields)}); "
+                         "drop --fast, or set its own params with --overlap and --tta")
+    changes: dict[str, Any] = {"tta": tta, "overlap": overlap}
+    if fast is not None:
+        changes["fast"] = fast
+        if fast:
+            changes = {k: RESET if v is None and k in fields else v for k, v in changes.items()}
+    return changes
 
 
 def _first_readable(paths: Sequence[Path], device) -> tuple[dict[str, Any], Path]:

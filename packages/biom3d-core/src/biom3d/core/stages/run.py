@@ -8,6 +8,10 @@ Pipeline folder::
 
 A fine-tuning trains in ``run.finetuning/<name>-<timestamp>/`` (where ``Builder.finetune`` puts a new run) and
 becomes ``run/`` once trained; pipeline.json remembers the run it started from, so a re-run resumes it.
+
+Under torchrun (or `biom3d run --devices 0,1`) every rank runs the pipeline: rank 0 alone preprocesses, writes
+the folder's files and evaluates while the others wait; all ranks train one model with DDP and predict their
+share of the test images, then wait for each other, so the evaluation sees every mask.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ def run_pipeline(config: str | Path | dict[str, Any], *, overrides: dict[str, An
     ``checkpoint`` is the weights the predict stage uses ("best", "last"; None: best when the run has one);
     ``finetune`` a run folder whose weights training starts from; ``strict_versions`` refuses a run (resumed,
     fine-tuned from, predicted with) made with other plugin versions, as on `biom3d train` and `predict`."""
+    from biom3d.core import distributed
     from biom3d.core.discovery import get_registry
 
     registry = registry or get_registry()
@@ -60,13 +65,27 @@ def run_pipeline(config: str | Path | dict[str, Any], *, overrides: dict[str, An
     raw = _absolute_data_paths(apply_overrides(raw, overrides or {}), base)
     cfg = validate(raw, registry=registry, source=str(source) if source else None)  # every error, up front
     folder = Path(folder).resolve() if folder is not None else Path(cfg.runs_dir).resolve() / cfg.name
+    device = distributed.rank_device(cfg.train.device)
+    with distributed.session(device, cfg.train.ddp_timeout):
+        distributed.run_on_main(lambda: _open_folder(folder, raw), stage=True)
+        return _stages(cfg, raw, folder, registry, progress, checkpoint=checkpoint, finetune=finetune,
+                       strict_versions=strict_versions)
+
+
+def _open_folder(folder: Path, raw: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder)  # the pipeline folder is the pipeline's own: a kill's leftovers go
     atomic_write_text(folder / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
+
+
+def _stages(cfg: Config, raw: dict[str, Any], folder: Path, registry, progress: bool, *, checkpoint: str | None,
+            finetune: str | Path | None, strict_versions: bool) -> PipelineResult:
+    from biom3d.core import distributed
+
     state = _State(folder / PIPELINE)
     result = PipelineResult(folder)
-
-    prep_dir = _preprocess(cfg, raw, folder, state, registry, progress)
+    prep_dir = distributed.run_on_main(lambda: _preprocess(cfg, raw, folder, state, registry, progress), stage=True)
+    state.reload()  # what rank 0 recorded, on every rank
     if "train" in cfg.stages and prep_dir is not None:
         result.run_dir = _train(raw, prep_dir, folder, state, registry, finetune=finetune,
                                 strict_versions=strict_versions)
@@ -76,13 +95,18 @@ def run_pipeline(config: str | Path | dict[str, Any], *, overrides: dict[str, An
         result.predictions = _predict(cfg, result.run_dir, folder, state, registry, progress,
                                       checkpoint=checkpoint, strict_versions=strict_versions)
     if "eval" in cfg.stages and cfg.data.test_masks and result.predictions is not None:
-        from biom3d.core.stages.evaluate import evaluate
-
-        result.report = evaluate(result.predictions, cfg.data.test_masks, num_classes=cfg.num_classes,
-                                 csv_path=folder / "eval.csv", overwrite=True,
-                                 reader=cfg.reader.name if cfg.reader else None, registry=registry)  # its own
-        state.done("eval", mean_dice=result.report.mean("dice"))
+        result.report = distributed.run_on_main(lambda: _evaluate(cfg, result.predictions, folder, state, registry),
+                                                stage=True)
     return result
+
+
+def _evaluate(cfg: Config, predictions: Path, folder: Path, state, registry):
+    from biom3d.core.stages.evaluate import evaluate
+
+    report = evaluate(predictions, cfg.data.test_masks, num_classes=cfg.num_classes, csv_path=folder / "eval.csv",
+                      overwrite=True, reader=cfg.reader.name if cfg.reader else None, registry=registry)  # its own
+    state.done("eval", mean_dice=report.mean("dice"))
+    return report
 
 
 def _preprocess(cfg: Config, raw, folder: Path, state, registry, progress: bool) -> Path | None:
@@ -114,6 +138,7 @@ def _train(raw: dict[str, Any], prep_dir: Path, folder: Path, state, registry, *
            strict_versions: bool) -> Path:
     """Train ``run/``, or resume it: an interrupted run continues, a finished one is extended when more
     epochs are asked for; train settings the config (or the command line) changed since apply on resume."""
+    from biom3d.core import distributed
     from biom3d.core.builder import Builder
     from biom3d.core.checkpoints import BEST, has_checkpoint
 
@@ -124,7 +149,7 @@ def _train(raw: dict[str, Any], prep_dir: Path, folder: Path, state, registry, *
         log.info("train: resuming the interrupted fine-tuning %s", staged)
         Builder.resume(staged, registry=registry, overrides=_changed_train(raw, staged),
                        strict_versions=strict_versions)
-        _install(staged, run_dir)
+        distributed.run_on_main(lambda: _install(staged, run_dir))
     elif has_checkpoint(run_dir / "checkpoints"):
         changed = _changed_train(raw, run_dir)
         trained = read_yaml(run_dir / "config.yaml").get("train", {}).get("epochs", 0)
@@ -143,10 +168,11 @@ def _train(raw: dict[str, Any], prep_dir: Path, folder: Path, state, registry, *
         Builder.resume(run_dir, registry=registry, overrides=changed, strict_versions=strict_versions)
     elif source is not None:
         state.note("train", finetune=str(Path(source).resolve()))  # a re-run after a kill resumes it
-        shutil.rmtree(folder / FINETUNING, ignore_errors=True)  # a kill before its first checkpoint: no run
+        # a kill before its first checkpoint: no run
+        distributed.run_on_main(lambda: shutil.rmtree(folder / FINETUNING, ignore_errors=True))
         result = Builder.finetune(source, merge_with_preprocessed(raw, prep_dir), registry=registry,
                                   runs_dir=folder / FINETUNING, strict_versions=strict_versions)
-        _install(result.run_dir, run_dir)
+        distributed.run_on_main(lambda: _install(result.run_dir, run_dir))
     else:
         merged = merge_with_preprocessed(raw, prep_dir)
         Builder(merged, registry=registry).train(run_dir=run_dir)
@@ -182,6 +208,7 @@ def _predict(cfg: Config, run_dir: Path, folder: Path, state, registry, progress
              checkpoint: str | None, strict_versions: bool) -> Path:
     """Predict the test images, skipping those done already; all of them again when the weights differ from
     those of the last predictions (another --checkpoint, a run trained further)."""
+    from biom3d.core import distributed
     from biom3d.core.runs import require_checkpoint
     from biom3d.core.stages.predict import predict
 
@@ -198,8 +225,9 @@ def _predict(cfg: Config, run_dir: Path, folder: Path, state, registry, progress
         state.note("predict", checkpoint=weights)  # a kill now: the re-run keeps what these weights wrote
     written = predict([run_dir], cfg.data.test_images, out, device=cfg.train.device, checkpoint=checkpoint,
                       overwrite=again, skip_existing=True, strict_versions=strict_versions, registry=registry,
-                      progress=progress)
-    log.info("predict: %d new mask(s) in %s", len(written), out)
+                      progress=progress)  # under torchrun, this rank's share
+    distributed.wait_for_all()
+    log.info("predict: %d new mask(s) in %s", sum(distributed.gather(len(written))), out)
     state.done("predict", folder=str(out), checkpoint=weights)
     return out
 
@@ -243,23 +271,33 @@ def _absolute_data_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 class _State:
-    """pipeline.json: which stages finished, written atomically after each."""
+    """pipeline.json: which stages finished, written atomically after each. Every rank keeps the same record
+    (each updates its own copy at the same points); rank 0 alone writes it."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+        self.reload()
+
+    def reload(self) -> None:
+        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def is_done(self, stage: str) -> bool:
         return bool(self.data.get(stage, {}).get("done"))
 
     def done(self, stage: str, **info: Any) -> None:
         self.data[stage] = {"done": True, **info}
-        atomic_write_text(self.path, json.dumps(self.data, indent=2))
+        self._write()
 
     def note(self, stage: str, **info: Any) -> None:
         """Record what a stage started with, before it is done."""
         self.data[stage] = {**self.data.get(stage, {}), "done": False, **info}
-        atomic_write_text(self.path, json.dumps(self.data, indent=2))
+        self._write()
+
+    def _write(self) -> None:
+        from biom3d.core.distributed import is_main
+
+        if is_main():
+            atomic_write_text(self.path, json.dumps(self.data, indent=2))
 
 
 def pipeline_folder(path: str | Path) -> Path:
