@@ -17,15 +17,17 @@ from auto-configuration), seed 0, eval mode, 2 torch threads.
   widths (seed 0): our weights cannot be loaded (other state_dict keys, no conv biases there).
 - reference: loops over tiles and flips, batch 1: run, unflip, softmax, times the same window as `hann_window`,
   accumulate, divide by the summed windows. Max |ours - reference| must be <= 1e-4 (also shown for MONAI).
-Each timed case runs in a fresh subprocess: warm-up then the median of N; peak RSS of its largest process.
+Each timed case runs in a fresh subprocess: warm-up then the median of N; peak RSS of its largest process. Our
+children (ours, MONAI, the floor) set glibc to keep freed blocks, as our predictor does on a CPU, so that MONAI
+and the floor do not pay page faults ours does not; the original runs with its own (glibc's default) settings.
 
 Bars (issue: Predictor): ours <= MONAI's time; ours >= 3x faster than the original; max |ours - ref| <= 1e-4.
 
 --full-width (issue 15): the paper's widths (32..320) instead, where the network, not the tiling, is the cost;
 --no-tta turns TTA off in every case (the original's too). Adds the compute floor: the number of forwards the
-window needs (tiles x flips) times the best per-patch time of one forward of 1, 2 or 4 patches, measured in
-the same child (warm-up forwards first). Bar: ours <= 1.05x the floor, with and without TTA. The reference blend
-check is skipped there (the same code is checked at the narrow widths; at full width it would cost another
+window needs (tiles x flips) times the best per-patch time of one forward of 1, 2 or 4 patches in either memory
+layout (NCDHW, NDHWC), measured in one child (warm-up forwards first). Bar: ours <= 1.05x the floor, with and
+without TTA. The reference blend check is skipped there (the same code is checked at the narrow widths; at full width it would cost another
 whole prediction at batch 1).
 
 --fast-run RUN (issue 15): `predictor.params.fast` against the run's own predictor settings on one held-out image
@@ -130,10 +132,14 @@ def _original(args, size: dict, ours: ChildResult | str) -> ChildResult | str:
 
 # -- children -------------------------------------------------------------------------------------------------------
 def _setup(spec: dict):
-    """The network (eval mode, seed 0) and the volume, identical in every child."""
+    """The network (eval mode, seed 0) and the volume, identical in every child, and glibc set to keep freed
+    blocks as our predictor does on a CPU (else MONAI and the floor would pay page faults ours does not)."""
     import torch
     from _common import build_model, normalized_volume
 
+    from biom3d.core.devices import keep_freed_memory
+
+    keep_freed_memory()
     torch.set_num_threads(THREADS)
     patch = (spec["patch"],) * 3
     model, ctx = build_model(patch, base=spec.get("base", BASE), cap=spec.get("cap", CAP), deep=False)
@@ -156,23 +162,24 @@ def _child_ours(spec: dict) -> None:
 
 
 def _child_floor(spec: dict) -> None:
-    """What the window's forwards cost alone: (tiles x flips) x the best per-patch time of one forward."""
+    """What the window's forwards cost alone: (tiles x flips) x the best per-patch time of one forward, over
+    batch sizes and both memory layouts (NCDHW, NDHWC)."""
     import torch
 
     from biom3d.core.builtins.predictor import FLIPS, tile_starts
 
     model, image, patch, _ = _setup(spec)
     forwards = len(tile_starts(tuple(image.shape[1:]), patch, OVERLAP)) * (len(FLIPS) if spec.get("tta", True) else 1)
-    model.to(memory_format=torch.channels_last_3d)  # as the predictor runs it
     per_patch = {}
     with torch.inference_mode():
-        for b in FLOOR_BATCHES:
-            x = image[None, :, : patch[0], : patch[1], : patch[2]].repeat(b, 1, 1, 1, 1)
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-            times = timed(lambda x=x: model(x), warmup=1, repeats=max(2, spec["repeats"]))
-            per_patch[b] = median(times) / b
+        for layout, fmt in (("NCDHW", torch.contiguous_format), ("NDHWC", torch.channels_last_3d)):
+            model.to(memory_format=fmt)
+            for b in FLOOR_BATCHES:
+                x = image[None, :, : patch[0], : patch[1], : patch[2]].repeat(b, 1, 1, 1, 1).contiguous(memory_format=fmt)
+                times = timed(lambda x=x: model(x), warmup=1, repeats=max(2, spec["repeats"]))
+                per_patch[f"{layout} batch {b}"] = median(times) / b
     best = min(per_patch, key=per_patch.get)
-    emit({"forwards": forwards, "per_patch": per_patch, "best_batch": best, "floor": forwards * per_patch[best]})
+    emit({"forwards": forwards, "per_patch": per_patch, "best": best, "floor": forwards * per_patch[best]})
 
 
 def _child_monai(spec: dict) -> None:
@@ -339,9 +346,9 @@ def _report_floor(ours: ChildResult | str, floor: ChildResult | str) -> None:
         print(f"floor: ours {cell(ours) if isinstance(ours, str) else 'ok'}, floor {cell(floor) if isinstance(floor, str) else 'ok'}")
         return
     f = floor.data
-    per = ", ".join(f"batch {b}: {t:.3f} s" for b, t in f["per_patch"].items())
-    print(f"compute floor: {f['forwards']} forwards x {f['per_patch'][str(f['best_batch'])]:.3f} s (best per patch, "
-          f"batch {f['best_batch']}; {per}) = {f['floor']:.1f} s")
+    per = ", ".join(f"{case}: {t:.3f} s" for case, t in f["per_patch"].items())
+    print(f"compute floor: {f['forwards']} forwards x {f['per_patch'][f['best']]:.3f} s (best per patch, "
+          f"{f['best']}; {per}) = {f['floor']:.1f} s")
     verdict = median(ours.data["times"]) / f["floor"]
     print(f"ours / floor: {verdict:.3f}x (bar <= {FLOOR_BAR:.2f}x): {'OK' if verdict <= FLOOR_BAR else 'ABOVE'}")
 

@@ -5,6 +5,7 @@ trainer over a bare PyTorch loop (``--overhead``).
     python benchmarks/bench_train_step.py --sizes                       # 64^3, 96x112x96 and 128^3
     python benchmarks/bench_train_step.py --quick                       # 32^3 and 48^3, 2 steps: a smoke test
     python benchmarks/bench_train_step.py --overhead [--patch 48] [--steps 8] [--repeats 5]
+    python benchmarks/bench_train_step.py --compile [--patch 64] [--repeats 5]   # eager vs torch.compile
 
 Ours vs the original, per patch (pooling from auto-configuration for that patch, which both share: (4, 4, 4) at
 64^3 and 96x112x96, (5, 5, 5) at 128^3), batch 2 of pre-made batches (no data loader), CPU, 2 threads:
@@ -27,6 +28,12 @@ load the machine (see the load averages printed): the CPU seconds are less sensi
 ``--overhead`` (issue: Trainer; bar: ours <= 5% over the bare loop): one process, rounds of ``--steps`` steps, ours
 and the bare loop taking turns (alternating who goes first) on the same batches; median over ``--repeats`` rounds
 after ``--warmup``; memory of each case alone in a fresh subprocess. Default 48^3, 8 steps; --quick 32^3, 3 steps.
+
+``--compile`` (issue 15: ``train.compile``): one process, two trainers from the same initial weights, one calling
+the network eagerly and one through ``torch.compile`` (inductor, as ``train.compile: true`` runs it); the first
+compiled step is the compile time (less one eager step); then steps alternate, who goes first alternating, median
+of ``--repeats``. The losses of the two are printed side by side (the same maths: they agree to float error).
+Default 64^3, batch 2; --quick 32^3.
 """
 
 from __future__ import annotations
@@ -83,6 +90,7 @@ def main() -> None:
                              "fit in the available memory)")
     parser.add_argument("--overhead", action="store_true", help="ours vs a bare PyTorch loop instead")
     parser.add_argument("--steps", type=int, help="--overhead: steps per round (default 8, --quick 3)")
+    parser.add_argument("--compile", action="store_true", help="eager vs torch.compile steps instead")
     args = parser.parse_args()
     if args.child:
         CHILDREN[args.child](child_spec(args))
@@ -91,6 +99,8 @@ def main() -> None:
         parser.error("--patch takes 1 or 3 sizes")
     if args.overhead:
         _main_overhead(args)
+    elif args.compile:
+        _main_compile(args)
     else:
         _main_vs_orig(args)
 
@@ -258,6 +268,71 @@ def _child_serve(spec: dict) -> None:
         serve_steps(lambda: losses.append(run(batches[len(losses) % 2], loss=True)), lambda: {"losses": losses})
 
 
+# -- eager vs torch.compile -------------------------------------------------------------------------------------
+def _main_compile(args) -> None:
+    patch = tuple(args.patch * 3 if args.patch and len(args.patch) == 1 else args.patch or ((32,) * 3 if args.quick
+                                                                                           else (64,) * 3))
+    repeats = min(args.repeats, 2) if args.quick else args.repeats
+    spec = {"patch": list(patch), "batch": args.batch, "warmup": args.warmup, "repeats": repeats}
+    print(f"training step, patch {patch}, batch {args.batch}, CPU, {THREADS} torch threads; first compiled step = "
+          f"compile; warm-up {args.warmup}, median of {repeats}, alternating; {machine_note()}")
+    result = _run("compile", spec)
+    if not isinstance(result, ChildResult):
+        print(f"compile: {result}")
+        return
+    d = result.data
+    eager, compiled = median(d["eager"]), median(d["compiled"])
+    print_table(["case", "first step s", "median s/step", "min s/step", "losses"],
+                [["eager", d["first"]["eager"], eager, min(d["eager"]), " ".join(f"{v:.5f}" for v in d["loss_eager"])],
+                 ["torch.compile (inductor)", d["first"]["compiled"], compiled, min(d["compiled"]),
+                  " ".join(f"{v:.5f}" for v in d["loss_compiled"])]])
+    print(f"compile time ~ {d['first']['compiled'] - d['first']['eager']:.1f} s; compiled/eager step: "
+          f"{compiled / eager:.3f}x; break-even: {_break_even(d, eager, compiled)}; peak RSS "
+          f"{result.peak_mib:.0f} MiB (both trainers); {d['warnings'] or 'no fallback'}; after: {machine_note()}")
+
+
+def _break_even(d: dict, eager: float, compiled: float) -> str:
+    saved = eager - compiled
+    return f"after ~{(d['first']['compiled'] - d['first']['eager']) / saved:.0f} steps" if saved > 0 else "never (no gain)"
+
+
+def _child_compile(spec: dict) -> None:
+    import copy
+    import logging
+
+    from _common import random_batch
+
+    from biom3d.core.compiling import compiled
+
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("biom3d").addHandler(handler)
+    patch = tuple(spec["patch"])
+    with tempfile.TemporaryDirectory() as tmp:
+        runs, trainers = {}, {}
+        for name in ("eager", "compiled"):
+            (Path(tmp) / name).mkdir()
+            runs[name], trainers[name] = _ours({"patch": patch, "steps": 1}, Path(tmp) / name, trainer_too=True)
+        trainers["compiled"].model.load_state_dict(copy.deepcopy(trainers["eager"].model.state_dict()))
+        graph = compiled(trainers["compiled"].model)
+        trainers["compiled"].forward = trainers["compiled"].model if graph is None else graph
+        batches = [[random_batch(patch, spec["batch"], seed=i)] for i in range(2)]
+        first, times, losses = {}, {k: [] for k in runs}, {k: [] for k in runs}
+        for name in runs:
+            start = time.perf_counter()
+            losses[name].append(runs[name](batches[0], loss=True))
+            first[name] = time.perf_counter() - start
+        for r in range(spec["warmup"] + spec["repeats"]):
+            for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+                start = time.perf_counter()
+                losses[name].append(runs[name](batches[(r + 1) % 2], loss=True))
+                if r >= spec["warmup"]:
+                    times[name].append(time.perf_counter() - start)
+    emit({"first": first, "eager": times["eager"], "compiled": times["compiled"], "loss_eager": losses["eager"],
+          "loss_compiled": losses["compiled"], "warnings": "; ".join(warnings)})
+
+
 # -- ours vs a bare loop ----------------------------------------------------------------------------------------
 def _main_overhead(args) -> None:
     size = OVERHEAD_QUICK if args.quick else OVERHEAD
@@ -302,7 +377,8 @@ def _child_memory(spec: dict) -> None:
     emit({"times": times})
 
 
-CHILDREN = {"time": _child_time, "memory": _child_memory, "steps": _child_steps, "serve": _child_serve}
+CHILDREN = {"time": _child_time, "memory": _child_memory, "steps": _child_steps, "serve": _child_serve,
+            "compile": _child_compile}
 
 
 def _batches(spec: dict) -> list[dict]:
@@ -315,9 +391,10 @@ def _cube(patch) -> tuple[int, int, int]:
     return tuple(patch) if isinstance(patch, list | tuple) else (patch,) * 3
 
 
-def _ours(spec: dict, run_dir: Path):
+def _ours(spec: dict, run_dir: Path, *, trainer_too: bool = False):
     """A SegTrainer set up as `fit` does (CPU, fp16 off there), with the default callbacks; returns a function
-    that runs one `_train_epoch` over the given batches and returns its seconds (or its mean loss)."""
+    that runs one `_train_epoch` over the given batches and returns its seconds (or its mean loss), and with
+    ``trainer_too`` the trainer as well."""
     import torch
 
     from biom3d.core.builtins.plugin import DEFAULT_CALLBACKS
@@ -337,6 +414,7 @@ def _ours(spec: dict, run_dir: Path):
     trainer.job, trainer.train_cfg, trainer.run_dir, trainer.epochs = job, cfg, run_dir, cfg.epochs
     trainer.device = resolve_device(cfg.device)
     trainer.model, trainer.loss = model.to(trainer.device), loss
+    trainer.forward = trainer.model
     trainer.optimizer = make_optimizer(model.parameters(), cfg)
     trainer.amp = cfg.fp16 and trainer.device.type == "cuda"
     trainer.scaler = torch.amp.GradScaler("cuda", enabled=trainer.amp)
@@ -355,7 +433,7 @@ def _ours(spec: dict, run_dir: Path):
         epoch += 1
         return mean_loss if loss else seconds
 
-    return run
+    return (run, trainer) if trainer_too else run
 
 
 def _bare(spec: dict):

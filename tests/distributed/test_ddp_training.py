@@ -79,6 +79,36 @@ def test_the_checkpoint_predicts_in_one_process_and_shards_write_the_same_bytes(
         assert written == whole, folder
 
 
+def test_an_ensemble_splits_over_shards_and_ranks_into_the_bytes_of_one_process(ddp_run, prepared, tmp_path,
+                                                                             monkeypatch):
+    from biom3d.core.stages.predict import predict
+
+    other = shutil.copytree(ddp_run.run_dir, tmp_path / "other")  # a second member: the same run, other weights
+    generator = torch.Generator().manual_seed(0)
+    for path in (other / "checkpoints").glob("*.pt"):
+        state = torch.load(path, weights_only=True)
+        state["model"] = {k: v + 0.2 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+                          for k, v in state["model"].items()}
+        torch.save(state, path)
+    members = [ddp_run.run_dir, other]
+
+    def run(out: str, runs=members, **kw) -> list:
+        return predict(runs, prepared.test_images, tmp_path / out, device="cpu", progress=False, **kw)
+
+    whole = {p.name: p.read_bytes() for p in run("one")}
+    alone = {p.name: p.read_bytes() for p in run("first", runs=members[:1])}
+    assert whole != alone  # the second member changes the masks: the ensemble is not one model
+    for i in range(2):
+        run("shards", shard=(i, 2))
+    for rank in range(2):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        run("ranks")
+    for folder in ("shards", "ranks"):
+        assert {p.name: p.read_bytes() for p in (tmp_path / folder).iterdir()} == whole, folder
+
+
 def test_a_two_rank_run_resumes_in_one_process_with_a_note(ddp_run, tmp_path):
     from biom3d.core.builder import Builder
 

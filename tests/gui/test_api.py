@@ -204,6 +204,12 @@ def test_predict_with_an_ensemble_then_download_and_evaluate(trained, data, tmp_
 
     single = client.get(f"/api/predictions/{out}/files/case0.tif")
     assert single.status_code == 200 and single.content == (runs / "predictions" / out / "case0.tif").read_bytes()
+    fast = client.post("/api/predict", json={"runs": [run], "input": str(test_images), "fast": True, "device": "cpu"})
+    job = wait_job(client, fast.json()["job"]["id"])
+    assert job["state"] == "done", job["log"]
+    assert "--fast" in job["argv"] and "--tta" not in job["argv"] and "--no-tta" not in job["argv"]
+    fast_mask = tifffile.imread(runs / "predictions" / fast.json()["predictions"] / "case0.tif")
+    assert fast_mask.shape == mask.shape and set(np.unique(fast_mask)) <= {0, 1}
     archive = client.get(f"/api/predictions/{out}/download")
     assert archive.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(archive.content)) as zf:

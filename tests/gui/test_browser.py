@@ -139,7 +139,7 @@ def test_a_biologist_trains_predicts_and_downloads_a_mask_in_the_browser(server,
             page.wait_for_selector("#predict-runs input[value='browser-run']:checked")
             page.set_input_files("input[data-upload='predict-input']", str(data / "test" / "images" / "case0.tif"))
             expect(page.locator("#predict-input")).to_have_value(re.compile(r"/uploads/.+/inputs$"))
-            page.uncheck("#predict-tta")
+            page.check("#predict-fast")  # fast mode: no flips, larger tiles
             page.select_option("#predict-device", "cpu")
             page.click("#predict")
             page.wait_for_selector("#predict-files a.mask-link", timeout=180_000)

@@ -25,10 +25,12 @@ Fp16 = Annotated[bool | None, typer.Option("--fp16/--no-fp16", help="train.fp16 
 Device = Annotated[str | None, typer.Option(help="train.device: auto, cpu, cuda, cuda:N, mps.")]
 Seed = Annotated[int | None, typer.Option(help="train.seed (`biom3d run`: the fold split's seed too).")]
 ValIters = Annotated[int | None, typer.Option(help="train.val_iters.", min=0)]
+Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="train.compile: torch.compile the "
+                                              "network (eager, with a warning, where it cannot).")]
 
 #: parameter name -> config key; a flag of `train` missing here would not reach the config
 TRAIN_KEYS = {name: f"train.{name}" for name in ("epochs", "iters_per_epoch", "batch_size", "lr", "fold",
-                                                  "workers", "fp16", "device", "seed", "val_iters")}
+                                                  "workers", "fp16", "device", "seed", "val_iters", "compile")}
 
 # -- training: where and from what ---------------------------------------------------------------------------
 Resume = Annotated[Path | None, typer.Option(help="Continue this run folder from its last checkpoint; `biom3d train "

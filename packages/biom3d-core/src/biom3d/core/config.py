@@ -81,6 +81,9 @@ class TrainConfig(BaseModel):
     seed: int | None = Field(42, description="Random seed (null: not seeded).")
     checkpoints: bool = Field(True, description="Refuse callbacks that write no checkpoint (false: train without; "
                               "the run can then be neither predicted nor resumed).")
+    compile: bool = Field(False, description="Train the network through torch.compile where this platform compiles "
+                          "it (a warning, then eager training, where it cannot); the first steps pay the compile "
+                          "time (benchmarks/bench_train_step.py --compile measures both).")
     ddp_timeout: float = Field(1800.0, gt=0, description="Under torchrun (DDP): seconds a rank waits in a collective "
                                "(gradient sync, metrics, checkpoint barrier) before failing, so that a dead or hung "
                                "rank ends the job with an error instead of hanging it.")

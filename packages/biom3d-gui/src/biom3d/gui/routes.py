@@ -41,6 +41,7 @@ class PredictRequest(BaseModel):
     runs: list[str]
     input: str
     tta: bool | None = None
+    fast: bool = False
     device: str = "auto"
     checkpoint: str | None = None
 
@@ -189,6 +190,7 @@ def add_routes(app: FastAPI, state) -> None:  # noqa: C901  (one closure per rou
         output = state.runs_dir / "predictions" / out_id
         argv = state.cli("predict", *run_dirs, "--input", source, "--output", output, "--device", req.device)
         argv += [] if req.tta is None else ["--tta" if req.tta else "--no-tta"]
+        argv += ["--fast"] if req.fast else []
         argv += ["--checkpoint", req.checkpoint] if req.checkpoint else []
         what = "ensemble of " + ", ".join(req.runs) if len(req.runs) > 1 else req.runs[0]
         job = jobs.submit("predict", argv, lane=lane(req.device), title=f"predict {source.name} with {what}",

@@ -71,6 +71,12 @@ class SegTrainer:
                      "gradients over the global batch, as one process with batch %d would)", cfg.batch_size,
                      self.world.size, self.batch_size, cfg.lr, cfg.batch_size)
         self.model = distributed.wrap(self.model, self.device)  # after loading: every rank starts from the same weights
+        self.forward = self.model  # what a training step calls: the model, or its torch.compile'd form
+        if cfg.compile:
+            from biom3d.core.compiling import compiled
+
+            graph = compiled(self.model)  # a module: `or` would ask its len()
+            self.forward = self.model if graph is None else graph
         train_loader = self._loader(job.data.train_dataset(cfg.iters_per_epoch * cfg.batch_size), shuffle=False)
         val_loader = None
         if cfg.val_iters > 0:
@@ -153,21 +159,34 @@ class SegTrainer:
                 with torch.no_grad():
                     batch = on_device({"image": image, "mask": target})
                 image, target = batch["image"], batch["mask"]
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                output = self.model(image)
-                loss = self.loss(output, target)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            detached = loss.detach()
+            try:
+                detached = self._step(image, target, clip)
+            except Exception as exc:
+                from biom3d.core.compiling import fallback_message, is_compile_failure
+
+                if self.forward is self.model or not is_compile_failure(exc):
+                    raise
+                log.warning(fallback_message(exc))
+                self.forward = self.model  # the same step again, eagerly: no optimizer step was taken
+                detached = self._step(image, target, clip)
             total += detached
             count += 1
             self._call("on_batch_end", step, {"loss": detached, "batch_size": image.shape[0]})
         return distributed.mean_over_ranks({"train_loss": (total, count)}, "train")["train_loss"]
+
+    def _step(self, image: torch.Tensor, target: torch.Tensor, clip: float | None) -> torch.Tensor:
+        """One optimisation step; its loss, detached."""
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            output = self.forward(image)
+            loss = self.loss(output, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
 
     @torch.inference_mode()
     def _validate(self, loader) -> dict[str, float]:

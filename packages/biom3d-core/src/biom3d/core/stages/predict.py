@@ -167,14 +167,15 @@ def load_run(run_dir: Path, *, registry, tta: bool | None = None, overlap: float
     has one, else the newest), its network run by ``backend`` ("torch", or "onnxruntime" on the CPU)."""
     from biom3d.core import runs
     from biom3d.core.builder import Builder
+    from biom3d.core.config import load_config
     from biom3d.core.devices import resolve_device
 
     config = runs.load_run_config(run_dir, registry=registry, strict_versions=strict_versions)
     if tta is not None or overlap is not None or fast is not None:
         changes = predictor_overrides(registry.resolve("predictor", config.predictor.name), tta=tta, overlap=overlap,
                                       fast=fast)
-        config = runs.load_run_config(run_dir, registry=registry,
-                                      overrides={f"predictor.params.{k}": v for k, v in changes.items()})
+        config = load_config(run_dir / runs.CONFIG, registry=registry,  # its plugins were checked just now
+                             overrides={f"predictor.params.{k}": v for k, v in changes.items()})
     candidates = runs.checkpoint_files(run_dir, checkpoint)
     fp_path = run_dir / runs.FINGERPRINT
     if not fp_path.is_file():

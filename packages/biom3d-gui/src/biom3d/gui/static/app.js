@@ -393,7 +393,8 @@ function renderPredictRuns() {
 
 async function predict() {
   const runs = [...$("predict-runs").querySelectorAll("input:checked")].map((i) => i.value);
-  const body = { runs, input: $("predict-input").value.trim(), tta: $("predict-tta").checked, device: $("predict-device").value || "auto" };
+  const fast = $("predict-fast").checked;  // fast mode chooses its own flips (none)
+  const body = { runs, input: $("predict-input").value.trim(), tta: fast ? null : $("predict-tta").checked, fast, device: $("predict-device").value || "auto" };
   if (!runs.length) { say("choose at least one run"); return; }
   if (!body.input) { say("choose the images to segment"); return; }
   try {
