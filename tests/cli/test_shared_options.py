@@ -26,6 +26,7 @@ SAMPLES = {
     "device": (["--device", "cpu"], "cpu"),
     "seed": (["--seed", "7"], 7),
     "val_iters": (["--val-iters", "2"], 2),
+    "compile": (["--compile"], True),
 }
 NOT_OVERRIDES = {"config", "resume", "finetune", "runs_dir", "strict_versions", "devices", "gpus"}  # handled by each command
 

@@ -47,13 +47,13 @@ def recorded(monkeypatch):
     import biom3d.cli.predict_cmd
     import biom3d.cli.run_cmd
     import biom3d.cli.train_cmd
-    from biom3d.core import distributed
+    from biom3d.core import launcher
 
     calls: list[tuple[str, dict]] = []
     monkeypatch.setattr(biom3d.cli.train_cmd, "train", lambda config, **kw: calls.append(("train", kw)))
     monkeypatch.setattr(biom3d.cli.run_cmd, "run", lambda config, **kw: calls.append(("run", kw)))
     monkeypatch.setattr(biom3d.cli.predict_cmd, "predict", lambda *a, **kw: calls.append(("predict", kw)))
-    monkeypatch.setattr(distributed, "launch", lambda argv, **kw: calls.append(("launch", kw)))
+    monkeypatch.setattr(launcher, "launch", lambda argv, **kw: calls.append(("launch", kw)))
     return calls
 
 

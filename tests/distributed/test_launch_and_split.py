@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from biom3d.core import distributed
+from biom3d.core import distributed, launcher
 from biom3d.core.distributed import World
 from biom3d.core.errors import ConfigError, InputError
 
@@ -81,7 +81,7 @@ def launched(monkeypatch):
         seen["exec"] = command
         raise SystemExit(0)  # exec never returns
 
-    monkeypatch.setattr(distributed, "_exec", fake_exec)
+    monkeypatch.setattr(launcher, "_exec", fake_exec)
     monkeypatch.setattr(biom3d.cli.train_cmd, "train", lambda config, **kw: seen.setdefault("train", (config, kw)))
 
     def run(*argv: str) -> dict:

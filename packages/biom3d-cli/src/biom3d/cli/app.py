@@ -196,7 +196,7 @@ def train(
     from biom3d.cli import train_cmd
 
     if devices is not None or gpus is not None:
-        from biom3d.core.distributed import launch
+        from biom3d.core.launcher import launch
 
         launch(_state["argv"], devices=devices, gpus=gpus)  # replaces this process with torchrun's, for 2+ GPUs
     train_cmd.train(config, resume=resume, finetune=finetune, overrides=opt.overrides(locals(), opt.TRAIN_KEYS),
@@ -296,7 +296,7 @@ def run(
     from biom3d.cli import run_cmd
 
     if devices is not None or gpus is not None:
-        from biom3d.core.distributed import launch
+        from biom3d.core.launcher import launch
 
         launch(_state["argv"], devices=devices, gpus=gpus)  # replaces this process with torchrun's, for 2+ GPUs
 

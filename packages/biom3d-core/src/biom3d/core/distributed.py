@@ -4,10 +4,10 @@ torchrun (or ``srun`` with the same variables) starts one process per device and
 ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; this module reads them, opens the process
 group (nccl on CUDA, gloo on CPU) with a timeout on every collective, so that a dead or hung rank ends the job
 instead of hanging it, derives each rank's seed from the run's, averages figures over the ranks, lets rank 0
-alone write, splits prediction inputs, and re-launches ``biom3d train --devices 0,1`` under
-``torch.distributed.run``. Without those variables everything here is the one-process case, at no cost.
+alone write and splits prediction inputs (:mod:`biom3d.core.launcher` re-launches ``biom3d train --devices 0,1``
+under ``torch.distributed.run``). Without those variables everything here is the one-process case, at no cost.
 
-Stdlib only at import: the CLI imports it to launch; torch is imported where a group is used.
+Stdlib only at import; torch is imported where a group is used.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 from biom3d.core.errors import InputError, RunError
 
@@ -31,7 +31,6 @@ T = TypeVar("T")
 SEED_STRIDE = 1000
 #: a folder: each rank appends what it contributes to every reduction to rank-<r>.jsonl (for tests, debugging)
 DEBUG_DIR_ENV = "BIOM3D_DDP_DEBUG_DIR"
-LAUNCH_FLAGS = ("--devices", "--gpus")
 #: how long ranks wait for rank 0's whole stage (`biom3d run`'s preprocessing, evaluation) or for each other's
 #: predictions: a stage can outlast train.ddp_timeout, and a dead rank 0 is torchrun's to notice (it stops the job)
 STAGE_TIMEOUT_S = 7 * 24 * 3600
@@ -304,67 +303,6 @@ def shard(items: Sequence[T], part: tuple[int, int] | None = None, world: World 
     index, count = part or (0, 1)
     index, count = index * world.size + world.rank, count * world.size
     return list(items[index::count])
-
-
-# -- launching ---------------------------------------------------------------------------------------------
-def parse_devices(text: str) -> list[str]:
-    """``"0,1"`` -> ["0", "1"]: the GPU ids (as nvidia-smi numbers them) to train on."""
-    ids = [part.strip() for part in text.split(",") if part.strip()]
-    if not ids or not all(i.isdigit() for i in ids) or len(set(ids)) != len(ids):
-        raise InputError(f"--devices {text!r}: give distinct GPU numbers separated by commas, e.g. --devices 0,1")
-    return ids
-
-
-def launch(argv: Sequence[str], *, devices: str | None, gpus: int | None) -> None:
-    """``biom3d train --devices 0,1 ...``: run the same command under torchrun, one process per GPU (this
-    process is replaced; it never returns then). One GPU needs no launcher: the command goes on here."""
-    if devices is not None and gpus is not None:
-        raise InputError("give --devices or --gpus, not both")
-    if current().distributed:
-        raise InputError(f"{' / '.join(LAUNCH_FLAGS)} start torchrun themselves, and this process already runs under "
-                         "a launcher (WORLD_SIZE is set): drop them")
-    ids = parse_devices(devices) if devices is not None else None
-    count = len(ids) if ids is not None else int(gpus or 0)
-    if ids is not None:  # before CUDA starts in this process: it reads the variable once
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
-    import torch
-
-    if not torch.cuda.is_available():
-        raise InputError(f"{'--devices' if ids else '--gpus'} starts one process per GPU, but CUDA is not available "
-                         "here; for several CPU processes use torchrun yourself: torchrun --standalone "
-                         f"--nproc_per_node=2 -m biom3d.cli {' '.join(without_launch_flags(argv)) or 'train CONFIG'} "
-                         "(see docs/distributed.md)")
-    if ids is None and count > torch.cuda.device_count():
-        raise InputError(f"--gpus {count}: only {torch.cuda.device_count()} GPU(s) are visible")
-    if count <= 1:
-        return
-    command = torchrun_command(count, argv)
-    log.info("launching %d processes: %s", count, " ".join(command))
-    _exec(command)
-
-
-def torchrun_command(nproc: int, argv: Sequence[str]) -> list[str]:
-    """torchrun's own launcher on this node, running ``biom3d`` with ``argv`` less the launch flags."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "biom3d.cli", *without_launch_flags(argv)]
-
-
-def without_launch_flags(argv: Sequence[str]) -> list[str]:
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in LAUNCH_FLAGS:
-            skip = True
-        elif not arg.startswith(tuple(f"{flag}=" for flag in LAUNCH_FLAGS)):
-            out.append(arg)
-    return out
-
-
-def _exec(command: list[str]) -> NoReturn:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(command[0], command)
 
 
 # -- helpers -------------------------------------------------------------------------------------------------

@@ -102,7 +102,8 @@ def read_run(folder: Path) -> RunInfo | None:
     if kind == "pipeline":
         state = _json(folder / "pipeline.json")
         trained = trained and bool((state.get("train") or {}).get("done"))
-    snapshots = sorted(p.name for p in (run_dir / "snapshots").glob("*.png")) if (run_dir / "snapshots").is_dir() else []
+    snapshots = sorted(p.name for p in (run_dir / "snapshots").glob("*.png")  # not the dot-named temporary of
+                       if not p.name.startswith(".")) if (run_dir / "snapshots").is_dir() else []  # one being written
     model = config.get("model")
     stamp = max((p.stat().st_mtime for p in (run_dir / "log.csv", run_dir / "config.yaml", folder / "config.yaml")
                  if p.is_file()), default=folder.stat().st_mtime)
