@@ -315,8 +315,7 @@ def _child_compile(spec: dict) -> None:
             (Path(tmp) / name).mkdir()
             runs[name], trainers[name] = _ours({"patch": patch, "steps": 1}, Path(tmp) / name, trainer_too=True)
         trainers["compiled"].model.load_state_dict(copy.deepcopy(trainers["eager"].model.state_dict()))
-        graph = compiled(trainers["compiled"].model)
-        trainers["compiled"].forward = trainers["compiled"].model if graph is None else graph
+        trainers["compiled"].forward = compiled(trainers["compiled"].model)
         batches = [[random_batch(patch, spec["batch"], seed=i)] for i in range(2)]
         first, times, losses = {}, {k: [] for k in runs}, {k: [] for k in runs}
         for name in runs:

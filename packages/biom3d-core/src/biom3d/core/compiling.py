@@ -20,16 +20,16 @@ log = logging.getLogger("biom3d")
 COMPILER_MODULES = ("torch._dynamo", "torch._inductor", "torch._functorch", "torch._subclasses")
 
 
-def compiled(model: Any) -> Callable[..., Any] | None:
-    """``torch.compile(model)`` (its parameters and state_dict stay the model's), or None with a message when
-    this platform refuses it outright."""
+def compiled(model: Any) -> Callable[..., Any]:
+    """``torch.compile(model)`` (its parameters and state_dict stay the model's), or ``model`` itself, with a
+    message, when this platform refuses it outright."""
     import torch
 
     try:
         return torch.compile(model)
     except (RuntimeError, ImportError, AssertionError) as exc:
         log.warning("train.compile: torch.compile is not available here (%s); training without it", _first_line(exc))
-        return None
+        return model
 
 
 def is_compile_failure(exc: BaseException) -> bool:

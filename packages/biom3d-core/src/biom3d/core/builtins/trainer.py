@@ -75,8 +75,7 @@ class SegTrainer:
         if cfg.compile:
             from biom3d.core.compiling import compiled
 
-            graph = compiled(self.model)  # a module: `or` would ask its len()
-            self.forward = self.model if graph is None else graph
+            self.forward = compiled(self.model)
         train_loader = self._loader(job.data.train_dataset(cfg.iters_per_epoch * cfg.batch_size), shuffle=False)
         val_loader = None
         if cfg.val_iters > 0:

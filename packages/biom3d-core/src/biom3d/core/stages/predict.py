@@ -132,7 +132,7 @@ def load_export(path: Path, *, registry, tta: bool | None = None, overlap: float
     """An export ready to predict: its network, and the preprocessor, predictor and post-processing its
     sidecar names, built through the registry (the plugin of its network is not needed)."""
     from biom3d.core import exported
-    from biom3d.core.config import Envelope
+    from biom3d.core.config import Envelope, apply_overrides
     from biom3d.core.context import RunContext
     from biom3d.core.devices import resolve_device
 
@@ -144,12 +144,7 @@ def load_export(path: Path, *, registry, tta: bool | None = None, overlap: float
     comps = {k: v for k, v in settings["components"].items() if v is not None}
     envs = {k: [Envelope(**e) for e in v] if isinstance(v, list) else Envelope(**v) for k, v in comps.items()}
     predictor = registry.resolve("predictor", envs["predictor"].name)
-    params = dict(envs["predictor"].params)
-    for key, value in predictor_overrides(predictor, tta=tta, overlap=overlap, fast=fast).items():
-        if value is RESET:
-            params.pop(key, None)
-        elif value is not None:
-            params[key] = value
+    params = apply_overrides(envs["predictor"].params, predictor_overrides(predictor, tta=tta, overlap=overlap, fast=fast))
     if model.weights == "onnx" and "channels_last" in predictor.spec.params.model_fields:
         params["channels_last"] = False  # ONNX Runtime takes contiguous arrays: no layout to convert to
     post = [registry.resolve("postprocessor", e.name).build(e.params, ctx) for e in envs.get("postprocessors", [])]
