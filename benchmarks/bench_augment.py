@@ -1,6 +1,6 @@
 """Augmented training samples per second: today's loader (io/patch-dataset, TorchIO on the DataLoader's workers)
-against the batched augmenter (io/batch-augment: the workers only crop, ``on_device`` augments the whole batch),
-on the CPU and, when there is one, on CUDA.
+against the batched augmenter (io/batch-augment: whole batches augmented in a few tensor ops), on the CPU (in the
+loader's workers, its default there, and in the main process) and, when there is one, on CUDA.
 
     python benchmarks/bench_augment.py [--quick] [--repeats 3] [--warmup 2] [--workers N] [--libraries]
                                        [--patches 64 128] [--batches 2 8]
@@ -9,11 +9,15 @@ Data: 4 synthetic z-scored volumes of 128x256x256 with blob masks, written as a 
 48x96x96). Patches 64^3 and 128^3 (--quick: 32^3 and 48^3), batches 2 and 8, every augmentation at its default
 probability and range (the same for both). Each case is a fresh subprocess with a DataLoader set up as the
 trainer's (``train.workers`` default workers, persistent, pinned memory on CUDA): ``--warmup`` batches, at least 16
-samples (the workers' start, and their first touches of the memory-mapped volumes' pages, which cost an enlarged
-crop several times its copy), then the median samples/s over ``--repeats`` windows of at least 16 samples.
+samples and the loader's in-flight batches (the workers' start, and their first touches of the memory-mapped
+volumes' pages, which cost an enlarged crop several times its copy), then the median samples/s over ``--repeats``
+windows of at least 16 samples and 3 times the in-flight batches (2 per worker).
 
 * torchio: the DataLoader of io/patch-dataset's training dataset; a batch counts when the loader yields it.
-* batched cpu: io/batch-augment's DataLoader (crops) and ``on_device`` on the batch, in the main process.
+* batched workers: io/batch-augment with ``run_on: workers`` (``auto`` on a CPU with workers): each worker crops,
+  collates and augments its batch; ``on_device`` only converts the labels' dtype.
+* batched main: ``run_on: device`` on the CPU: the workers crop, ``on_device`` augments in the main process (one
+  thread), as on a GPU.
 * batched cuda: the same with the batch moved to the GPU first (``non_blocking``) and the window synchronised.
 
 CPU ms/sample: user + system CPU time of the main process and its workers over the timed windows, per sample: what
@@ -26,9 +30,10 @@ included, shared pages once), the main process's own peak RSS, and on CUDA the p
 (per sample: kornia's 3D augmentations cannot carry 3D masks, MONAI's transforms take one sample at a time):
 MONAI's closest dictionary pipeline, looped over the batch's crops, and kornia's RandomAffine3D (if importable).
 
-Goal (issue 15, on this CPU): batched cpu >= 4x torchio at 64^3 and >= 2x at 128^3. On a CPU the batched side
-also pays for shipping the enlarged crop (5.3x the patch's voxels at 64^3) through the workers' shared memory:
-at 64^3 that, not the augmentation, is most of its CPU time.
+Goal (issue 15, on this CPU): batched (its CPU default, in the workers) >= 4x torchio at 64^3 and >= 2x at
+128^3. As TorchIO's, the batched side's workers crop the enlarged box (5.3x the patch's voxels at 64^3) only for
+the samples they draw a rotation for (p_rotate): shipping it for every sample through the workers' shared memory
+was most of its CPU time.
 """
 
 from __future__ import annotations
@@ -65,7 +70,9 @@ QUICK = {"n": 2, "shape": (48, 96, 96), "patches": (32, 48)}
 BATCHES = (2, 8)
 MIN_SAMPLES = 16  # per timed window
 WARM_SAMPLES = 16  # at least, before timing: the workers start and map most of the memory-mapped volumes' pages
-METHODS = ("torchio", "cpu", "cuda")
+METHODS = ("torchio", "workers", "main", "cuda")
+#: io/batch-augment's run_on per method
+RUN_ON = {"workers": "workers", "main": "device", "cuda": "device"}
 
 
 def main() -> None:
@@ -82,7 +89,8 @@ def main() -> None:
     workers = args.workers if args.workers is not None else _default_workers()
     cuda = _cuda_available()
     print(f"{size['n']} volumes of {'x'.join(map(str, size['shape']))}, {workers} workers, >= {args.warmup} warm-up "
-          f"batches (>= {WARM_SAMPLES} samples), median of {args.repeats} windows of >= {MIN_SAMPLES} samples; "
+          f"batches (>= {WARM_SAMPLES} samples, >= the loader's in-flight batches), median of {args.repeats} windows of "
+          f">= {MIN_SAMPLES} samples (>= 3x the in-flight batches); "
           f"CUDA: {cuda}; {machine_note()}")
     speed, memory = [], []
     with tempfile.TemporaryDirectory(prefix="bench-augment-") as tmp:
@@ -104,12 +112,12 @@ def main() -> None:
                 speed.append(_speed_row(patch, batch, results))
                 memory.append(_memory_row(patch, batch, results))
         print()
-        print_table(["patch", "batch", "torchio samples/s", "batched cpu", "batched cuda", "cpu / torchio",
-                     "cuda / torchio", "torchio CPU ms/sample", "batched cpu CPU ms", "batched cuda CPU ms",
-                     "torchio / cpu (CPU time)"], speed)
+        print_table(["patch", "batch", "torchio samples/s", "batched workers", "batched main", "batched cuda",
+                     "workers / torchio", "main / torchio", "cuda / torchio", "CPU ms/sample: torchio", "workers",
+                     "main", "cuda", "torchio / workers (CPU time)"], speed)
         print()
-        print_table(["patch", "batch", "torchio PSS MiB", "batched cpu PSS", "batched cuda PSS", "torchio main RSS",
-                     "batched cpu main RSS", "batched cuda main RSS", "cuda peak GPU MiB"], memory)
+        print_table(["patch", "batch", "PSS MiB: torchio", "workers", "main", "cuda", "main RSS MiB: torchio",
+                     "workers", "main", "cuda", "cuda peak GPU MiB"], memory)
         if args.libraries:
             _libraries(data, patches[0], args)
     print(f"\nafter: {machine_note()}")
@@ -147,9 +155,9 @@ def _speed_row(patch: int, batch: int, results: dict) -> list:
     def show(figures: dict, method: str):
         return figures[method] if figures[method] is not None else (results[method] if figures is rate else "")
 
-    return [f"{patch}^3", batch, show(rate, "torchio"), show(rate, "cpu"), show(rate, "cuda"),
-            ratio(rate["cpu"], rate["torchio"]), ratio(rate["cuda"], rate["torchio"]), show(cpu, "torchio"),
-            show(cpu, "cpu"), show(cpu, "cuda"), ratio(cpu["torchio"], cpu["cpu"])]
+    return [f"{patch}^3", batch, *(show(rate, m) for m in METHODS),
+            *(ratio(rate[m], rate["torchio"]) for m in METHODS[1:]), *(show(cpu, m) for m in METHODS),
+            ratio(cpu["torchio"], cpu["workers"])]
 
 
 def _memory_row(patch: int, batch: int, results: dict) -> list:
@@ -196,15 +204,16 @@ def _child_data(spec: dict) -> None:
     emit({})
 
 
-def _data(spec: dict, name: str):
+def _data(spec: dict, name: str, params: dict | None = None, device: str = "cpu"):
     from biom3d.core.context import RunContext
     from biom3d.core.discovery import get_registry
     from biom3d.core.geometry import aug_patch_size
 
     patch, data = (spec["patch"],) * 3, Path(spec["data"])
     ctx = RunContext(num_classes=1, patch_size=patch, aug_patch_size=aug_patch_size(patch), data_dir=data,
-                     folds_path=data / "folds.csv", fold=0, seed=0, batch_size=spec["batch"])
-    return get_registry().resolve("dataset", name).build({}, ctx)
+                     folds_path=data / "folds.csv", fold=0, seed=0, batch_size=spec["batch"], device=device,
+                     workers=spec.get("workers", 0))
+    return get_registry().resolve("dataset", name).build(params or {}, ctx)
 
 
 def _child_loader(spec: dict) -> None:
@@ -217,13 +226,20 @@ def _child_loader(spec: dict) -> None:
     torch.manual_seed(0)
     method, batch = spec["method"], spec["batch"]
     device = torch.device("cuda" if method == "cuda" else "cpu")
-    data = _data(spec, "io/patch-dataset" if method == "torchio" else "io/batch-augment")
-    per_window = max(1, math.ceil(MIN_SAMPLES / batch))
-    warmup = max(spec["warmup"], math.ceil(WARM_SAMPLES / batch))
+    data = _data(spec, "io/patch-dataset") if method == "torchio" else \
+        _data(spec, "io/batch-augment", {"run_on": RUN_ON[method]}, device=device.type)
+    # the loader keeps up to 2 batches per worker in flight (prefetch_factor): a window shorter than a few of
+    # those could be served from batches made before it began (once: 288 samples/s, at a CPU cost per sample
+    # below what one costs to make); so warm up past them and time windows of 3 times as many
+    in_flight = 2 * max(1, spec["workers"])
+    per_window = max(math.ceil(MIN_SAMPLES / batch), 3 * in_flight)
+    warmup = max(spec["warmup"], math.ceil(WARM_SAMPLES / batch), in_flight)
     batches = warmup + spec["windows"] * per_window
-    loader = torch.utils.data.DataLoader(data.train_dataset(batches * batch), batch_size=batch,
-                                         num_workers=spec["workers"], persistent_workers=spec["workers"] > 0,
-                                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+    dataset = data.train_dataset(batches * batch)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=spec["workers"],
+                                         persistent_workers=spec["workers"] > 0, pin_memory=device.type == "cuda",
+                                         generator=torch.Generator().manual_seed(0),
+                                         collate_fn=getattr(dataset, "collate", None))  # as the trainer's
     on_device = getattr(data, "on_device", None)
 
     def next_batch(it) -> None:
@@ -278,19 +294,19 @@ def _child_libraries(spec: dict) -> None:
     torch.manual_seed(0)
     data = _data(spec, "io/batch-augment")
     ds = data.train_dataset(2 * spec["batch"])
-    crops = [torch.utils.data.default_collate([ds[i + j] for j in range(spec["batch"])])
+    crops = [ds.collate([ds[i + j] for j in range(spec["batch"])])
              for i in range(0, 2 * spec["batch"], spec["batch"])]
     times = {"io/batch-augment on_device": _time_per_sample(lambda b: data.on_device(b), crops, spec)}
     monai = _monai_pipeline(spec["patch"], data.params)
     times["monai per sample (dict transforms)"] = _time_per_sample(
-        lambda b: [monai({"image": b["image"][i], "mask": b["mask"][i][None]}) for i in range(len(b["image"]))],
-        crops, spec)
+        lambda b: [monai({"image": image, "mask": mask[None]}) for image, mask in _samples(b)], crops, spec)
     try:
         import kornia.augmentation as K
 
         affine = K.RandomAffine3D(degrees=data.params.rotation_degrees, scale=(tuple(data.params.scales),) * 3,
                                   p=data.params.p_rotate)
-        times["kornia RandomAffine3D (image only)"] = _time_per_sample(lambda b: affine(b["image"]), crops, spec)
+        times["kornia RandomAffine3D (image only)"] = _time_per_sample(
+            lambda b: [affine(b[key]) for key in ("image", "rot_image") if len(b[key])], crops, spec)
     except ImportError:
         times["kornia RandomAffine3D (image only)"] = "n/a (kornia not installed)"
     emit({"ms_per_sample": times})
@@ -302,9 +318,15 @@ def _time_per_sample(fn, batches, spec) -> str:
     for _ in range(spec["repeats"]):
         for b in batches:
             fn(b)
-            count += len(b["image"])
+            count += len(b["image"]) + len(b["rot_image"])
     wall, cpu = (time.perf_counter() - start) / count, (time.process_time() - cpu) / count
     return f"{1000 * wall:.1f} wall, {1000 * cpu:.1f} CPU"
+
+
+def _samples(batch: dict):
+    """(image, mask) of every crop of a :class:`CropCollate` batch, patch-sized and enlarged."""
+    for prefix in ("", "rot_"):
+        yield from zip(batch[prefix + "image"], batch[prefix + "mask"], strict=True)
 
 
 def _monai_pipeline(patch: int, p):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -199,7 +200,8 @@ def test_swap_and_gamma_are_torchios():
 
 
 def test_the_defaults_are_io_patch_datasets():
-    assert BatchAugmentParams().model_dump() == PatchDatasetParams().model_dump()
+    ours = BatchAugmentParams().model_dump()
+    assert ours.pop("run_on") == "auto" and ours == PatchDatasetParams().model_dump()  # only where they run is added
 
 
 # -- labels ---------------------------------------------------------------------------------------------------------
@@ -271,30 +273,85 @@ def data_dir(tmp_path):
     return tmp_path
 
 
-def _ctx(data_dir):
+def _ctx(data_dir, **changes):
     return RunContext(num_classes=1, patch_size=PATCH, aug_patch_size=aug_patch_size(PATCH), data_dir=data_dir,
-                      folds_path=data_dir / "folds.csv", batch_size=2, seed=3)
+                      folds_path=data_dir / "folds.csv", batch_size=2, seed=3, **changes)
+
+
+def _worker_batches(data, *, seed: int) -> list[dict]:
+    """A training epoch of 4 batches of 4 through the trainer's own loader: 2 workers, the dataset's collate."""
+    from biom3d.core.builtins.trainer import SegTrainer
+
+    trainer = SegTrainer.__new__(SegTrainer)  # only _loader's inputs
+    trainer.train_cfg = SimpleNamespace(seed=seed, workers=2, batch_size=4)
+    trainer.world, trainer.batch_size, trainer.device = SimpleNamespace(rank=0, distributed=False), 4, torch.device("cpu")
+    return list(trainer._loader(data.train_dataset(16), shuffle=False))
 
 
 def test_workers_only_crop_and_on_device_makes_training_batches(data_dir):
     data = BatchAugmentData(BatchAugmentParams(), _ctx(data_dir))
-    ds = data.train_dataset(8)
+    ds = data.train_dataset(400)
     torch.manual_seed(0)
-    items = [ds[i] for i in range(8)]
+    items = [ds[i] for i in range(400)]
     crop = aug_patch_size(PATCH)
-    assert all(it["image"].shape == (1, *crop) and it["mask"].shape == crop and it["mask"].dtype == torch.uint8
-               for it in items)
-    assert all(bool(items[i]["mask"].any()) for i in (1, 3, 5, 7))  # the foreground rule of io/patch-dataset
-    batch = torch.utils.data.default_collate(items)
+    rotated = [bool(it["rotate"]) for it in items]
+    assert abs(sum(rotated) / len(items) - 0.2) < 0.06  # p_rotate: only those carry the enlarged crop
+    for it, rotate in zip(items, rotated, strict=True):
+        size = crop if rotate else PATCH
+        assert it["image"].shape == (1, *size) and it["mask"].shape == size and it["mask"].dtype == torch.uint8
+    assert all(bool(items[i]["mask"].any()) for i in range(1, 400, 2))  # the foreground rule of io/patch-dataset
+    mixed = next(i for i in range(0, 400, 8) if 0 < sum(rotated[i:i + 8]) < 8)
+    batch = ds.collate(items[mixed:mixed + 8])
+    r = sum(rotated[mixed:mixed + 8])
+    assert batch["image"].shape == (8 - r, 1, *PATCH) and batch["rot_image"].shape == (r, 1, *crop)
+    assert batch["mask"].shape == (8 - r, *PATCH) and batch["rot_mask"].shape == (r, *crop)
     out = data.on_device(batch)
     assert out["image"].shape == (8, 1, *PATCH) and out["image"].dtype == torch.float32
     assert out["mask"].shape == (8, *PATCH) and out["mask"].dtype == torch.int64
-    plain = BatchAugmentData(BatchAugmentParams(p_rotate=0.0), _ctx(data_dir)).train_dataset(2)
-    assert plain[0]["image"].shape == (1, *PATCH)  # no rotation: no enlarged crop
+    still = ds.collate([it for it in items if not it["rotate"]][:2])
+    assert still["rot_image"].shape == (0, 1, *crop) and still["rot_mask"].dtype == torch.uint8  # always 4 keys
+    assert data.on_device(still)["image"].shape == (2, 1, *PATCH)
+    plain = BatchAugmentData(BatchAugmentParams(p_rotate=0.0), _ctx(data_dir)).train_dataset(20)
+    assert all(plain[i]["image"].shape == (1, *PATCH) for i in range(20))  # no rotation: no enlarged crop
     off = BatchAugmentData(BatchAugmentParams(augment=False), _ctx(data_dir))
-    batch = torch.utils.data.default_collate([off.train_dataset(2)[i] for i in range(2)])
+    dataset = off.train_dataset(2)
+    batch = dataset.collate([dataset[i] for i in range(2)])
     out = off.on_device(batch)
     assert torch.equal(out["image"], batch["image"]) and torch.equal(out["mask"], batch["mask"].long())
+
+
+def test_the_loaders_workers_ship_the_two_crop_sizes_apart(data_dir):
+    """Through a real DataLoader with workers, as the trainer builds it (its collate_fn is the dataset's)."""
+    data = BatchAugmentData(BatchAugmentParams(p_rotate=0.5, run_on="device"), _ctx(data_dir, workers=2))
+    assert not data.in_workers
+    batches = _worker_batches(data, seed=0)
+    sizes = [(len(b["image"]), len(b["rot_image"])) for b in batches]
+    assert len(batches) == 4 and all(s + r == 4 for s, r in sizes)
+    assert 0 < sum(r for _, r in sizes) < 16  # both sizes came through
+    assert all(b["image"].shape[2:] == PATCH and b["rot_image"].shape[2:] == aug_patch_size(PATCH) for b in batches)
+    assert all(data.on_device(b)["image"].shape == (4, 1, *PATCH) for b in batches)
+
+
+def test_on_a_cpu_the_workers_augment_their_batches_seeded_from_the_run(data_dir):
+    """run_on auto, training on a CPU with workers: each worker augments the batch it collated (the training
+    process is busy with the network there); on_device only makes the labels int64."""
+    params = BatchAugmentParams(p_rotate=0.5, p_scale=0.5, p_flip=0.5, p_noise=0.5, p_gamma=0.5)
+    data = BatchAugmentData(params, _ctx(data_dir, workers=2))
+    assert data.in_workers and not BatchAugmentData(params, _ctx(data_dir, workers=0)).in_workers
+    assert not BatchAugmentData(params, _ctx(data_dir, workers=2, device="cuda:0")).in_workers
+    first, again, other = (_worker_batches(data, seed=s) for s in (5, 5, 6))
+    raw = torch.from_numpy(np.concatenate([np.load(data_dir / "images" / f"{n}.npy").ravel() for n in "ab"]))
+    for batch in first:
+        assert set(batch) == {"image", "mask"} and batch["image"].shape == (4, 1, *PATCH)
+        assert batch["mask"].shape == (4, *PATCH) and batch["mask"].dtype == torch.uint8  # an eighth of int64
+        assert set(batch["mask"].unique().tolist()) <= {0, 1}
+        out = data.on_device(batch)
+        assert out["mask"].dtype == torch.int64 and torch.equal(out["image"], batch["image"])
+    augmented = [b["image"] for b in first]
+    assert not all(torch.isin(x, raw).all() for x in augmented)  # augmented values, not the volumes' own
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(first, again, strict=True))  # the run's seed
+    assert not torch.equal(first[0]["image"], other[0]["image"])
+    assert not torch.equal(first[0]["image"], first[1]["image"])
 
 
 def test_validation_is_io_patch_datasets_unaugmented(data_dir):
@@ -323,7 +380,7 @@ def test_a_config_choosing_it_trains_through_the_builder(tmp_path, monkeypatch):
 
     def spy(self, batch):
         out = original(self, batch)
-        calls.append((tuple(batch["image"].shape), tuple(out["image"].shape), out["mask"].dtype))
+        calls.append((tuple(batch["rot_image"].shape), tuple(out["image"].shape), out["mask"].dtype))
         return out
 
     monkeypatch.setattr(BatchAugmentData, "on_device", spy)
@@ -334,7 +391,7 @@ def test_a_config_choosing_it_trains_through_the_builder(tmp_path, monkeypatch):
     assert "val_loss" in result.history[0]
     assert len(calls) == 3  # training batches only: validation is never augmented
     assert all(out == (2, 1, *patch) and dtype == torch.int64 for _, out, dtype in calls)
-    assert all(src[2:] == aug_patch_size(patch) for src, _, _ in calls)
+    assert all(rot[2:] == aug_patch_size(patch) for rot, _, _ in calls)  # the enlarged crops reached on_device
     assert (result.run_dir / "checkpoints" / "last.pt").exists()
     assert "io/batch-augment" in (result.run_dir / "config.yaml").read_text(encoding="utf-8")
 
@@ -362,3 +419,23 @@ def test_the_batched_and_the_per_sample_resampling_agree():
     floor = image[3].amin(dim=(1, 2, 3)).view(2, 1, 1, 1)
     padded = outs[0][0][3] == floor  # outside the crop: the image's per-channel minimum, label 0
     assert padded.all(0).sum() > 20 and not outs[0][1][3, 0][padded[0]].any()
+
+
+def test_scalings_resample_separably_to_the_grids_values():
+    """A scaling or flip (a diagonal map) takes three 1D linear maps, not a grid: the same image values as
+    affine_resample's grid_sample and the same labels, zooming in or out past the crop."""
+    patch, crop = (10, 12, 14), (14, 16, 20)
+    gen = torch.Generator().manual_seed(4)
+    image = torch.randn(3, 2, *crop, generator=gen)
+    labels = _label_crop(crop)[None, None].repeat(3, 1, 1, 1, 1)
+    factors = torch.tensor([[1 / 1.4, -1.0, 1.3], [1.9, 1 / 0.9, -0.8], [-1.0, 1.0, 1.0]], dtype=torch.float64)
+    centre = [(c - p) // 2 + (p - 1) / 2 for c, p in zip(crop, patch, strict=True)]
+    grid = (torch.zeros(3, 2, *patch), torch.zeros(3, 1, *patch, dtype=torch.int64))
+    separable = (torch.zeros(3, 2, *patch), torch.zeros(3, 1, *patch, dtype=torch.int64))
+    batch_ops.affine_resample(image, labels, torch.arange(3), torch.diag_embed(factors), centre, *grid)
+    batch_ops.axis_resample(image, labels, [0, 1, 2], factors, centre, *separable)
+    assert torch.allclose(grid[0], separable[0], atol=1e-5)
+    assert torch.equal(grid[1], separable[1]) and grid[1].any()
+    floor = image[1].amin(dim=(1, 2, 3)).view(2, 1, 1, 1)
+    assert (separable[0][1] == floor).all(0).sum() > 100  # sample 1 zooms out past the crop: padded
+    assert torch.equal(separable[0][2], image[2][:, 2:12, 2:14, 3:17].flip(1))  # a flip alone: a flipped crop

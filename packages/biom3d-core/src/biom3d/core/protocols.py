@@ -141,10 +141,13 @@ class SegmentationData(Protocol):
     the padding out of the validation loss and metrics. A dataset that never pads may omit it. ``length`` is
     the number of items one epoch (or one validation round) draws.
 
-    Optional: ``on_device(batch) -> batch``, called by the trainer on every training batch
-    ``{"image": (B, C, *patch), "mask": ...}`` once it is on the training device, under ``torch.no_grad()``;
-    it returns the batch to train on (e.g. augmented as a whole on the GPU, while the loader only crops).
-    Under torchrun it runs on each rank's batch, drawing from that rank's own (seeded) RNG."""
+    Optional: ``on_device(batch) -> batch``, called by the trainer on every training batch once each of its
+    tensors is on the training device, under ``torch.no_grad()``; it returns the batch to train on,
+    ``{"image": (B, C, *patch), "mask": ...}`` (e.g. augmented as a whole on the GPU, while the loader only
+    crops). Under torchrun it runs on each rank's batch, drawing from that rank's own (seeded) RNG. A training
+    dataset may have ``collate(items) -> batch``, the loader's ``collate_fn`` (default: torch's
+    ``default_collate``): a batch whose items differ in shape, such as crops of two sizes, then reaches
+    ``on_device`` under keys of its own."""
 
     def train_dataset(self, length: int) -> torch.utils.data.Dataset: ...
 

@@ -2,14 +2,17 @@
 loader's workers onto whole batches on the training device.
 
 On a GPU, augmenting one sample at a time with TorchIO on the CPU workers is what a training step waits for. Here
-the workers only crop: the patch box (foreground-centred as io/patch-dataset) grown to ``aug_patch_size`` when
-rotations are on, so that a rotated patch has real voxels in its corners. The trainer then calls
-:meth:`BatchAugmentData.on_device` on each training batch once it is on the device, and the whole batch is
-augmented there in a few batched tensor ops (:mod:`biom3d.io.batch_ops`): one grid and one ``grid_sample`` for
-the rotated or scaled samples (rotation, scaling and flips composed into one matrix per sample, sampled directly
-at patch size: the centre crop is free), nearest gathering for their labels, a (flipped) centre crop for the
-others; then anisotropy, bias field, blur, noise, swap and gamma on the samples that drew them, in TorchIO's
-order (flips commute with the anisotropy), with io/patch-dataset's probabilities and ranges.
+the workers only crop: the patch box (foreground-centred as io/patch-dataset), grown to ``aug_patch_size`` for the
+samples they draw a rotation for (``p_rotate``, from the worker's seeded RNG as io/patch-dataset does), so that a
+rotated patch has real voxels in its corners while the others ship a patch's voxels only (at 64^3 the enlarged
+crop is 5.3 patches: shipping it for every sample was most of a CPU batch's cost). :func:`CropCollate` keeps the
+two sizes apart in a batch. The trainer then calls :meth:`BatchAugmentData.on_device` on each training batch once
+it is on the device, and the whole batch is augmented there in a few batched tensor ops
+(:mod:`biom3d.io.batch_ops`): one grid and one ``grid_sample`` per crop size for the rotated or scaled samples
+(rotation, scaling and flips composed into one matrix per sample, sampled directly at patch size: the centre crop
+is free), nearest gathering for their labels, a (flipped) centre crop for the others; then anisotropy, bias field,
+blur, noise, swap and gamma on the samples that drew them, in TorchIO's order (flips commute with the anisotropy),
+with io/patch-dataset's probabilities and ranges.
 
 Seeded per batch: batch ``k`` draws its parameters from ``seed * 1_000_003 + k`` (a CPU generator: a few hundred
 numbers, so the device never waits for them), its noise from a generator on the batch's device seeded alike;
@@ -20,6 +23,7 @@ come from io/patch-dataset's validation dataset, unaugmented.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,46 +52,96 @@ def build_batch_augment_data(params, ctx) -> BatchAugmentData:
 
 
 class BatchAugmentData(PatchData):
-    """SegmentationData whose training items are raw crops; :meth:`on_device` makes them training batches.
+    """SegmentationData whose training batches are raw crops; :meth:`on_device` makes them training batches.
 
-    Training items: ``{"image": float32 (C, *crop), "mask": uint8 (or int64) (*crop) / (K, *crop)}``, ``crop``
-    being ``aug_patch_size`` when rotations are on, else the patch. Only a trainer that calls ``on_device`` (the
-    core's seg-trainer does) can train on them; validation items are io/patch-dataset's."""
+    Training batches (collated by :class:`CropCollate`): ``{"image": float32 (S, C, *patch), "mask": uint8 (or
+    int64) (S, *patch) / (S, K, *patch), "rot_image": (R, C, *aug_patch_size), "rot_mask": ...}``, the ``R``
+    samples drawn for a rotation carrying the enlarged crop. Only a trainer that calls ``on_device`` (the core's
+    seg-trainer does) can train on them; validation items are io/patch-dataset's."""
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
-        rotations = self.augmenter is not None and params.p_rotate > 0
-        self.crop = self.rot_crop if rotations else self.patch
+        self.in_workers = self.augmenter is not None and _in_workers(params, ctx)
 
     def train_dataset(self, length: int) -> CropDataset:
-        return CropDataset(self.store, self.train_names, length, self.patch, self.crop, self._sampler(), None,
-                           multilabel=self.ctx.multilabel, seed=None)
+        p_rotate = self.params.p_rotate if self.augmenter is not None else 0.0
+        collate = CropCollate(self.patch, self.rot_crop, self.augmenter if self.in_workers else None)
+        return CropDataset(self.store, self.train_names, length, self.patch, self.rot_crop, self._sampler(), None,
+                           multilabel=self.ctx.multilabel, seed=None, p_rotate=p_rotate, collate=collate)
 
     @torch.no_grad()
     def on_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A collated training batch of crops, on its device -> the augmented batch: image float32
-        (B, C, *patch), mask int64 (B, *patch) or float32 (B, K, *patch) multi-label."""
-        if self.augmenter is None:
-            mask = batch["mask"]
-            return {**batch, "mask": mask.float() if self.ctx.multilabel else mask.long()}
-        if batch["image"].device.type != "cpu":
-            return self.augmenter(batch)
-        with _one_thread():
+        """A collated training batch of crops, on its device -> the augmented batch of ``S + R`` samples, the
+        rotated ones last: image float32 (B, C, *patch), mask int64 (B, *patch) or float32 (B, K, *patch)
+        multi-label."""
+        with _one_thread() if batch["image"].device.type == "cpu" else contextlib.nullcontext():
+            if self.augmenter is None or self.in_workers:  # patch-sized crops, or batches the workers augmented
+                mask = batch["mask"]
+                return {"image": batch["image"], "mask": mask.float() if self.ctx.multilabel else mask.long()}
             return self.augmenter(batch)
 
     def _augmenter(self) -> BatchAugmenter:
         seed = distributed.rank_seed(self.ctx.seed, distributed.current().rank)  # under torchrun, each rank its own
-        return BatchAugmenter(self.params, self.patch, multilabel=self.ctx.multilabel, seed=seed)
+        return BatchAugmenter(self.params, self.patch, multilabel=self.ctx.multilabel, seed=seed,
+                              source_label_dtype=_in_workers(self.params, self.ctx))  # workers ship uint8: 1/8
+
+
+def _in_workers(params, ctx) -> bool:
+    """``run_on`` resolved: on a CPU the training process is busy with the network while the workers wait."""
+    auto = torch.device(ctx.device).type == "cpu" and ctx.workers > 0
+    return params.run_on == "workers" or (params.run_on == "auto" and auto)
 
 
 class CropDataset(PatchDataset):
-    """Training crops only, ``rot_crop``-sized around each patch box; masks stay uint8 (a quarter of the bytes
-    to move until the device; ``on_device`` makes them int64)."""
+    """Training crops only: the patch box, or for a sample drawn for a rotation the box grown to ``rot_crop``
+    (``"rotate"`` says which); masks stay uint8 (a quarter of the bytes to move until the device; ``on_device``
+    makes them int64). Batches go through :attr:`collate`."""
+
+    def __init__(self, *args, p_rotate: float, collate: CropCollate, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.p_rotate, self.collate = p_rotate, collate
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         name, start = self.locate(index, None)
-        image, mask = self.read(name, start, self.rot_crop)
-        return {"image": image.float(), "mask": mask if mask.dtype == torch.uint8 else mask.long()}
+        rotate = self.p_rotate > 0 and bool(torch.rand(()) < self.p_rotate)  # the worker's RNG, seeded per worker
+        image, mask = self.read(name, start, self.rot_crop if rotate else self.patch)
+        return {"image": image.float(), "mask": mask if mask.dtype == torch.uint8 else mask.long(),
+                "rotate": torch.tensor(rotate)}
+
+
+class CropCollate:
+    """A loader's ``collate_fn`` for :class:`CropDataset`: patch-sized crops stacked into ``image``/``mask``,
+    enlarged ones into ``rot_image``/``rot_mask``, either possibly empty (so a batch always has all four keys).
+    With an ``augmenter`` (``run_on`` workers), the worker then augments the batch itself, seeded from its own
+    RNG (the DataLoader seeds each worker from the run's seed). A class, not a closure, so that spawned workers
+    can pickle it."""
+
+    def __init__(self, patch: Sequence[int], rot_crop: Sequence[int], augmenter: BatchAugmenter | None = None):
+        self.patch, self.rot_crop, self.augmenter = tuple(patch), tuple(rot_crop), augmenter
+
+    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        still = [it for it in items if not it["rotate"]]
+        rotated = [it for it in items if it["rotate"]]
+        # shipped as they are: default_collate stacks straight into a worker's shared memory, no copy to send it;
+        # augmented here: a plain stack (fresh shared pages cost a quarter of a 64^3 batch's augmentation)
+        stack = torch.utils.data.default_collate if self.augmenter is None else torch.stack
+        batch = {**self._stack(still, items[0], self.patch, "", stack),
+                 **self._stack(rotated, items[0], self.rot_crop, "rot_", stack)}
+        if self.augmenter is None:
+            return batch
+        with _one_thread():
+            return self.augmenter(batch, seed=int(torch.randint(2**62, ())))
+
+    @staticmethod
+    def _stack(items, first, crop, prefix: str, stack) -> dict[str, torch.Tensor]:
+        out = {}
+        for key in ("image", "mask"):
+            lead = first[key].shape[:first[key].ndim - len(crop)]  # (C,) for images, () or (K,) for masks
+            if items:
+                out[prefix + key] = stack([it[key] for it in items])
+            else:
+                out[prefix + key] = torch.empty((0, *lead, *crop), dtype=first[key].dtype)
+        return out
 
 
 @dataclass
@@ -117,8 +171,10 @@ class Draw:
 class BatchAugmenter:
     """io/patch-dataset's TorchIO pipeline (:class:`biom3d.io.datasets.Augmenter`) applied to a whole batch."""
 
-    def __init__(self, params, patch: Sequence[int], *, multilabel: bool, seed: int | None):
+    def __init__(self, params, patch: Sequence[int], *, multilabel: bool, seed: int | None,
+                 source_label_dtype: bool = False):
         self.params, self.patch, self.multilabel = params, tuple(int(s) for s in patch), multilabel
+        self.source_label_dtype = source_label_dtype  # labels out as they came in (else int64, float32 multi-label)
         self.degrees = torch.tensor(rotation_degrees(self.patch, params), dtype=torch.float64).view(3, 2)
         self.aniso_axes, self.flip_axes = anisotropy_axes(self.patch), flip_axes(self.patch)
         self.block = swap_block(self.patch)
@@ -126,16 +182,35 @@ class BatchAugmenter:
         self.batches = 0  # batches augmented so far: the next one's seed
         self._basis: dict[tuple, torch.Tensor] = {}
 
-    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        image, mask = batch["image"], batch["mask"]
-        labels = mask if mask.ndim == image.ndim else mask[:, None]
-        seed = (self.seed * SEED_STRIDE + self.batches) % 2**63  # any config seed, a valid generator seed
-        self.batches += 1
-        draw = self.draw(image.shape[0], image.shape[1], torch.Generator().manual_seed(seed))
-        image, labels = self._spatial(image.float(), labels, draw)
-        noise = torch.Generator(device=image.device).manual_seed(seed ^ NOISE_SALT)
+    def __call__(self, batch: dict[str, torch.Tensor], seed: int | None = None) -> dict[str, torch.Tensor]:
+        """``batch``: ``image`` (B, C, *crop) and ``mask`` of any crop at least the patch, the rotations drawn
+        here; or :class:`CropCollate`'s batch, whose ``rot_*`` samples (last in the output) are the ones rotated.
+        ``seed``: the batch's, else the next of this augmenter's sequence."""
+        groups = [(batch["image"], batch["mask"], None)]
+        if "rot_image" in batch:
+            groups = [(batch["image"], batch["mask"], False), (batch["rot_image"], batch["rot_mask"], True)]
+        groups = [(image, mask if mask.ndim == image.ndim else mask[:, None], rotate) for image, mask, rotate in groups]
+        n, channels = sum(len(g[0]) for g in groups), groups[0][0].shape[1]
+        if seed is None:
+            seed = (self.seed * SEED_STRIDE + self.batches) % 2**63  # any config seed, a valid generator seed
+            self.batches += 1
+        draw = self.draw(n, channels, torch.Generator().manual_seed(seed))
+        first, device = groups[0][0], groups[0][0].device
+        image = first.new_empty((n, channels, *self.patch), dtype=torch.float32)
+        dtype = torch.float32 if self.multilabel else torch.int64  # converted while copied, not in a pass of its own
+        dtype = groups[0][1].dtype if self.source_label_dtype else dtype
+        labels = groups[0][1].new_empty((n, groups[0][1].shape[1], *self.patch), dtype=dtype)
+        start = 0
+        for source, source_labels, rotate in groups:
+            rows = slice(start, start + len(source))
+            start = rows.stop
+            if rotate is not None:
+                draw.rotate[rows] = rotate
+            if len(source):
+                self._spatial(source.float(), source_labels, _rows(draw, rows), image[rows], labels[rows])
+        noise = torch.Generator(device=device).manual_seed(seed ^ NOISE_SALT)
         image = self._intensity(image, draw, noise)
-        return {**batch, "image": image, "mask": labels if self.multilabel else labels[:, 0]}
+        return {"image": image, "mask": labels if self.multilabel else labels[:, 0]}
 
     def draw(self, n: int, channels: int, gen: torch.Generator) -> Draw:
         """Every parameter of every sample, always in the same number of draws (the stream stays aligned)."""
@@ -169,27 +244,30 @@ class BatchAugmenter:
         )
 
     # -- spatial: one resampling for the rotated or scaled samples, a (flipped) centre crop for the others ------
-    def _spatial(self, image: torch.Tensor, labels: torch.Tensor, d: Draw) -> tuple[torch.Tensor, torch.Tensor]:
+    def _spatial(self, image: torch.Tensor, labels: torch.Tensor, d: Draw, out_image: torch.Tensor,
+                 out_labels: torch.Tensor) -> None:
+        """Crops of one size into ``out_*`` (patch-sized views of the batch's outputs), in place."""
         spatial, device = image.shape[2:], image.device
         low = [(s - p) // 2 for s, p in zip(spatial, self.patch, strict=True)]
         box = (slice(None), *(slice(lo, lo + p) for lo, p in zip(low, self.patch, strict=True)))
-        out_image = image.new_empty((image.shape[0], image.shape[1], *self.patch))
-        dtype = torch.float32 if self.multilabel else torch.int64  # converted while copied, not in a pass of its own
-        out_labels = labels.new_empty((labels.shape[0], labels.shape[1], *self.patch), dtype=dtype)
         moved = d.rotate | d.scale
         for b in (~moved).nonzero().flatten().tolist():  # strided copies: cheaper than gathering a sub-batch
             dims = [1 + a for a in range(3) if d.flips[b, a]]
             out_image[b].copy_(image[b][box].flip(dims) if dims else image[b][box])
             out_labels[b].copy_(labels[b][box].flip(dims) if dims else labels[b][box])
-        if moved.any():
-            idx = moved.nonzero().flatten()
-            keep = torch.ones_like(d.scales[idx])
-            inverse_scale = 1 / torch.where(d.scale[idx, None], d.scales[idx], keep)
-            mirror = torch.where(d.flips[idx], -keep, keep)  # a flip after the affine: output axis reversed
-            matrix = rotation_matrices(d.angles[idx] * d.rotate[idx, None]) @ torch.diag_embed(inverse_scale * mirror)
-            centre = [lo + (p - 1) / 2 for lo, p in zip(low, self.patch, strict=True)]
-            batch_ops.affine_resample(image, labels, idx.to(device), matrix, centre, out_image, out_labels)
-        return out_image, out_labels
+        if not moved.any():
+            return
+        keep = torch.ones_like(d.scales)
+        inverse_scale = 1 / torch.where(d.scale[:, None], d.scales, keep)
+        diagonal = inverse_scale * torch.where(d.flips, -keep, keep)  # a flip after the affine: output axis reversed
+        centre = [lo + (p - 1) / 2 for lo, p in zip(low, self.patch, strict=True)]
+        scaled = (d.scale & ~d.rotate).nonzero().flatten()  # a diagonal map: separable, no grid
+        if len(scaled):
+            batch_ops.axis_resample(image, labels, scaled.tolist(), diagonal[scaled], centre, out_image, out_labels)
+        rotated = d.rotate.nonzero().flatten()
+        if len(rotated):
+            matrix = rotation_matrices(d.angles[rotated]) @ torch.diag_embed(diagonal[rotated])
+            batch_ops.affine_resample(image, labels, rotated.to(device), matrix, centre, out_image, out_labels)
 
     # -- intensity, in TorchIO's order (anisotropy is spatial there, but the labels keep still) ----------------------
     def _intensity(self, x: torch.Tensor, d: Draw, noise: torch.Generator) -> torch.Tensor:
@@ -230,13 +308,19 @@ def _one_thread():
     """Run on one intra-op thread. On a CPU the loader's workers share the cores with this process, and most of
     these ops are small or memory-bound: two threads spent more time waiting for each other than working (this
     2-core machine, its cores busy: 8.8 ms against 0.2 ms for one 64^3 multiply, 78 against 24 ms per 64^3
-    sample for the whole batch)."""
+    sample for the whole batch). Even a batch's dtype conversion woke a second OpenMP thread, which then spun on
+    a core the workers needed."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _rows(draw: Draw, rows: slice) -> Draw:
+    """The draw of a run of samples (views: a flag set through it is set in ``draw``)."""
+    return Draw(**{f.name: getattr(draw, f.name)[rows] for f in dataclasses.fields(draw)})
 
 
 def _on(x: torch.Tensor, flags: torch.Tensor, fn) -> torch.Tensor:

@@ -80,12 +80,16 @@ def _grid(matrix: torch.Tensor, patch: Sequence[int], centre: Sequence[float], s
 
 
 def _nearest_index(grid: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
-    """Flat index of the input voxel nearest each grid point (clamped into the input)."""
+    """Flat index of the input voxel nearest each grid point (clamped into the input). Summed in float32 while
+    exact (under 2^24 voxels, a 256^3 crop): one conversion to int64 instead of one per axis."""
+    exact = math.prod(spatial) < 2**24
     index = None
     for axis, n in enumerate(spatial):
-        along = grid[..., 2 - axis].mul(n / 2).add_((n - 1) / 2).round_().clamp_(0, n - 1).long()
+        along = grid[..., 2 - axis].mul(n / 2).add_((n - 1) / 2).round_().clamp_(0, n - 1)
+        if not exact:
+            along = along.long()
         index = along if index is None else index.mul_(n).add_(along)
-    return index
+    return index.long() if exact else index
 
 
 def _leaves(matrix: torch.Tensor, patch: Sequence[int], centre: Sequence[float],
@@ -109,13 +113,54 @@ def _pad_outside(out: torch.Tensor, picked: torch.Tensor, grid: torch.Tensor, so
 
 def along_axis(x: torch.Tensor, matrices: torch.Tensor, axis: int) -> torch.Tensor:
     """``out[b, ..., i, ...] = sum_j matrices[b, i, j] * x[b, ..., j, ...]`` along spatial ``axis`` (0..2): one
-    batched matmul, no transposed copy."""
+    batched matmul, no transposed copy. ``matrices`` (n, rows, size): the axis becomes ``rows`` long."""
     n, c, *spatial = x.shape
-    size = spatial[axis]
+    size, rows = spatial[axis], matrices.shape[1]
+    shape = (n, c, *spatial[:axis], rows, *spatial[axis + 1:])
     if axis == 2:
-        return (x.reshape(n, -1, size) @ matrices.transpose(1, 2)).reshape(x.shape)
+        return (x.reshape(n, -1, size) @ matrices.transpose(1, 2)).reshape(shape)
     before, after = c * math.prod(spatial[:axis]), math.prod(spatial[axis + 1:])
-    return (matrices[:, None] @ x.reshape(n, before, size, after)).reshape(x.shape)
+    return (matrices[:, None] @ x.reshape(n, before, size, after)).reshape(shape)
+
+
+def axis_resample(image: torch.Tensor, labels: torch.Tensor, samples: Sequence[int], factors: torch.Tensor,
+                  centre: Sequence[float], out_image: torch.Tensor, out_labels: torch.Tensor) -> None:
+    """:func:`affine_resample` for diagonal matrices ``diag(factors[j])`` (scalings and flips): the same values,
+    separably. Trilinear weights are products of 1D ones, so the image goes through three 1D linear maps per
+    sample (:func:`along_axis`, the border clamp folded into the matrices) and the labels through three index
+    selections: no grid, no ``grid_sample`` (a 64^3 sample on one CPU thread here: 7.5 ms against 25 ms)."""
+    patch, spatial, device = out_image.shape[2:], image.shape[2:], image.device
+    for j, b in enumerate(samples):
+        coords = [centre[a] + float(factors[j, a]) * (torch.arange(patch[a], dtype=torch.float64) - (patch[a] - 1) / 2)
+                  for a in range(3)]
+        x = image[b:b + 1]
+        for axis in (2, 1, 0):
+            x = along_axis(x, _linear_matrix(coords[axis], spatial[axis]).to(device, x.dtype)[None], axis)
+        picked = labels[b]
+        for axis in range(3):
+            nearest = coords[axis].round().clamp(0, spatial[axis] - 1).long().to(device)
+            picked = picked.index_select(1 + axis, nearest)
+        out = [(c < -0.5) | (c > n - 0.5) for c, n in zip(coords, spatial, strict=True)]  # |grid| > 1, on the host
+        if any(bool(o.any()) for o in out):
+            outside = (out[0].view(-1, 1, 1) | out[1].view(1, -1, 1) | out[2].view(1, 1, -1)).to(device)
+            x = torch.where(outside, image[b:b + 1].amin(dim=(2, 3, 4), keepdim=True), x)
+            picked = picked.masked_fill(outside, 0)
+        out_image[b].copy_(x[0])
+        out_labels[b].copy_(picked)
+
+
+def _linear_matrix(coords: torch.Tensor, size: int) -> torch.Tensor:
+    """(len(coords), size) float64: linear interpolation at ``coords`` (voxels), clamped into the axis as
+    ``grid_sample``'s border padding."""
+    clamped = coords.clamp(0, size - 1)
+    low = clamped.floor().clamp(max=max(size - 2, 0)).long()
+    weight = clamped - low
+    rows = torch.arange(len(coords))
+    out = torch.zeros(len(coords), size, dtype=torch.float64)
+    out[rows, low] = 1 - weight
+    if size > 1:
+        out[rows, low + 1] += weight
+    return out
 
 
 def gaussian_matrices(std: torch.Tensor, size: int) -> torch.Tensor:

@@ -152,12 +152,12 @@ class SegTrainer:
             if step == 0 and self.device.type == "cpu":
                 keep_freed_memory()  # after the loader's workers started, so that they keep glibc's defaults
             self._call("on_batch_begin", step)
+            if on_device is not None:  # the whole batch goes: its dataset's collate may have made more keys
+                moved = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+                with torch.no_grad():
+                    batch = on_device(moved)
             image = batch["image"].to(self.device, non_blocking=True)
             target = batch["mask"].to(self.device, non_blocking=True)
-            if on_device is not None:
-                with torch.no_grad():
-                    batch = on_device({"image": image, "mask": target})
-                image, target = batch["image"], batch["mask"]
             try:
                 detached = self._step(image, target, clip)
             except Exception as exc:
@@ -239,6 +239,7 @@ class SegTrainer:
         """A loader of this rank's batches: its share of ``dataset`` (:func:`distributed.rank_indices`), drawn
         with its own seed (workers are seeded from it)."""
         cfg = self.train_cfg
+        collate = getattr(dataset, "collate", None)  # the dataset's own batching, if it has one (protocols)
         generator = torch.Generator()
         generator.manual_seed(distributed.rank_seed(cfg.seed or 0, self.world.rank) + seed_offset)
         if self.world.distributed:
@@ -254,6 +255,7 @@ class SegTrainer:
             persistent_workers=cfg.workers > 0,
             generator=generator,
             worker_init_fn=_seed_worker,
+            collate_fn=collate,
         )
 
     def _monitor(self, job: TrainJob) -> tuple[str, bool]:
