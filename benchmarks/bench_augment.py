@@ -15,7 +15,7 @@ windows of at least 16 samples and 3 times the in-flight batches (2 per worker).
 
 * torchio: the DataLoader of io/patch-dataset's training dataset; a batch counts when the loader yields it.
 * batched workers: io/batch-augment with ``run_on: workers`` (``auto`` on a CPU with workers): each worker crops,
-  collates and augments its batch; ``on_device`` only converts the labels' dtype.
+  collates and augments its batch; ``on_device`` passes it on.
 * batched main: ``run_on: device`` on the CPU: the workers crop, ``on_device`` augments in the main process (one
   thread), as on a GPU.
 * batched cuda: the same with the batch moved to the GPU first (``non_blocking``) and the window synchronised.
@@ -306,7 +306,7 @@ def _child_libraries(spec: dict) -> None:
         affine = K.RandomAffine3D(degrees=data.params.rotation_degrees, scale=(tuple(data.params.scales),) * 3,
                                   p=data.params.p_rotate)
         times["kornia RandomAffine3D (image only)"] = _time_per_sample(
-            lambda b: [affine(b[key]) for key in ("image", "rot_image") if len(b[key])], crops, spec)
+            lambda b: [affine(b[key]) for key in ("crop_image", "rot_image") if len(b[key])], crops, spec)
     except ImportError:
         times["kornia RandomAffine3D (image only)"] = "n/a (kornia not installed)"
     emit({"ms_per_sample": times})
@@ -318,14 +318,14 @@ def _time_per_sample(fn, batches, spec) -> str:
     for _ in range(spec["repeats"]):
         for b in batches:
             fn(b)
-            count += len(b["image"]) + len(b["rot_image"])
+            count += len(b["crop_image"]) + len(b["rot_image"])
     wall, cpu = (time.perf_counter() - start) / count, (time.process_time() - cpu) / count
     return f"{1000 * wall:.1f} wall, {1000 * cpu:.1f} CPU"
 
 
 def _samples(batch: dict):
     """(image, mask) of every crop of a :class:`CropCollate` batch, patch-sized and enlarged."""
-    for prefix in ("", "rot_"):
+    for prefix in ("crop_", "rot_"):
         yield from zip(batch[prefix + "image"], batch[prefix + "mask"], strict=True)
 
 

@@ -303,8 +303,10 @@ def test_workers_only_crop_and_on_device_makes_training_batches(data_dir):
     mixed = next(i for i in range(0, 400, 8) if 0 < sum(rotated[i:i + 8]) < 8)
     batch = ds.collate(items[mixed:mixed + 8])
     r = sum(rotated[mixed:mixed + 8])
-    assert batch["image"].shape == (8 - r, 1, *PATCH) and batch["rot_image"].shape == (r, 1, *crop)
-    assert batch["mask"].shape == (8 - r, *PATCH) and batch["rot_mask"].shape == (r, *crop)
+    assert batch["crop_image"].shape == (8 - r, 1, *PATCH) and batch["rot_image"].shape == (r, 1, *crop)
+    assert batch["crop_mask"].shape == (8 - r, *PATCH) and batch["rot_mask"].shape == (r, *crop)
+    with pytest.raises(KeyError, match="raw crops that its on_device"):  # a trainer that never called the hook
+        batch["image"]
     out = data.on_device(batch)
     assert out["image"].shape == (8, 1, *PATCH) and out["image"].dtype == torch.float32
     assert out["mask"].shape == (8, *PATCH) and out["mask"].dtype == torch.int64
@@ -315,9 +317,11 @@ def test_workers_only_crop_and_on_device_makes_training_batches(data_dir):
     assert all(plain[i]["image"].shape == (1, *PATCH) for i in range(20))  # no rotation: no enlarged crop
     off = BatchAugmentData(BatchAugmentParams(augment=False), _ctx(data_dir))
     dataset = off.train_dataset(2)
-    batch = dataset.collate([dataset[i] for i in range(2)])
-    out = off.on_device(batch)
-    assert torch.equal(out["image"], batch["image"]) and torch.equal(out["mask"], batch["mask"].long())
+    items = [dataset[i] for i in range(2)]
+    batch = dataset.collate(items)  # an ordinary training batch, the crops as read
+    assert torch.equal(batch["image"], torch.stack([it["image"] for it in items]))
+    assert batch["mask"].dtype == torch.int64 and torch.equal(batch["mask"], torch.stack([it["mask"] for it in items]).long())
+    assert off.on_device(batch) is batch
 
 
 def test_the_loaders_workers_ship_the_two_crop_sizes_apart(data_dir):
@@ -325,16 +329,16 @@ def test_the_loaders_workers_ship_the_two_crop_sizes_apart(data_dir):
     data = BatchAugmentData(BatchAugmentParams(p_rotate=0.5, run_on="device"), _ctx(data_dir, workers=2))
     assert not data.in_workers
     batches = _worker_batches(data, seed=0)
-    sizes = [(len(b["image"]), len(b["rot_image"])) for b in batches]
+    sizes = [(len(b["crop_image"]), len(b["rot_image"])) for b in batches]
     assert len(batches) == 4 and all(s + r == 4 for s, r in sizes)
     assert 0 < sum(r for _, r in sizes) < 16  # both sizes came through
-    assert all(b["image"].shape[2:] == PATCH and b["rot_image"].shape[2:] == aug_patch_size(PATCH) for b in batches)
+    assert all(b["crop_image"].shape[2:] == PATCH and b["rot_image"].shape[2:] == aug_patch_size(PATCH) for b in batches)
     assert all(data.on_device(b)["image"].shape == (4, 1, *PATCH) for b in batches)
 
 
 def test_on_a_cpu_the_workers_augment_their_batches_seeded_from_the_run(data_dir):
     """run_on auto, training on a CPU with workers: each worker augments the batch it collated (the training
-    process is busy with the network there); on_device only makes the labels int64."""
+    process is busy with the network there): the loader's batches are ordinary training batches."""
     params = BatchAugmentParams(p_rotate=0.5, p_scale=0.5, p_flip=0.5, p_noise=0.5, p_gamma=0.5)
     data = BatchAugmentData(params, _ctx(data_dir, workers=2))
     assert data.in_workers and not BatchAugmentData(params, _ctx(data_dir, workers=0)).in_workers
@@ -343,10 +347,9 @@ def test_on_a_cpu_the_workers_augment_their_batches_seeded_from_the_run(data_dir
     raw = torch.from_numpy(np.concatenate([np.load(data_dir / "images" / f"{n}.npy").ravel() for n in "ab"]))
     for batch in first:
         assert set(batch) == {"image", "mask"} and batch["image"].shape == (4, 1, *PATCH)
-        assert batch["mask"].shape == (4, *PATCH) and batch["mask"].dtype == torch.uint8  # an eighth of int64
+        assert batch["mask"].shape == (4, *PATCH) and batch["mask"].dtype == torch.int64
         assert set(batch["mask"].unique().tolist()) <= {0, 1}
-        out = data.on_device(batch)
-        assert out["mask"].dtype == torch.int64 and torch.equal(out["image"], batch["image"])
+        assert data.on_device(batch) is batch
     augmented = [b["image"] for b in first]
     assert not all(torch.isin(x, raw).all() for x in augmented)  # augmented values, not the volumes' own
     assert all(torch.equal(a["image"], b["image"]) for a, b in zip(first, again, strict=True))  # the run's seed

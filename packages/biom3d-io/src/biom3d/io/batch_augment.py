@@ -52,12 +52,13 @@ def build_batch_augment_data(params, ctx) -> BatchAugmentData:
 
 
 class BatchAugmentData(PatchData):
-    """SegmentationData whose training batches are raw crops; :meth:`on_device` makes them training batches.
+    """SegmentationData whose training batches are augmented as wholes, where ``run_on`` says.
 
-    Training batches (collated by :class:`CropCollate`): ``{"image": float32 (S, C, *patch), "mask": uint8 (or
-    int64) (S, *patch) / (S, K, *patch), "rot_image": (R, C, *aug_patch_size), "rot_mask": ...}``, the ``R``
-    samples drawn for a rotation carrying the enlarged crop. Only a trainer that calls ``on_device`` (the core's
-    seg-trainer does) can train on them; validation items are io/patch-dataset's."""
+    Augmented in the workers (``run_on`` workers; auto on a CPU with workers) or not at all (``augment: false``),
+    the loader's batches are ordinary training batches, ``on_device`` passes them on. Augmented on the device,
+    they are raw crops (:class:`CropBatch`: the ``S`` patch-sized ones and the ``R`` enlarged ones of the
+    samples drawn for a rotation, under keys of their own) that :meth:`on_device` makes a training batch; a
+    trainer that never calls it gets an error naming the hook. Validation items are io/patch-dataset's."""
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
@@ -65,25 +66,23 @@ class BatchAugmentData(PatchData):
 
     def train_dataset(self, length: int) -> CropDataset:
         p_rotate = self.params.p_rotate if self.augmenter is not None else 0.0
-        collate = CropCollate(self.patch, self.rot_crop, self.augmenter if self.in_workers else None)
+        collate = CropCollate(self.patch, self.rot_crop, self.augmenter if self.in_workers else None,
+                              raw=self.augmenter is not None and not self.in_workers, multilabel=self.ctx.multilabel)
         return CropDataset(self.store, self.train_names, length, self.patch, self.rot_crop, self._sampler(), None,
                            multilabel=self.ctx.multilabel, seed=None, p_rotate=p_rotate, collate=collate)
 
     @torch.no_grad()
     def on_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A collated training batch of crops, on its device -> the augmented batch of ``S + R`` samples, the
-        rotated ones last: image float32 (B, C, *patch), mask int64 (B, *patch) or float32 (B, K, *patch)
-        multi-label."""
-        with _one_thread() if batch["image"].device.type == "cpu" else contextlib.nullcontext():
-            if self.augmenter is None or self.in_workers:  # patch-sized crops, or batches the workers augmented
-                mask = batch["mask"]
-                return {"image": batch["image"], "mask": mask.float() if self.ctx.multilabel else mask.long()}
+        """A collated training batch, on its device -> the batch to train on: image float32 (B, C, *patch), mask
+        int64 (B, *patch) or float32 (B, K, *patch) multi-label; from raw crops, the rotated samples last."""
+        if self.augmenter is None or self.in_workers:
+            return batch
+        with _one_thread() if batch["crop_image"].device.type == "cpu" else contextlib.nullcontext():
             return self.augmenter(batch)
 
     def _augmenter(self) -> BatchAugmenter:
         seed = distributed.rank_seed(self.ctx.seed, distributed.current().rank)  # under torchrun, each rank its own
-        return BatchAugmenter(self.params, self.patch, multilabel=self.ctx.multilabel, seed=seed,
-                              source_label_dtype=_in_workers(self.params, self.ctx))  # workers ship uint8: 1/8
+        return BatchAugmenter(self.params, self.patch, multilabel=self.ctx.multilabel, seed=seed)
 
 
 def _in_workers(params, ctx) -> bool:
@@ -94,8 +93,8 @@ def _in_workers(params, ctx) -> bool:
 
 class CropDataset(PatchDataset):
     """Training crops only: the patch box, or for a sample drawn for a rotation the box grown to ``rot_crop``
-    (``"rotate"`` says which); masks stay uint8 (a quarter of the bytes to move until the device; ``on_device``
-    makes them int64). Batches go through :attr:`collate`."""
+    (``"rotate"`` says which); masks stay uint8 (an eighth of the bytes to move). Batches go through
+    :attr:`collate`."""
 
     def __init__(self, *args, p_rotate: float, collate: CropCollate, **kwargs):
         super().__init__(*args, **kwargs)
@@ -109,39 +108,55 @@ class CropDataset(PatchDataset):
                 "rotate": torch.tensor(rotate)}
 
 
-class CropCollate:
-    """A loader's ``collate_fn`` for :class:`CropDataset`: patch-sized crops stacked into ``image``/``mask``,
-    enlarged ones into ``rot_image``/``rot_mask``, either possibly empty (so a batch always has all four keys).
-    With an ``augmenter`` (``run_on`` workers), the worker then augments the batch itself, seeded from its own
-    RNG (the DataLoader seeds each worker from the run's seed). A class, not a closure, so that spawned workers
-    can pickle it."""
+class CropBatch(dict):
+    """Raw crops for ``on_device``: ``crop_image`` float32 (S, C, *patch), ``crop_mask`` (S, *patch) or (S, K,
+    *patch) as read (uint8 mostly), ``rot_image``/``rot_mask`` the same at ``aug_patch_size``, either possibly
+    empty. A trainer reading ``image`` off it never called the hook: it gets told so, not a partial batch."""
 
-    def __init__(self, patch: Sequence[int], rot_crop: Sequence[int], augmenter: BatchAugmenter | None = None):
-        self.patch, self.rot_crop, self.augmenter = tuple(patch), tuple(rot_crop), augmenter
+    def __missing__(self, key):
+        raise KeyError(f"{key!r}: io/batch-augment's training batches are raw crops that its on_device(batch) "
+                       "augments; train with a trainer that calls the dataset's on_device (core's seg-trainer "
+                       "does), or set the dataset's run_on: workers")
+
+
+class CropCollate:
+    """A loader's ``collate_fn`` for :class:`CropDataset`. ``raw``: the crops as a :class:`CropBatch`, patch-sized
+    and enlarged ones stacked apart. Else a training batch: augmented here by ``augmenter`` (``run_on`` workers)
+    seeded from the worker's RNG (the DataLoader seeds each worker from the run's seed), or, with no augmenter,
+    the crops as they are (all patch-sized: no rotation is drawn). A class, not a closure, so that spawned
+    workers can pickle it."""
+
+    def __init__(self, patch: Sequence[int], rot_crop: Sequence[int], augmenter: BatchAugmenter | None, *, raw: bool,
+                 multilabel: bool):
+        self.patch, self.rot_crop, self.augmenter, self.raw = tuple(patch), tuple(rot_crop), augmenter, raw
+        self.multilabel = multilabel
 
     def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        still = [it for it in items if not it["rotate"]]
-        rotated = [it for it in items if it["rotate"]]
         # shipped as they are: default_collate stacks straight into a worker's shared memory, no copy to send it;
         # augmented here: a plain stack (fresh shared pages cost a quarter of a 64^3 batch's augmentation)
         stack = torch.utils.data.default_collate if self.augmenter is None else torch.stack
-        batch = {**self._stack(still, items[0], self.patch, "", stack),
-                 **self._stack(rotated, items[0], self.rot_crop, "rot_", stack)}
-        if self.augmenter is None:
-            return batch
-        with _one_thread():
-            return self.augmenter(batch, seed=int(torch.randint(2**62, ())))
+        still = [it for it in items if not it["rotate"]]
+        rotated = [it for it in items if it["rotate"]]
+        crops = CropBatch({**_stack(still, items[0], self.patch, "crop_", stack),
+                           **_stack(rotated, items[0], self.rot_crop, "rot_", stack)})
+        if self.raw:
+            return crops
+        if self.augmenter is not None:
+            with _one_thread():
+                return self.augmenter(crops, seed=int(torch.randint(2**62, ())))
+        mask = crops["crop_mask"]
+        return {"image": crops["crop_image"], "mask": mask.float() if self.multilabel else mask.long()}
 
-    @staticmethod
-    def _stack(items, first, crop, prefix: str, stack) -> dict[str, torch.Tensor]:
-        out = {}
-        for key in ("image", "mask"):
-            lead = first[key].shape[:first[key].ndim - len(crop)]  # (C,) for images, () or (K,) for masks
-            if items:
-                out[prefix + key] = stack([it[key] for it in items])
-            else:
-                out[prefix + key] = torch.empty((0, *lead, *crop), dtype=first[key].dtype)
-        return out
+
+def _stack(items, first, crop, prefix: str, stack) -> dict[str, torch.Tensor]:
+    out = {}
+    for key in ("image", "mask"):
+        lead = first[key].shape[:first[key].ndim - len(crop)]  # (C,) for images, () or (K,) for masks
+        if items:
+            out[prefix + key] = stack([it[key] for it in items])
+        else:
+            out[prefix + key] = torch.empty((0, *lead, *crop), dtype=first[key].dtype)
+    return out
 
 
 @dataclass
@@ -171,10 +186,8 @@ class Draw:
 class BatchAugmenter:
     """io/patch-dataset's TorchIO pipeline (:class:`biom3d.io.datasets.Augmenter`) applied to a whole batch."""
 
-    def __init__(self, params, patch: Sequence[int], *, multilabel: bool, seed: int | None,
-                 source_label_dtype: bool = False):
+    def __init__(self, params, patch: Sequence[int], *, multilabel: bool, seed: int | None):
         self.params, self.patch, self.multilabel = params, tuple(int(s) for s in patch), multilabel
-        self.source_label_dtype = source_label_dtype  # labels out as they came in (else int64, float32 multi-label)
         self.degrees = torch.tensor(rotation_degrees(self.patch, params), dtype=torch.float64).view(3, 2)
         self.aniso_axes, self.flip_axes = anisotropy_axes(self.patch), flip_axes(self.patch)
         self.block = swap_block(self.patch)
@@ -184,11 +197,12 @@ class BatchAugmenter:
 
     def __call__(self, batch: dict[str, torch.Tensor], seed: int | None = None) -> dict[str, torch.Tensor]:
         """``batch``: ``image`` (B, C, *crop) and ``mask`` of any crop at least the patch, the rotations drawn
-        here; or :class:`CropCollate`'s batch, whose ``rot_*`` samples (last in the output) are the ones rotated.
+        here; or a :class:`CropBatch`, whose ``rot_*`` samples (last in the output) are the ones rotated.
         ``seed``: the batch's, else the next of this augmenter's sequence."""
-        groups = [(batch["image"], batch["mask"], None)]
         if "rot_image" in batch:
-            groups = [(batch["image"], batch["mask"], False), (batch["rot_image"], batch["rot_mask"], True)]
+            groups = [(batch["crop_image"], batch["crop_mask"], False), (batch["rot_image"], batch["rot_mask"], True)]
+        else:
+            groups = [(batch["image"], batch["mask"], None)]
         groups = [(image, mask if mask.ndim == image.ndim else mask[:, None], rotate) for image, mask, rotate in groups]
         n, channels = sum(len(g[0]) for g in groups), groups[0][0].shape[1]
         if seed is None:
@@ -198,7 +212,6 @@ class BatchAugmenter:
         first, device = groups[0][0], groups[0][0].device
         image = first.new_empty((n, channels, *self.patch), dtype=torch.float32)
         dtype = torch.float32 if self.multilabel else torch.int64  # converted while copied, not in a pass of its own
-        dtype = groups[0][1].dtype if self.source_label_dtype else dtype
         labels = groups[0][1].new_empty((n, groups[0][1].shape[1], *self.patch), dtype=dtype)
         start = 0
         for source, source_labels, rotate in groups:
