@@ -15,7 +15,7 @@ windows of at least 16 samples and 3 times the in-flight batches (2 per worker).
 
 * torchio: the DataLoader of io/patch-dataset's training dataset; a batch counts when the loader yields it.
 * batched workers: io/batch-augment with ``run_on: workers`` (``auto`` on a CPU with workers): each worker crops,
-  collates and augments its batch; ``on_device`` passes it on.
+  collates and augments its batch; ``on_device`` only makes its labels int64.
 * batched main: ``run_on: device`` on the CPU: the workers crop, ``on_device`` augments in the main process (one
   thread), as on a GPU.
 * batched cuda: the same with the batch moved to the GPU first (``non_blocking``) and the window synchronised.

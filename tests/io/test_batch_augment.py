@@ -305,7 +305,7 @@ def test_workers_only_crop_and_on_device_makes_training_batches(data_dir):
     r = sum(rotated[mixed:mixed + 8])
     assert batch["crop_image"].shape == (8 - r, 1, *PATCH) and batch["rot_image"].shape == (r, 1, *crop)
     assert batch["crop_mask"].shape == (8 - r, *PATCH) and batch["rot_mask"].shape == (r, *crop)
-    with pytest.raises(KeyError, match="raw crops that its on_device"):  # a trainer that never called the hook
+    with pytest.raises(KeyError, match="finished by its on_device"):  # a trainer that never called the hook
         batch["image"]
     out = data.on_device(batch)
     assert out["image"].shape == (8, 1, *PATCH) and out["image"].dtype == torch.float32
@@ -338,7 +338,7 @@ def test_the_loaders_workers_ship_the_two_crop_sizes_apart(data_dir):
 
 def test_on_a_cpu_the_workers_augment_their_batches_seeded_from_the_run(data_dir):
     """run_on auto, training on a CPU with workers: each worker augments the batch it collated (the training
-    process is busy with the network there): the loader's batches are ordinary training batches."""
+    process is busy with the network there); on_device only makes the labels int64 (they travel as uint8)."""
     params = BatchAugmentParams(p_rotate=0.5, p_scale=0.5, p_flip=0.5, p_noise=0.5, p_gamma=0.5)
     data = BatchAugmentData(params, _ctx(data_dir, workers=2))
     assert data.in_workers and not BatchAugmentData(params, _ctx(data_dir, workers=0)).in_workers
@@ -346,10 +346,14 @@ def test_on_a_cpu_the_workers_augment_their_batches_seeded_from_the_run(data_dir
     first, again, other = (_worker_batches(data, seed=s) for s in (5, 5, 6))
     raw = torch.from_numpy(np.concatenate([np.load(data_dir / "images" / f"{n}.npy").ravel() for n in "ab"]))
     for batch in first:
-        assert set(batch) == {"image", "mask"} and batch["image"].shape == (4, 1, *PATCH)
-        assert batch["mask"].shape == (4, *PATCH) and batch["mask"].dtype == torch.int64
-        assert set(batch["mask"].unique().tolist()) <= {0, 1}
-        assert data.on_device(batch) is batch
+        assert set(batch) == {"image", "labels"} and batch["image"].shape == (4, 1, *PATCH)
+        assert batch["labels"].shape == (4, *PATCH) and batch["labels"].dtype == torch.uint8  # an eighth of int64
+        assert set(batch["labels"].unique().tolist()) <= {0, 1}
+        with pytest.raises(KeyError, match="finished by its on_device"):  # a trainer that never called the hook
+            batch["mask"]
+        out = data.on_device(batch)
+        assert out["mask"].dtype == torch.int64 and torch.equal(out["mask"], batch["labels"].long())
+        assert torch.equal(out["image"], batch["image"])
     augmented = [b["image"] for b in first]
     assert not all(torch.isin(x, raw).all() for x in augmented)  # augmented values, not the volumes' own
     assert all(torch.equal(a["image"], b["image"]) for a, b in zip(first, again, strict=True))  # the run's seed
