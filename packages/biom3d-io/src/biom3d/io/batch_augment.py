@@ -8,11 +8,12 @@ rotated patch has real voxels in its corners while the others ship a patch's vox
 crop is 5.3 patches: shipping it for every sample was most of a CPU batch's cost). :func:`CropCollate` keeps the
 two sizes apart in a batch. The trainer then calls :meth:`BatchAugmentData.on_device` on each training batch once
 it is on the device, and the whole batch is augmented there in a few batched tensor ops
-(:mod:`biom3d.io.batch_ops`): one grid and one ``grid_sample`` per crop size for the rotated or scaled samples
-(rotation, scaling and flips composed into one matrix per sample, sampled directly at patch size: the centre crop
-is free), nearest gathering for their labels, a (flipped) centre crop for the others; then anisotropy, bias field,
-blur, noise, swap and gamma on the samples that drew them, in TorchIO's order (flips commute with the anisotropy),
-with io/patch-dataset's probabilities and ranges.
+(:mod:`biom3d.io.batch_ops`): one grid and one ``grid_sample`` per crop size for the rotated samples (rotation,
+scaling and flips composed into one matrix per sample, sampled directly at patch size: the centre crop is free)
+with nearest gathering for their labels, three 1D maps for the scaled-only ones (separable), a (flipped) centre
+crop for the others; then anisotropy, bias field, blur, noise, swap and gamma on the samples that drew them, in TorchIO's order (flips commute with the anisotropy),
+with io/patch-dataset's probabilities and ranges. On a CPU (``run_on`` auto or workers) the same augmenter runs in
+each loader worker right after collating instead, since the training process is busy with the network.
 
 Seeded per batch: batch ``k`` draws its parameters from ``seed * 1_000_003 + k`` (a CPU generator: a few hundred
 numbers, so the device never waits for them), its noise from a generator on the batch's device seeded alike;
@@ -54,7 +55,7 @@ def build_batch_augment_data(params, ctx) -> BatchAugmentData:
 class BatchAugmentData(PatchData):
     """SegmentationData whose training batches are augmented as wholes, where ``run_on`` says.
 
-    The loader's batches are :class:`CropBatch` es that :meth:`on_device` makes training batches: augmented in
+    The loader's batches are :class:`CropBatch` objects that :meth:`on_device` makes training batches: augmented in
     the workers (``run_on`` workers; auto on a CPU with workers), ``image`` and the labels as read (uint8: 15-20%
     more batches/s at 64^3 than shipping int64); augmented on the device, raw crops (the ``S`` patch-sized ones
     and the ``R`` enlarged ones of the samples drawn for a rotation, apart). A trainer that never calls
@@ -343,7 +344,7 @@ def _one_thread():
 
 
 def _rows(draw: Draw, rows: slice) -> Draw:
-    """The draw of a run of samples (views: a flag set through it is set in ``draw``)."""
+    """The draw of a run of samples (views of ``draw``'s rows, not copies)."""
     return Draw(**{f.name: getattr(draw, f.name)[rows] for f in dataclasses.fields(draw)})
 
 
