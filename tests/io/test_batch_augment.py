@@ -324,6 +324,21 @@ def test_workers_only_crop_and_on_device_makes_training_batches(data_dir):
     assert off.on_device(batch) is batch
 
 
+def test_on_device_draws_from_the_training_process_rng(data_dir):
+    """So that a resumed run, whose RNG the trainer restores, goes on with the batches the interrupted one would
+    have drawn (numbered batches started again at the first one)."""
+    data = BatchAugmentData(BatchAugmentParams(run_on="device"), _ctx(data_dir))
+    ds = data.train_dataset(8)
+    torch.manual_seed(0)
+    batch = ds.collate([ds[i] for i in range(8)])
+    torch.manual_seed(7)
+    first, second = data.on_device(batch), data.on_device(batch)
+    torch.manual_seed(7)  # as a resume restores it
+    again = data.on_device(batch)
+    assert torch.equal(again["image"], first["image"]) and torch.equal(again["mask"], first["mask"])
+    assert not torch.equal(second["image"], first["image"])
+
+
 def test_the_loaders_workers_ship_the_two_crop_sizes_apart(data_dir):
     """Through a real DataLoader with workers, as the trainer builds it (its collate_fn is the dataset's)."""
     data = BatchAugmentData(BatchAugmentParams(p_rotate=0.5, run_on="device"), _ctx(data_dir, workers=2))

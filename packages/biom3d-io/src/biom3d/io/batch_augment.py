@@ -15,10 +15,13 @@ crop for the others; then anisotropy, bias field, blur, noise, swap and gamma on
 with io/patch-dataset's probabilities and ranges. On a CPU (``run_on`` auto or workers) the same augmenter runs in
 each loader worker right after collating instead, since the training process is busy with the network.
 
-Seeded per batch: batch ``k`` draws its parameters from ``seed * 1_000_003 + k`` (a CPU generator: a few hundred
-numbers, so the device never waits for them), its noise from a generator on the batch's device seeded alike;
-``seed`` is the run's (each rank's own under torchrun). The same seed gives the same batches. Validation batches
-come from io/patch-dataset's validation dataset, unaugmented.
+Seeded per batch: a batch draws its parameters from a CPU generator seeded with the batch's seed (a few hundred
+numbers, so the device never waits for them), its noise from a generator on the batch's device seeded alike. In
+training the batch's seed comes from the process that augments it: the training process's RNG (``on_device``),
+seeded from the run's seed (each rank's own under torchrun) and restored on resume, or a worker's RNG, which the
+DataLoader seeds from the run's. The same seed gives the same batches. A standalone :class:`BatchAugmenter` numbers
+its batches: batch ``k`` of seed ``s`` is ``s * 1_000_003 + k``. Validation batches come from io/patch-dataset's
+validation dataset, unaugmented.
 """
 
 from __future__ import annotations
@@ -84,7 +87,9 @@ class BatchAugmentData(PatchData):
             if self.in_workers:
                 labels = batch["labels"]
                 return {"image": batch["image"], "mask": labels.float() if self.ctx.multilabel else labels.long()}
-            return self.augmenter(batch)
+            # the training process's RNG (seeded from the run's seed per rank, restored on resume): a resumed run
+            # draws what the uninterrupted one would have, not the first epochs' batches again
+            return self.augmenter(batch, seed=int(torch.randint(2**62, ())))
 
     def _augmenter(self) -> BatchAugmenter:
         seed = distributed.rank_seed(self.ctx.seed, distributed.current().rank)  # under torchrun, each rank its own

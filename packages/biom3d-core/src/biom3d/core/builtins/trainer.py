@@ -76,7 +76,8 @@ class SegTrainer:
             from biom3d.core.compiling import compiled
 
             self.forward = compiled(self.model)
-        train_loader = self._loader(job.data.train_dataset(cfg.iters_per_epoch * cfg.batch_size), shuffle=False)
+        train_loader = self._loader(job.data.train_dataset(cfg.iters_per_epoch * cfg.batch_size), shuffle=False,
+                                    start_epoch=start)
         val_loader = None
         if cfg.val_iters > 0:
             val_loader = self._loader(job.data.val_dataset(cfg.val_iters * cfg.batch_size), shuffle=False, seed_offset=1)
@@ -235,13 +236,19 @@ class SegTrainer:
             return (logits.sigmoid() > 0.5).to(torch.uint8)
         return logits.argmax(0).to(torch.uint8)
 
-    def _loader(self, dataset, *, shuffle: bool, seed_offset: int = 0):
+    def _loader(self, dataset, *, shuffle: bool, seed_offset: int = 0, start_epoch: int = 0):
         """A loader of this rank's batches: its share of ``dataset`` (:func:`distributed.rank_indices`), drawn
-        with its own seed (workers are seeded from it)."""
+        with its own seed (workers are seeded from it).
+
+        ``start_epoch``: where a resumed run starts. Its persistent workers' RNG states are not in any checkpoint,
+        so a resumed loader is seeded anew from the epoch: seeded as a fresh run's, it replayed the first epochs'
+        crops. (The main process's RNG is restored exactly; ``on_device`` augmentation drawing from it continues
+        the interrupted run's sequence.)"""
         cfg = self.train_cfg
         collate = getattr(dataset, "collate", None)  # the dataset's own batching, if it has one (protocols)
         generator = torch.Generator()
-        generator.manual_seed(distributed.rank_seed(cfg.seed or 0, self.world.rank) + seed_offset)
+        seed = distributed.rank_seed(cfg.seed or 0, self.world.rank) + seed_offset
+        generator.manual_seed(seed if start_epoch == 0 else hash((seed, start_epoch)) % 2**63)
         if self.world.distributed:
             dataset = torch.utils.data.Subset(dataset, distributed.rank_indices(len(dataset), cfg.batch_size,
                                                                                 self.world))
