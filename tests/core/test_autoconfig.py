@@ -5,10 +5,11 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from biom3d.core.builtins.autoconfig import _reduce, auto_config
-from biom3d.core.geometry import aug_patch_size, pool_strides, rotation_plane
+from biom3d.core.geometry import aug_patch_size, background_value, pool_strides, rotation_plane
 
 TABLE = json.loads((Path(__file__).parent / "data" / "autoconfig_original.json").read_text(encoding="utf-8"))["cases"]
 KEYS = ("patch_size", "num_pools", "batch_size", "aug_patch_size")
@@ -116,3 +117,12 @@ def test_aug_patch_is_the_originals():
     assert aug_patch_size((16, 128, 128)) == (16, 181, 181)  # 181.02
     assert aug_patch_size((32, 128, 64)) == (32, 143, 143)  # 143.1
     assert aug_patch_size((320, 64, 64)) == (326, 64, 326)
+
+
+def test_background_reads_a_subsample_of_big_volumes():
+    """The padding value of io's and monai's datasets alike."""
+    vol = np.arange(2 * 8 * 4 * 4, dtype=np.float32).reshape(2, 8, 4, 4) - 5
+    assert background_value(vol).tolist() == [-5.0, 123.0]
+    vol[:, 1] = -100  # a slice the subsample skips
+    assert background_value(vol, budget=64).tolist() == [-5.0, 123.0]  # every 2nd slice of the longest axis
+    assert background_value(vol).tolist() == [-100.0, -100.0]

@@ -118,6 +118,22 @@ def test_finetune_starts_from_trained_weights_and_keeps_the_architecture(trained
     assert "re-initialised" not in caplog.text  # every trained tensor was loaded
 
 
+def test_finetune_into_a_chosen_folder_and_never_over_a_trained_run(trained, prepared, tmp_path):
+    from biom3d.core.errors import InputError
+
+    target = tmp_path / "tuned"
+    result = Builder.finetune(trained.run_dir, prepared.config_path, overrides={**TINY, "train.epochs": 1},
+                              new_run_dir=target)
+    assert result.run_dir == target and (target / "checkpoints" / "last.pt").is_file()
+    before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    with pytest.raises(InputError, match="holds a trained run already"):
+        Builder.finetune(trained.run_dir, prepared.config_path, overrides={**TINY, "train.epochs": 1},
+                         new_run_dir=target)
+    with pytest.raises(InputError, match="holds a trained run already"):
+        Builder(prepared.config_path, overrides=TINY).train(run_dir=target)
+    assert {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} == before  # the run is as it was
+
+
 def test_deep_supervision_mismatch_is_a_config_error(prepared, tmp_path):
     from biom3d.core.errors import ConfigError
 

@@ -9,7 +9,6 @@ from biom3d.io.datasets import (
     Augmenter,
     ForegroundRule,
     PatchData,
-    background_value,
     crop_pad,
     crop_start,
 )
@@ -219,14 +218,6 @@ def test_labels_stay_labels_under_every_augmentation(data_dir, multilabel):
 def test_params_refuse_reversed_ranges():
     with pytest.raises(ValueError, match="log_gamma"):
         PatchDatasetParams(log_gamma=(0.4, -0.35))
-
-
-def test_background_reads_a_subsample_of_big_volumes():
-    vol = np.arange(2 * 8 * 4 * 4, dtype=np.float32).reshape(2, 8, 4, 4) - 5
-    assert background_value(vol).tolist() == [-5.0, 123.0]
-    vol[:, 1] = -100  # a slice the subsample skips
-    assert background_value(vol, budget=64).tolist() == [-5.0, 123.0]  # every 2nd slice of the longest axis
-    assert background_value(vol).tolist() == [-100.0, -100.0]
 
 
 def test_crop_pad_reads_only_the_box_and_pads_outside():

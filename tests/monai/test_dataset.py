@@ -7,7 +7,7 @@ import torch
 from biom3d.core.context import RunContext
 from biom3d.core.errors import DataError
 from biom3d.core.geometry import rotation_plane
-from biom3d.monai.dataset import PatchDataset, background_value
+from biom3d.monai.dataset import PatchDataset
 from biom3d.monai.transforms import BG, FG, KEYS, PAD, RandPosNegWindowd, rotate_range, window
 from tests.monai.helpers import write_preprocessed
 
@@ -106,12 +106,6 @@ def test_enlarged_window_pads_the_image_with_its_background_only_when_it_leaves_
     out = RandPosNegWindowd(KEYS, patch=(4, 4, 4), window=(4, 4, 4), pos=1, neg=0)(data)
     assert torch.equal(out["image"], torch.from_numpy(image)) and calls == [1]  # inside: never computed
 
-
-def test_background_reads_a_subsample_of_big_volumes():
-    vol = np.arange(2 * 8 * 4 * 4, dtype=np.float32).reshape(2, 8, 4, 4) - 5
-    vol[:, 1] = -100  # a slice the subsample skips
-    assert background_value(vol, budget=64).tolist() == [-5.0, 123.0]
-    assert background_value(vol).tolist() == [-100.0, -100.0]
 
 
 def test_validation_items_are_deterministic(registry, tmp_path):

@@ -19,7 +19,7 @@ from typing import Any
 from biom3d.core.config import SLOTS, Config, Envelope, load_config, validate
 from biom3d.core.context import RunContext
 from biom3d.core.discovery import get_registry
-from biom3d.core.errors import ConfigError, Problem
+from biom3d.core.errors import ConfigError, InputError, Problem
 from biom3d.core.registry import Component, Registry
 
 log = logging.getLogger("biom3d")
@@ -72,22 +72,8 @@ class Builder:
     # -- training ------------------------------------------------------------------------------------------
     def train(self, *, runs_dir: str | Path | None = None, run_dir: str | Path | None = None) -> TrainResult:
         """Train in a new run folder ``<runs_dir>/<name>-<timestamp>`` (or the given empty ``run_dir``)."""
-        from biom3d.core import distributed, runs
-
         self._check_trainable()
-        with self._session() as world:
-            def make_folder() -> tuple[Path, bool]:
-                folder = Path(run_dir) if run_dir is not None else runs.new_run_dir(
-                    Path(runs_dir or self.config.runs_dir), self.config.name)
-                created = run_dir is None or not folder.exists() or not any(folder.iterdir())
-                folder.mkdir(parents=True, exist_ok=True)
-                return folder, created
-
-            folder, created = distributed.run_on_main(make_folder)  # one folder, named by rank 0
-            with _discarded_if_no_checkpoint(folder, created and world.is_main):
-                distributed.run_on_main(lambda: runs.write_run_files(
-                    folder, self.config, self.registry, data_dir=self.context.data_dir, folds=self.context.folds_path))
-                return self._fit(folder)
+        return self._new_run(runs_dir=runs_dir, run_dir=run_dir)
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, epochs: int | None = None, registry: Registry | None = None,
@@ -125,9 +111,11 @@ class Builder:
     @classmethod
     def finetune(cls, run_dir: str | Path, config: Config | str | Path | dict[str, Any], *,
                  registry: Registry | None = None, overrides: dict[str, Any] | None = None,
-                 runs_dir: str | Path | None = None, strict_versions: bool = False) -> TrainResult:
-        """A new run from ``run_dir``'s trained weights, on the new config's data and schedule. What the
-        network needs (model and its params, channels, patch, pooling, spacing) is kept from the old run."""
+                 runs_dir: str | Path | None = None, new_run_dir: str | Path | None = None,
+                 strict_versions: bool = False) -> TrainResult:
+        """A new run from ``run_dir``'s trained weights, on the new config's data and schedule, in a new folder
+        under ``runs_dir`` (or the given empty ``new_run_dir``, as ``train``'s ``run_dir``). What the network
+        needs (model and its params, channels, patch, pooling, spacing) is kept from the old run."""
         from biom3d.core import runs
         from biom3d.core.checkpoints import load_weights
 
@@ -146,16 +134,30 @@ class Builder:
                      getattr(new, "name", new), getattr(kept_value, "name", kept_value))
         weights = load_weights(Path(run_dir))["model"]
         builder._check_trainable()
-        from biom3d.core import distributed
+        return builder._new_run(runs_dir=runs_dir, run_dir=new_run_dir, init_weights=weights)
 
-        with builder._session() as world:
-            new_dir = distributed.run_on_main(
-                lambda: runs.new_run_dir(Path(runs_dir or builder.config.runs_dir), builder.config.name))
-            with _discarded_if_no_checkpoint(new_dir, world.is_main):
+    def _new_run(self, *, runs_dir: str | Path | None, run_dir: str | Path | None,
+                 init_weights: dict[str, Any] | None = None) -> TrainResult:
+        """Train in a new folder (named by rank 0), removed again if training fails before its first checkpoint."""
+        from biom3d.core import distributed, runs
+        from biom3d.core.checkpoints import has_checkpoint
+
+        with self._session() as world:
+            def make_folder() -> tuple[Path, bool]:
+                if run_dir is not None and has_checkpoint(Path(run_dir) / "checkpoints"):
+                    raise InputError(f"{run_dir} holds a trained run already (checkpoints/): continue it with "
+                                     "Builder.resume (`biom3d train --resume`), or give an empty folder")
+                folder = Path(run_dir) if run_dir is not None else runs.new_run_dir(
+                    Path(runs_dir or self.config.runs_dir), self.config.name)
+                created = run_dir is None or not folder.exists() or not any(folder.iterdir())
+                folder.mkdir(parents=True, exist_ok=True)
+                return folder, created
+
+            folder, created = distributed.run_on_main(make_folder)
+            with _discarded_if_no_checkpoint(folder, created and world.is_main):
                 distributed.run_on_main(lambda: runs.write_run_files(
-                    new_dir, builder.config, registry, data_dir=builder.context.data_dir,
-                    folds=builder.context.folds_path))
-                return builder._fit(new_dir, init_weights=weights)
+                    folder, self.config, self.registry, data_dir=self.context.data_dir, folds=self.context.folds_path))
+                return self._fit(folder, init_weights=init_weights)
 
     def _fit(self, run_dir: Path, *, resume: dict[str, Any] | None = None,
              init_weights: dict[str, Any] | None = None) -> TrainResult:

@@ -16,7 +16,6 @@ rotated 64^3 patch of a 128^3 volume would then lose it about 70% of the time, a
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,10 +25,8 @@ import torch
 
 from biom3d.core.errors import DataError
 from biom3d.core.folds import read_folds
-from biom3d.core.geometry import ANISOTROPY, rotation_plane
+from biom3d.core.geometry import ANISOTROPY, background_value, rotation_plane
 
-#: voxels per channel read to find a volume's background; larger volumes are read one slice in k
-BACKGROUND_BUDGET = 2**26
 #: order of the bias field's polynomial (TorchIO's default, as the original)
 BIAS_ORDER = 3
 
@@ -114,21 +111,6 @@ class VolumeStore:
         if name not in self._background:
             self._background[name] = background_value(image)
         return self._background[name]
-
-
-def background_value(image: np.ndarray, budget: int = BACKGROUND_BUDGET) -> np.ndarray:
-    """Per-channel minimum of a (C, *spatial) volume. A memory-mapped volume is read from disk (about 0.1-0.3 s
-    per 256 MiB cold, 20 ms cached); beyond ``budget`` voxels per channel only every k-th slice of its longest
-    axis is read, whose minimum is as good a background value."""
-    spatial = image.shape[1:]
-    step = math.ceil(math.prod(spatial) / budget)
-    sample = image
-    if step > 1:
-        axis = int(np.argmax(spatial))
-        index = [slice(None)] * image.ndim
-        index[axis + 1] = slice(None, None, min(step, spatial[axis]))
-        sample = image[tuple(index)]
-    return np.asarray(sample.min(axis=tuple(range(1, image.ndim))), dtype=image.dtype)
 
 
 class PatchDataset(torch.utils.data.Dataset):

@@ -42,13 +42,11 @@ from torch.utils.data import Dataset, get_worker_info
 
 from biom3d.core.errors import DataError
 from biom3d.core.folds import read_folds
-from biom3d.core.geometry import aug_patch_size, rotation_plane
+from biom3d.core.geometry import aug_patch_size, background_value, rotation_plane
 from biom3d.monai.dataparams import MonaiDatasetParams
 from biom3d.monai.transforms import BG, FG, PAD, VALID, train_transforms, val_transforms
 
 MAX_SEED = 2**31 - 1
-#: voxels per channel read to find a volume's background; larger volumes are read one slice in k
-BACKGROUND_BUDGET = 2**26
 
 
 def build_dataset(params: MonaiDatasetParams, ctx: Any) -> MonaiSegmentationData:
@@ -211,20 +209,6 @@ def _read_fg(case: Case, mask: np.ndarray, label_map: bool) -> list[np.ndarray]:
         labels = np.asarray(mask[0])
         return [np.argwhere(labels == k) for k in range(1, int(labels.max()) + 1)]
     return [np.argwhere(np.asarray(channel) > 0) for channel in mask]
-
-
-def background_value(image: np.ndarray, budget: int = BACKGROUND_BUDGET) -> np.ndarray:
-    """Per-channel minimum of a (C, *spatial) volume; beyond ``budget`` voxels per channel only every k-th
-    slice of its longest axis is read (a full pass over a memory map costs about 0.1-0.3 s per 256 MiB cold)."""
-    spatial = image.shape[1:]
-    step = math.ceil(math.prod(spatial) / budget)
-    sample = image
-    if step > 1:
-        axis = int(np.argmax(spatial))
-        index = [slice(None)] * image.ndim
-        index[axis + 1] = slice(None, None, min(step, spatial[axis]))
-        sample = image[tuple(index)]
-    return np.asarray(sample.min(axis=tuple(range(1, image.ndim))), dtype=image.dtype)
 
 
 def _plain(value: Any) -> torch.Tensor:
