@@ -419,8 +419,8 @@ def test_a_config_choosing_it_trains_through_the_builder(tmp_path, monkeypatch):
 
 
 def test_the_batched_and_the_per_sample_resampling_agree():
-    """The GPU's path (one grid_sample on the gathered sub-batch) and the CPU's (each sample in place), both on
-    the CPU here: any device runs the same arithmetic."""
+    """The GPU's path (one grid_sample on the gathered sub-batch) and the CPU's (each sample in place, through
+    grid_sample's 2D kernel), both on the CPU here: the same values to float32 rounding, the same labels."""
     patch = (12, 12, 12)
     crop = aug_patch_size(patch)
     gen = torch.Generator().manual_seed(1)
@@ -435,12 +435,28 @@ def test_the_batched_and_the_per_sample_resampling_agree():
         out = (torch.zeros(4, 2, *patch), torch.zeros(4, 1, *patch, dtype=torch.int64))
         batch_ops.affine_resample(image, labels, samples, matrix, centre, *out, per_sample=per_sample)
         outs.append(out)
-    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-4) and torch.equal(outs[0][1], outs[1][1])
     assert not outs[0][0][1].any()  # samples not asked for are left alone
     assert batch_ops._leaves(matrix.float(), patch, centre, crop).tolist() == [False, False, True]
     floor = image[3].amin(dim=(1, 2, 3)).view(2, 1, 1, 1)
     padded = outs[0][0][3] == floor  # outside the crop: the image's per-channel minimum, label 0
     assert padded.all(0).sum() > 20 and not outs[0][1][3, 0][padded[0]].any()
+
+
+@pytest.mark.parametrize("shape", [(2, 23, 17, 30), (1, 1, 8, 6), (1, 2, 3, 4), (1, 40, 40, 40)])
+def test_planar_trilinear_is_grid_samples_3d_interpolation(shape):
+    """The CPU's rotations: trilinear through grid_sample's 2D kernel on a mosaic of the slices, border padding
+    included (points up to 1.5 voxels outside), thin and single-slice volumes too."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(sum(shape))
+    volume = torch.randn(*shape, generator=gen)
+    points = torch.rand(3, 5000, generator=gen, dtype=torch.float64) * (torch.tensor(shape[1:]).view(3, 1) + 2) - 1.5
+    grid = (points.float().flip(0).T * 2 + 1) / torch.tensor(shape[1:][::-1]) - 1
+    expected = F.grid_sample(volume[None], grid.view(1, -1, 1, 1, 3), padding_mode="border", align_corners=False)
+    ours = batch_ops.planar_trilinear(volume, points.float())
+    assert ours.shape == (shape[0], 5000)
+    assert torch.allclose(ours, expected.view(shape[0], -1), atol=1e-4)
 
 
 def test_scalings_resample_separably_to_the_grids_values():
@@ -454,7 +470,8 @@ def test_scalings_resample_separably_to_the_grids_values():
     centre = [(c - p) // 2 + (p - 1) / 2 for c, p in zip(crop, patch, strict=True)]
     grid = (torch.zeros(3, 2, *patch), torch.zeros(3, 1, *patch, dtype=torch.int64))
     separable = (torch.zeros(3, 2, *patch), torch.zeros(3, 1, *patch, dtype=torch.int64))
-    batch_ops.affine_resample(image, labels, torch.arange(3), torch.diag_embed(factors), centre, *grid)
+    batch_ops.affine_resample(image, labels, torch.arange(3), torch.diag_embed(factors), centre, *grid,
+                              per_sample=False)  # one 3D grid_sample
     batch_ops.axis_resample(image, labels, [0, 1, 2], factors, centre, *separable)
     assert torch.allclose(grid[0], separable[0], atol=1e-5)
     assert torch.equal(grid[1], separable[1]) and grid[1].any()

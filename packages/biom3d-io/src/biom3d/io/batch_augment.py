@@ -8,11 +8,12 @@ rotated patch has real voxels in its corners while the others ship a patch's vox
 crop is 5.3 patches: shipping it for every sample was most of a CPU batch's cost). :func:`CropCollate` keeps the
 two sizes apart in a batch. The trainer then calls :meth:`BatchAugmentData.on_device` on each training batch once
 it is on the device, and the whole batch is augmented there in a few batched tensor ops
-(:mod:`biom3d.io.batch_ops`): one grid and one ``grid_sample`` per crop size for the rotated samples (rotation,
-scaling and flips composed into one matrix per sample, sampled directly at patch size: the centre crop is free)
-with nearest gathering for their labels, three 1D maps for the scaled-only ones (separable), a (flipped) centre
-crop for the others; then anisotropy, bias field, blur, noise, swap and gamma on the samples that drew them, in TorchIO's order (flips commute with the anisotropy),
-with io/patch-dataset's probabilities and ranges. On a CPU (``run_on`` auto or workers) the same augmenter runs in
+(:mod:`biom3d.io.batch_ops`): one grid and one ``grid_sample`` for the rotated samples (rotation, scaling and
+flips composed into one matrix per sample, sampled directly at patch size: the centre crop is free; on a CPU each
+sample through ``grid_sample``'s 2D kernel, twice as fast as its 3D one there) with nearest gathering for their
+labels, three 1D maps for the scaled-only ones (separable), a (flipped) centre crop for the others; then
+anisotropy, bias field, blur, noise, swap and gamma on the samples that drew them, in TorchIO's order (flips
+commute with the anisotropy), with io/patch-dataset's probabilities and ranges. On a CPU (``run_on`` auto or workers) the same augmenter runs in
 each loader worker right after collating instead, since the training process is busy with the network.
 
 Seeded per batch: a batch draws its parameters from a CPU generator seeded with the batch's seed (a few hundred
