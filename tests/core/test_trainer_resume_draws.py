@@ -46,7 +46,7 @@ class Data:
         return {"image": batch["image"] + value, "mask": batch["mask"]}
 
 
-def _fit(epochs: int, *, workers: int, on_device: bool, resume=None) -> tuple[SegTrainer, list[torch.Tensor], Data]:
+def _fit(epochs: int, *, workers: int, on_device: bool, resume=None, seed: int | None = 5) -> tuple[SegTrainer, list[torch.Tensor], Data]:
     """Trains a 1x1x1 convolution; returns the trainer, the images it trained on (in order) and its data."""
     torch.manual_seed(123)  # the same initial weights in every call
     model = torch.nn.Conv3d(1, 1, 1)
@@ -54,7 +54,7 @@ def _fit(epochs: int, *, workers: int, on_device: bool, resume=None) -> tuple[Se
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
     data = Data(on_device)
     cfg = TrainConfig(epochs=epochs, iters_per_epoch=ITERS, val_iters=0, batch_size=2, workers=workers, device="cpu",
-                      seed=5)
+                      seed=seed)
     job = TrainJob(model=model, loss=lambda out, target: out.mean(), metrics=[], data=data, callbacks=[], train=cfg,
                    run_dir=None, resume=resume)
     trainer = SegTrainer(None, SimpleNamespace(multilabel=False, num_classes=1))
@@ -84,3 +84,11 @@ def test_on_device_draws_continue_the_interrupted_run():
     _, _, after = _fit(4, workers=1, on_device=True, resume=first.state_dict())
     assert before.drawn == whole.drawn[:2 * ITERS]
     assert after.drawn == whole.drawn[2 * ITERS:]
+
+
+@pytest.mark.parametrize("workers", [1, 0])
+def test_unseeded_runs_draw_apart(workers):
+    """``seed: null`` means unseeded: torch's generators start from one fixed seed unless told otherwise."""
+    _, one, first = _fit(1, workers=workers, on_device=True, seed=None)
+    _, other, second = _fit(1, workers=workers, on_device=True, seed=None)
+    assert not torch.equal(torch.cat(one), torch.cat(other)) and first.drawn != second.drawn

@@ -443,7 +443,8 @@ def test_the_batched_and_the_per_sample_resampling_agree():
     assert padded.all(0).sum() > 20 and not outs[0][1][3, 0][padded[0]].any()
 
 
-@pytest.mark.parametrize("shape", [(2, 23, 17, 30), (1, 1, 8, 6), (1, 2, 3, 4), (1, 40, 40, 40)])
+@pytest.mark.parametrize("shape", [(2, 23, 17, 30), (1, 1, 8, 6), (1, 2, 3, 4), (1, 5, 1, 7), (2, 4, 6, 1),
+                                   (1, 40, 40, 40), (1, 90, 6, 90)])
 def test_planar_trilinear_is_grid_samples_3d_interpolation(shape):
     """The CPU's rotations: trilinear through grid_sample's 2D kernel on a mosaic of the slices, border padding
     included (points up to 1.5 voxels outside), thin and single-slice volumes too."""

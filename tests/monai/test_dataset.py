@@ -107,7 +107,6 @@ def test_enlarged_window_pads_the_image_with_its_background_only_when_it_leaves_
     assert torch.equal(out["image"], torch.from_numpy(image)) and calls == [1]  # inside: never computed
 
 
-
 def test_validation_items_are_deterministic(registry, tmp_path):
     write_preprocessed(tmp_path)
     val = _data(registry, tmp_path).val_dataset(4)

@@ -31,11 +31,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int | None) -> None:
-    """Seed Python, NumPy and torch (None: leave them unseeded)."""
+    """Seed Python, NumPy and torch. None: torch from the OS's entropy, Python and NumPy as they are (seeded from it
+    at start). Left alone, torch's default generator starts from one fixed seed: every unseeded run would draw the
+    same initial weights and augmentations."""
+    import torch
+
     if seed is None:
+        torch.seed()
         return
     import numpy as np
-    import torch
 
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ANISOTROPY = 3.0  # an axis > 3x another makes a patch anisotropic (paper, Data loading)
 
@@ -48,7 +52,7 @@ def aug_patch_size(patch_size: Sequence[int]) -> tuple[int, ...]:
 BACKGROUND_BUDGET = 2**26
 
 
-def background_value(image, budget: int = BACKGROUND_BUDGET):
+def background_value(image: np.ndarray, budget: int = BACKGROUND_BUDGET) -> np.ndarray:
     """Per-channel minimum of a (C, *spatial) array: what a patch past the volume's edge is padded with. A
     memory-mapped volume is read from disk (about 0.1-0.3 s per 256 MiB cold, 20 ms cached); beyond ``budget``
     voxels per channel only every k-th slice of its longest axis is read, whose minimum is as good a background

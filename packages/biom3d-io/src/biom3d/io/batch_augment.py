@@ -93,7 +93,8 @@ class BatchAugmentData(PatchData):
             return self.augmenter(batch, seed=int(torch.randint(2**62, ())))
 
     def _augmenter(self) -> BatchAugmenter:
-        seed = distributed.rank_seed(self.ctx.seed, distributed.current().rank)  # under torchrun, each rank its own
+        # the numbering of standalone use (data.augmenter(batch)); training passes each batch's seed
+        seed = distributed.rank_seed(self.ctx.seed, distributed.current().rank)
         return BatchAugmenter(self.params, self.patch, multilabel=self.ctx.multilabel, seed=seed,
                               keep_label_dtype=_in_workers(self.params, self.ctx))
 

@@ -26,6 +26,8 @@ from biom3d.core.devices import keep_freed_memory, resolve_device, seed_everythi
 from biom3d.core.protocols import TrainJob
 
 log = logging.getLogger("biom3d")
+#: a resumed run's loader seed: ``seed * RESUME_STRIDE + start epoch`` (apart from every rank's and epoch's)
+RESUME_STRIDE = 1_000_003
 
 
 def build_trainer(params, ctx) -> SegTrainer:
@@ -247,8 +249,11 @@ class SegTrainer:
         cfg = self.train_cfg
         collate = getattr(dataset, "collate", None)  # the dataset's own batching, if it has one (protocols)
         generator = torch.Generator()
-        seed = distributed.rank_seed(cfg.seed or 0, self.world.rank) + seed_offset
-        generator.manual_seed(seed if start_epoch == 0 else hash((seed, start_epoch)) % 2**63)
+        if cfg.seed is None:  # unseeded: the OS's entropy (a generator's default seed is one fixed number)
+            generator.seed()
+        else:
+            seed = distributed.rank_seed(cfg.seed, self.world.rank) + seed_offset
+            generator.manual_seed(seed if start_epoch == 0 else (seed * RESUME_STRIDE + start_epoch) % 2**63)
         if self.world.distributed:
             dataset = torch.utils.data.Subset(dataset, distributed.rank_indices(len(dataset), cfg.batch_size,
                                                                                 self.world))
