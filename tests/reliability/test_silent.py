@@ -75,8 +75,26 @@ def test_a_patch_larger_than_every_image_is_said_and_padded(prepared, tmp_path, 
         runs_dir=tmp_path)
     warned = " ".join(r.getMessage() for r in biom3d_log.records)
     assert "patch_size [16, 32, 32] is larger than every preprocessed image along D (16 > 8)" in warned
-    assert "zero-padded" in warned and "[8, 16, 16]" in warned
+    assert "zero-padded there, 88% of their voxels" in warned and "mostly padding" in warned and "[8, 16, 16]" in warned
+    assert {r.levelname for r in biom3d_log.records if "larger than every" in r.getMessage()} == {"WARNING"}
     assert (result.run_dir / "checkpoints" / "last.pt").is_file()  # it trains, padded
+
+
+def test_a_patch_a_little_larger_than_the_images_is_a_note_not_a_warning(prepared, tmp_path, biom3d_log):
+    """As the demo's quadrants (60 slices, patch 64): a small share of each patch is padding."""
+    from biom3d.core.builder import Builder
+
+    biom3d_log.handler.setLevel(logging.INFO)
+    logger = logging.getLogger("biom3d")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        Builder(prepared.config_path, overrides={**ONE_STEP, "patch_size": [10, 16, 16]}).train(runs_dir=tmp_path)
+    finally:
+        logger.setLevel(level)
+    said = [r for r in biom3d_log.records if "larger than every" in r.getMessage()]
+    assert said and {r.levelname for r in said} == {"INFO"}
+    assert "along D (10 > 8)" in said[0].getMessage() and "20% of their voxels" in said[0].getMessage()
 
 
 def test_a_patch_that_fits_says_nothing(prepared, tmp_path, biom3d_log):
