@@ -460,6 +460,26 @@ def test_planar_trilinear_is_grid_samples_3d_interpolation(shape):
     assert torch.allclose(ours, expected.view(shape[0], -1), atol=1e-4)
 
 
+def test_on_a_gpu_scaled_samples_join_the_rotated_ones_grid_to_the_same_result(monkeypatch):
+    """The GPU's choice (scaled-only samples in the batched grid_sample, with an identity rotation), run on the CPU:
+    the same batch as the CPU's separable scaling."""
+    from biom3d.io import batch_augment
+
+    patch = (12, 12, 12)
+    crop = aug_patch_size(patch)
+    gen = torch.Generator().manual_seed(5)
+    batch = {"image": torch.randn(16, 2, *crop, generator=gen), "mask": _label_crop(crop)[None].repeat(16, 1, 1, 1)}
+    outs = []
+    for separable in (True, False):
+        monkeypatch.setattr(batch_augment, "separable_scaling", lambda device, s=separable: s)
+        outs.append(_augmenter(patch, seed=6, p_rotate=0.5, p_scale=0.8, p_flip=0.5)(batch))
+    assert torch.allclose(outs[0]["image"], outs[1]["image"], atol=1e-4)
+    assert torch.equal(outs[0]["mask"], outs[1]["mask"]) and outs[0]["mask"].any()
+    low = [(c - q) // 2 for c, q in zip(crop, patch, strict=True)]
+    centre = batch["image"][:, :, low[0]:low[0] + 12, low[1]:low[1] + 12, low[2]:low[2] + 12]
+    assert (outs[0]["image"] != centre).flatten(1).any(1).sum() >= 8  # most samples moved
+
+
 def test_scalings_resample_separably_to_the_grids_values():
     """A scaling or flip (a diagonal map) takes three 1D linear maps, not a grid: the same image values as
     affine_resample's grid_sample and the same labels, zooming in or out past the crop."""

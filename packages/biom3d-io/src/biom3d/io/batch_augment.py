@@ -11,10 +11,11 @@ it is on the device, and the whole batch is augmented there in a few batched ten
 (:mod:`biom3d.io.batch_ops`): one grid and one ``grid_sample`` for the rotated samples (rotation, scaling and
 flips composed into one matrix per sample, sampled directly at patch size: the centre crop is free; on a CPU each
 sample through ``grid_sample``'s 2D kernel, twice as fast as its 3D one there) with nearest gathering for their
-labels, three 1D maps for the scaled-only ones (separable), a (flipped) centre crop for the others; then
-anisotropy, bias field, blur, noise, swap and gamma on the samples that drew them, in TorchIO's order (flips
-commute with the anisotropy), with io/patch-dataset's probabilities and ranges. On a CPU (``run_on`` auto or workers) the same augmenter runs in
-each loader worker right after collating instead, since the training process is busy with the network.
+labels, three 1D maps for the scaled-only ones (separable; on a GPU they join that ``grid_sample``), a (flipped)
+centre crop for the others; then anisotropy, bias field, blur, noise, swap and gamma on the samples that drew them,
+in TorchIO's order (flips commute with the anisotropy), with io/patch-dataset's probabilities and ranges. On a CPU
+(``run_on`` auto or workers) the same augmenter runs in each loader worker right after collating instead, since
+the training process is busy with the network.
 
 Seeded per batch: a batch draws its parameters from a CPU generator seeded with the batch's seed (a few hundred
 numbers, so the device never waits for them), its noise from a generator on the batch's device seeded alike. In
@@ -293,13 +294,15 @@ class BatchAugmenter:
         inverse_scale = 1 / torch.where(d.scale[:, None], d.scales, keep)
         diagonal = inverse_scale * torch.where(d.flips, -keep, keep)  # a flip after the affine: output axis reversed
         centre = [lo + (p - 1) / 2 for lo, p in zip(low, self.patch, strict=True)]
-        scaled = (d.scale & ~d.rotate).nonzero().flatten()  # a diagonal map: separable, no grid
+        gridded = d.rotate if separable_scaling(device) else moved
+        scaled = (moved & ~gridded).nonzero().flatten()  # a diagonal map: separable, no grid
         if len(scaled):
             batch_ops.axis_resample(image, labels, scaled.tolist(), diagonal[scaled], centre, out_image, out_labels)
-        rotated = d.rotate.nonzero().flatten()
-        if len(rotated):
-            matrix = rotation_matrices(d.angles[rotated]) @ torch.diag_embed(diagonal[rotated])
-            batch_ops.affine_resample(image, labels, rotated.to(device), matrix, centre, out_image, out_labels)
+        chosen = gridded.nonzero().flatten()
+        if len(chosen):
+            turn = rotation_matrices(d.angles[chosen] * d.rotate[chosen, None])  # the identity for scaled-only ones
+            matrix = turn @ torch.diag_embed(diagonal[chosen])
+            batch_ops.affine_resample(image, labels, chosen.to(device), matrix, centre, out_image, out_labels)
 
     # -- intensity, in TorchIO's order (anisotropy is spatial there, but the labels keep still) ----------------------
     def _intensity(self, x: torch.Tensor, d: Draw, noise: torch.Generator) -> torch.Tensor:
@@ -333,6 +336,13 @@ class BatchAugmenter:
         if key not in self._basis:
             self._basis[key] = batch_ops.bias_basis(self.patch, BIAS_ORDER, device)
         return self._basis[key]
+
+
+def separable_scaling(device: torch.device) -> bool:
+    """Whether scaled-only samples resample separably (:func:`batch_ops.axis_resample`, one sample at a time: three
+    matrix products, cheaper than a grid on a CPU) or join the rotated ones in one batched ``grid_sample`` (on a
+    GPU, a few large kernels beat about fifteen small ones per sample)."""
+    return device.type == "cpu"
 
 
 @contextlib.contextmanager
