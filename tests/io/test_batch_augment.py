@@ -463,15 +463,16 @@ def test_planar_trilinear_is_grid_samples_3d_interpolation(shape):
 def test_on_a_gpu_scaled_samples_join_the_rotated_ones_grid_to_the_same_result(monkeypatch):
     """The GPU's choice (scaled-only samples in the batched grid_sample, with an identity rotation), run on the CPU:
     the same batch as the CPU's separable scaling."""
-    from biom3d.io import batch_augment
+    import functools
 
     patch = (12, 12, 12)
     crop = aug_patch_size(patch)
     gen = torch.Generator().manual_seed(5)
     batch = {"image": torch.randn(16, 2, *crop, generator=gen), "mask": _label_crop(crop)[None].repeat(16, 1, 1, 1)}
     outs = []
-    for separable in (True, False):
-        monkeypatch.setattr(batch_augment, "separable_scaling", lambda device, s=separable: s)
+    resample = batch_ops.resample
+    for batched in (False, True):
+        monkeypatch.setattr(batch_ops, "resample", functools.partial(resample, batched=batched))
         outs.append(_augmenter(patch, seed=6, p_rotate=0.5, p_scale=0.8, p_flip=0.5)(batch))
     assert torch.allclose(outs[0]["image"], outs[1]["image"], atol=1e-4)
     assert torch.equal(outs[0]["mask"], outs[1]["mask"]) and outs[0]["mask"].any()

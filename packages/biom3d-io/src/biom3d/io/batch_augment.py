@@ -294,15 +294,10 @@ class BatchAugmenter:
         inverse_scale = 1 / torch.where(d.scale[:, None], d.scales, keep)
         diagonal = inverse_scale * torch.where(d.flips, -keep, keep)  # a flip after the affine: output axis reversed
         centre = [lo + (p - 1) / 2 for lo, p in zip(low, self.patch, strict=True)]
-        gridded = d.rotate if separable_scaling(device) else moved
-        scaled = (moved & ~gridded).nonzero().flatten()  # a diagonal map: separable, no grid
-        if len(scaled):
-            batch_ops.axis_resample(image, labels, scaled.tolist(), diagonal[scaled], centre, out_image, out_labels)
-        chosen = gridded.nonzero().flatten()
-        if len(chosen):
-            turn = rotation_matrices(d.angles[chosen] * d.rotate[chosen, None])  # the identity for scaled-only ones
-            matrix = turn @ torch.diag_embed(diagonal[chosen])
-            batch_ops.affine_resample(image, labels, chosen.to(device), matrix, centre, out_image, out_labels)
+        rows = moved.nonzero().flatten()
+        turn = rotation_matrices(d.angles[rows] * d.rotate[rows, None])  # the identity for scaled-only ones
+        matrix = turn @ torch.diag_embed(diagonal[rows])  # exactly diagonal where unrotated
+        batch_ops.resample(image, labels, rows.to(device), matrix, centre, out_image, out_labels)
 
     # -- intensity, in TorchIO's order (anisotropy is spatial there, but the labels keep still) ----------------------
     def _intensity(self, x: torch.Tensor, d: Draw, noise: torch.Generator) -> torch.Tensor:
@@ -336,13 +331,6 @@ class BatchAugmenter:
         if key not in self._basis:
             self._basis[key] = batch_ops.bias_basis(self.patch, BIAS_ORDER, device)
         return self._basis[key]
-
-
-def separable_scaling(device: torch.device) -> bool:
-    """Whether scaled-only samples resample separably (:func:`batch_ops.axis_resample`, one sample at a time: three
-    matrix products, cheaper than a grid on a CPU) or join the rotated ones in one batched ``grid_sample`` (on a
-    GPU, a few large kernels beat about fifteen small ones per sample)."""
-    return device.type == "cpu"
 
 
 @contextlib.contextmanager
