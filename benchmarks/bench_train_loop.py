@@ -115,7 +115,8 @@ def _child_train(spec: dict) -> None:
     model, loss, optimizer, _ = build_training((spec["patch"],) * 3, base=spec["base"], cap=spec["cap"])
     trainer = SegTrainer.__new__(SegTrainer)  # what _loader and _step read, set as fit sets them
     trainer.train_cfg = SimpleNamespace(seed=0, workers=spec["workers"], batch_size=spec["batch"])
-    trainer.world, trainer.batch_size, trainer.device = SimpleNamespace(rank=0, distributed=False), spec["batch"], device
+    trainer.world = SimpleNamespace(rank=0, distributed=False)
+    trainer.batch_size, trainer.device = spec["batch"], device
     trainer.model = trainer.forward = model.to(device)
     trainer.loss = loss.to(device) if isinstance(loss, torch.nn.Module) else loss
     trainer.optimizer = optimizer

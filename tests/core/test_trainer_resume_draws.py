@@ -46,7 +46,8 @@ class Data:
         return {"image": batch["image"] + value, "mask": batch["mask"]}
 
 
-def _fit(epochs: int, *, workers: int, on_device: bool, resume=None, seed: int | None = 5) -> tuple[SegTrainer, list[torch.Tensor], Data]:
+def _fit(epochs: int, *, workers: int, on_device: bool, resume=None,
+         seed: int | None = 5) -> tuple[SegTrainer, list[torch.Tensor], Data]:
     """Trains a 1x1x1 convolution; returns the trainer, the images it trained on (in order) and its data."""
     torch.manual_seed(123)  # the same initial weights in every call
     model = torch.nn.Conv3d(1, 1, 1)
