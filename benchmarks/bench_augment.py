@@ -11,7 +11,7 @@ probability and range (the same for both). Each case is a fresh subprocess with 
 trainer's (``train.workers`` default workers, persistent, pinned memory on CUDA): ``--warmup`` batches, at least 16
 samples and the loader's in-flight batches (the workers' start, and their first touches of the memory-mapped
 volumes' pages, which cost an enlarged crop several times its copy), then the median samples/s over ``--repeats``
-windows of at least 16 samples and 3 times the in-flight batches (2 per worker).
+windows of at least 16 samples, 3 times the in-flight batches (2 per worker) and 3 seconds.
 
 * torchio: the DataLoader of io/patch-dataset's training dataset; a batch counts when the loader yields it.
 * batched workers: io/batch-augment with ``run_on: workers`` (``auto`` on a CPU with workers): each worker crops,
@@ -69,6 +69,7 @@ FULL = {"n": 4, "shape": (128, 256, 256), "patches": (64, 128)}
 QUICK = {"n": 2, "shape": (48, 96, 96), "patches": (32, 48)}
 BATCHES = (2, 8)
 MIN_SAMPLES = 16  # per timed window
+MIN_SECONDS = 3.0  # per timed window too: a window of 16 fast samples (0.1 s) measured the machine's moods
 WARM_SAMPLES = 16  # at least, before timing: the workers start and map most of the memory-mapped volumes' pages
 METHODS = ("torchio", "workers", "main", "cuda")
 #: io/batch-augment's run_on per method
@@ -90,7 +91,7 @@ def main() -> None:
     cuda = _cuda_available()
     print(f"{size['n']} volumes of {'x'.join(map(str, size['shape']))}, {workers} workers, >= {args.warmup} warm-up "
           f"batches (>= {WARM_SAMPLES} samples, >= the loader's in-flight batches), median of {args.repeats} windows of "
-          f">= {MIN_SAMPLES} samples (>= 3x the in-flight batches); "
+          f">= {MIN_SAMPLES} samples (>= 3x the in-flight batches) and >= {MIN_SECONDS:g} s; "
           f"CUDA: {cuda}; {machine_note()}")
     speed, memory = [], []
     with tempfile.TemporaryDirectory(prefix="bench-augment-") as tmp:
@@ -234,8 +235,7 @@ def _child_loader(spec: dict) -> None:
     in_flight = 2 * max(1, spec["workers"])
     per_window = max(math.ceil(MIN_SAMPLES / batch), 3 * in_flight)
     warmup = max(spec["warmup"], math.ceil(WARM_SAMPLES / batch), in_flight)
-    batches = warmup + spec["windows"] * per_window
-    dataset = data.train_dataset(batches * batch)
+    dataset = data.train_dataset(10**7)  # windows run for a time as well: never short of patches
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=spec["workers"],
                                          persistent_workers=spec["workers"] > 0, pin_memory=device.type == "cuda",
                                          generator=torch.Generator().manual_seed(0),
@@ -262,12 +262,13 @@ def _child_loader(spec: dict) -> None:
     sync()
     rates, cpu_ms = [], []
     for _ in range(spec["windows"]):
-        start, cpu = time.perf_counter(), _cpu_seconds(it)
-        for _ in range(per_window):
+        start, cpu, count = time.perf_counter(), _cpu_seconds(it), 0
+        while count < per_window or time.perf_counter() - start < MIN_SECONDS:
             next_batch(it)
+            count += 1
         sync()
-        rates.append(per_window * batch / (time.perf_counter() - start))
-        cpu_ms.append(1000 * (_cpu_seconds(it) - cpu) / (per_window * batch))
+        rates.append(count * batch / (time.perf_counter() - start))
+        cpu_ms.append(1000 * (_cpu_seconds(it) - cpu) / (count * batch))
     del it
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
     emit({"rates": rates, "cpu_ms": cpu_ms, "gpu_peak_mib": gpu})

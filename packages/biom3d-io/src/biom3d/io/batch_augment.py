@@ -36,7 +36,8 @@ from dataclasses import dataclass
 import torch
 
 from biom3d.core import distributed
-from biom3d.io import batch_ops
+from biom3d.core.devices import keep_freed_memory
+from biom3d.io import batch_ops, shared_batches
 from biom3d.io.datasets import (
     BIAS_ORDER,
     PatchData,
@@ -139,30 +140,40 @@ class CropCollate:
     """A loader's ``collate_fn`` for :class:`CropDataset`. ``raw``: the crops as a :class:`CropBatch`, patch-sized
     and enlarged ones stacked apart. Else a training batch: augmented here by ``augmenter`` (``run_on`` workers)
     seeded from the worker's RNG (the DataLoader seeds each worker from the run's seed), or, with no augmenter,
-    the crops as they are (all patch-sized: no rotation is drawn). A class, not a closure, so that spawned
-    workers can pickle it."""
+    the crops as they are (all patch-sized: no rotation is drawn); training batches leave a worker through its
+    reused shared buffers (:mod:`biom3d.io.shared_batches`). A class, not a closure, so that spawned workers can
+    pickle it."""
 
     def __init__(self, patch: Sequence[int], rot_crop: Sequence[int], augmenter: BatchAugmenter | None, *, raw: bool,
                  multilabel: bool):
         self.patch, self.rot_crop, self.augmenter, self.raw = tuple(patch), tuple(rot_crop), augmenter, raw
         self.multilabel = multilabel
+        self.malloc_tuned = False  # per process: each worker has its copy
 
     def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        # shipped as they are: default_collate stacks straight into a worker's shared memory, no copy to send it;
-        # augmented here: a plain stack (fresh shared pages cost a quarter of a 64^3 batch's augmentation)
-        stack = torch.utils.data.default_collate if self.augmenter is None else torch.stack
+        # raw crops: default_collate stacks them straight into a worker's shared memory (their size varies with
+        # the rotations drawn, and a ring's buffers would all grow to the largest batch: 3.9 GiB at 128^3, batch 8);
+        # batches of one size: through this worker's reused shared buffers (shared_batches), as fresh shared pages
+        # per batch cost a fifth of a 64^3 batch's augmentation
+        stack = torch.utils.data.default_collate if self.raw else torch.stack
         still = [it for it in items if not it["rotate"]]
         rotated = [it for it in items if it["rotate"]]
-        crops = CropBatch({**_stack(still, items[0], self.patch, "crop_", stack),
-                           **_stack(rotated, items[0], self.rot_crop, "rot_", stack)})
+        crops = {**_stack(still, items[0], self.patch, "crop_", stack),
+                 **_stack(rotated, items[0], self.rot_crop, "rot_", stack)}
         if self.raw:
-            return crops
+            return CropBatch(crops)
         if self.augmenter is not None:
+            if not self.malloc_tuned:
+                # a worker that augments allocates the same few MiB blocks every batch: kept, not faulted in anew
+                # (at 64^3, batch 2: about 1 ms of its 12 per sample)
+                keep_freed_memory()
+                self.malloc_tuned = True
             with _one_thread():
-                out = self.augmenter(crops, seed=int(torch.randint(2**62, ())))
-            return CropBatch(image=out["image"], labels=out["mask"])
+                out = self.augmenter(CropBatch(crops), seed=int(torch.randint(2**62, ())))
+            return shared_batches.share({"image": out["image"], "labels": out["mask"]}, CropBatch)
         mask = crops["crop_mask"]
-        return {"image": crops["crop_image"], "mask": mask.float() if self.multilabel else mask.long()}
+        mask = mask.float() if self.multilabel else mask.long()
+        return shared_batches.share({"image": crops["crop_image"], "mask": mask})
 
 
 def _stack(items, first, crop, prefix: str, stack) -> dict[str, torch.Tensor]:
