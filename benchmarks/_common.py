@@ -96,11 +96,11 @@ def run_child(cmd: Sequence[str], *, orig: bool = False, timeout: float | None =
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     code = os.waitstatus_to_exitcode(status)
-    lines = [ln for ln in stdout.splitlines() if ln.startswith(RESULT_TAG)]
-    if code != 0 or not lines:
+    results = tagged_results(stdout)
+    if code != 0 or not results:
         tail = "\n".join((stdout + stderr).strip().splitlines()[-25:])
         raise ChildError(f"{' '.join(cmd[:4])} ... failed (exit {code}):\n{tail}")
-    data = json.loads(lines[-1][len(RESULT_TAG):])
+    data = results[-1]
     return ChildResult(data, usage.ru_maxrss / 1024, sampler.peak_kib / 1024, wall, stdout + stderr)
 
 
@@ -218,6 +218,18 @@ def serve_steps(step: Callable[[], Any], result: Callable[[], dict[str, Any]]) -
 
 
 # -- inside a child -------------------------------------------------------------------------------------------------
+def tagged_results(text: str) -> list[dict[str, Any]]:
+    """Every result :func:`emit` printed into ``text``, in order. Found by their tag anywhere in a line, not only at
+    its start: the two ranks of a torchrun job writing into one file once ran their lines together."""
+    decoder, results = json.JSONDecoder(), []
+    start = text.find(RESULT_TAG)
+    while start >= 0:
+        data, end = decoder.raw_decode(text, start + len(RESULT_TAG))
+        results.append(data)
+        start = text.find(RESULT_TAG, end)
+    return results
+
+
 def emit(data: dict[str, Any]) -> None:
     """Print a child's result (the last tagged line of its stdout is what the driver reads)."""
     data = {**data, "self_peak_mib": self_peak_mib()}

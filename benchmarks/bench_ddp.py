@@ -34,7 +34,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    RESULT_TAG,
     THREADS,
     ChildError,
     ChildResult,
@@ -47,6 +46,7 @@ from _common import (  # noqa: E402
     print_table,
     ratio,
     run_child,
+    tagged_results,
 )
 
 FULL = {"shape": (40, 48, 48), "patch": [32, 32, 32], "pools": [3, 3, 3], "batch": 4, "steps": 3, "timed": 2, "n": 6}
@@ -105,8 +105,7 @@ def _measure(case: dict, spec: dict, warmup: int) -> dict:
     else:
         cmd = [sys.executable, *child]
     result: ChildResult = run_child(cmd)
-    ranks = sorted((json.loads(ln[len(RESULT_TAG):]) for ln in result.log.splitlines() if ln.startswith(RESULT_TAG)),
-                   key=lambda d: d["rank"])
+    ranks = sorted(tagged_results(result.log), key=lambda d: d["rank"])
     times = ranks[0]["times"][warmup:]
     patches = spec["batch"] * spec["steps"] * len(times)
     return {"rate": patches / sum(times), "cpu": sum(sum(d["cpu"][warmup:]) for d in ranks) / patches,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -148,13 +149,12 @@ class CropCollate:
                  multilabel: bool):
         self.patch, self.rot_crop, self.augmenter, self.raw = tuple(patch), tuple(rot_crop), augmenter, raw
         self.multilabel = multilabel
-        self.malloc_tuned = False  # per process: each worker has its copy
 
     def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         # raw crops: default_collate stacks them straight into a worker's shared memory (their size varies with
         # the rotations drawn, and a ring's buffers would all grow to the largest batch: 3.9 GiB at 128^3, batch 8);
         # batches of one size: through this worker's reused shared buffers (shared_batches), as fresh shared pages
-        # per batch cost a fifth of a 64^3 batch's augmentation
+        # per batch cost the worker and the training process 1.5 ms per 64^3 sample, of the 12 a worker spends
         stack = torch.utils.data.default_collate if self.raw else torch.stack
         still = [it for it in items if not it["rotate"]]
         rotated = [it for it in items if it["rotate"]]
@@ -163,17 +163,26 @@ class CropCollate:
         if self.raw:
             return CropBatch(crops)
         if self.augmenter is not None:
-            if not self.malloc_tuned:
-                # a worker that augments allocates the same few MiB blocks every batch: kept, not faulted in anew
-                # (at 64^3, batch 2: about 1 ms of its 12 per sample)
-                keep_freed_memory()
-                self.malloc_tuned = True
+            _tune_worker_malloc()
             with _one_thread():
                 out = self.augmenter(CropBatch(crops), seed=int(torch.randint(2**62, ())))
             return shared_batches.share({"image": out["image"], "labels": out["mask"]}, CropBatch)
         mask = crops["crop_mask"]
         mask = mask.float() if self.multilabel else mask.long()
         return shared_batches.share({"image": crops["crop_image"], "mask": mask})
+
+
+_TUNED_PID: int | None = None
+
+
+def _tune_worker_malloc() -> None:
+    """In a loader's worker that augments, once: glibc keeps its freed blocks (the same few MiB every batch) instead
+    of faulting them in anew, 1 of the 12 ms a 64^3 sample costs it, 20 of the 90 at 128^3. Not in the training
+    process, which the trainer tunes itself where it helps (on a CPU)."""
+    global _TUNED_PID
+    if os.getpid() != _TUNED_PID and torch.utils.data.get_worker_info() is not None:
+        keep_freed_memory()
+        _TUNED_PID = os.getpid()
 
 
 def _stack(items, first, crop, prefix: str, stack) -> dict[str, torch.Tensor]:

@@ -1,9 +1,10 @@
 """Loader batches through a worker's reused shared-memory buffers instead of fresh ones per batch.
 
 A DataLoader worker hands each batch's tensors to the training process through shared memory. PyTorch makes a new
-segment per tensor per batch, so both processes fault in fresh pages every batch. A worker filling 2.5 MiB batches
-of two 64^3 samples spent 2.0 ms of CPU per sample that way and the training process 0.8 ms, against 0.4 and 0.3
-through reused buffers: a fifth of what io/batch-augment's whole batch costs a CPU worker per sample.
+segment per tensor per batch, so both processes fault in fresh pages every batch. Batches of two 64^3 samples
+(2.5 MiB) cost a worker 1.9-2.0 ms of CPU per sample that way and the training process 0.7-0.8 ms, against 0.7
+and 0.5 through :func:`share` (its copy into the buffer included): 1.5 ms per sample saved, of the 12 that
+io/batch-augment's whole batch costs a CPU worker.
 
 How a buffer is known to be free: each worker process keeps a ring of buffers (one per batch in flight, packed
 with all of the batch's tensors) and a small shared table of their states, which it creates and sends along with its
@@ -11,8 +12,11 @@ batches until the receiving process acknowledges it. A buffer is busy from the m
 receiving process marks it free once no tensor of its own references the batch any longer (PyTorch's weak storage
 reference says so; checked whenever a batch arrives). So a batch the trainer, a callback or the pinning thread
 still holds is never overwritten, whatever the DataLoader's prefetching; a consumer that holds many batches only
-makes the worker fall back to PyTorch's own transport once its ring is full. Each worker process has its own table,
-so workers that a non-persistent loader restarts never meet a previous one's buffers.
+makes the worker fall back to PyTorch's own transport until it lets go of some. Each worker process has its own
+table, so workers that a non-persistent loader restarts never meet a previous one's buffers, and a process forked
+from the receiver starts with no record (it holds none of the buffers it inherited a view of). The one thing the
+receiver cannot see: a batch's tensor handed on to another process (a ``multiprocessing`` queue) shares the buffer
+without referencing it here; copy it first.
 """
 
 from __future__ import annotations
@@ -31,15 +35,20 @@ from torch.multiprocessing.reductions import StorageWeakRef
 SLOTS = 8
 #: offsets of the tensors in a buffer (any dtype's alignment, and cache lines)
 ALIGN = 64
-#: the table's cell 0 says that the receiver holds the table (the worker stops sending it); slot ``s`` is cell
-#: ``s + 1``, FREE or BUSY
-HELD_CELL, FREE, BUSY = 0, 0, 1
+#: the table's cell that says the receiver holds the table (then the worker stops sending it); slot ``s`` is
+#: cell ``s + 1``
+HELD_CELL = 0
+#: a slot's states
+FREE, BUSY = 0, 1
+
+Kind = Callable[[dict], Mapping]
 
 
-def share(batch: Mapping[str, torch.Tensor], kind: Callable[[dict], Mapping] = dict):
+def share(batch: Mapping[str, torch.Tensor], kind: Kind = dict) -> object:
     """``batch`` as the loader should return it from a worker's ``collate_fn``: through this worker process's
-    reused buffers (it arrives as ``kind(tensors)``, views of one buffer). In the main process (no workers) or
-    when the ring is full: ``kind(batch)`` as it is, for PyTorch's own transport."""
+    reused buffers (it arrives as ``kind(tensors)``, views of one buffer). In the main process (no workers):
+    ``kind(batch)`` as it is; when the ring is full, or shared memory short: ``kind(batch)`` through PyTorch's own
+    transport."""
     if torch.utils.data.get_worker_info() is None:
         return kind(dict(batch))
     return _ring().send(batch, kind)
@@ -47,7 +56,7 @@ def share(batch: Mapping[str, torch.Tensor], kind: Callable[[dict], Mapping] = d
 
 def stats() -> dict[str, int]:
     """This (receiving) process's counts: batches received through buffers, how many of them in a buffer used
-    before, and the worker tables it still holds."""
+    before, the ones sent through PyTorch's transport instead, and the worker tables and buffers it holds."""
     return _RECEIVER.stats()
 
 
@@ -62,11 +71,14 @@ class _Ring:
         self.used = [False] * SLOTS
         self.key = (os.getpid(), int.from_bytes(os.urandom(8), "little"))  # not torch's RNG: the draws stay as they are
 
-    def send(self, batch: Mapping[str, torch.Tensor], kind):
+    def send(self, batch: Mapping[str, torch.Tensor], kind: Kind) -> _Sent | _Unpooled:
         layout, size = _layout(batch)
-        slot = self._free_slot(size)
+        try:
+            slot = self._free_slot(size)
+        except RuntimeError:  # no room left in shared memory: PyTorch's transport says so in its own words
+            slot = None
         if slot is None:  # every buffer still held by the receiver
-            return kind(dict(batch))
+            return _Unpooled(dict(batch), kind)
         buffer = self.buffers[slot]
         self.table[slot + 1] = BUSY
         for (_, dtype, shape, offset), tensor in zip(layout, batch.values(), strict=True):
@@ -85,6 +97,7 @@ class _Ring:
         if not free:
             return None
         slot = min(free, key=lambda s: -1 if self.buffers[s] is None else len(self.buffers[s]))
+        self.buffers[slot] = None  # the old one goes before the new one is made
         self.buffers[slot] = torch.empty(size, dtype=torch.uint8).share_memory_()
         self.used[slot] = False
         return slot
@@ -123,24 +136,33 @@ class _Sent:
     key: tuple[int, int]
     slot: int
     reused: bool
-    kind: Callable
+    kind: Kind
 
     def __reduce__(self):
-        table = None if self.table is None else _Table(self.table)
-        return _receive, (self.buffer, self.layout, table, self.key, self.slot, self.reused, self.kind)
+        return _receive, (self.buffer, self.layout, self.table, self.key, self.slot, self.reused, self.kind)
 
 
-class _Table:
-    """The table, boxed: the DataLoader's pinning thread copies the tensors it finds in a batch into pinned
-    memory, and the receiver must write into the shared one."""
+@dataclass
+class _Unpooled:
+    """A batch sent through PyTorch's transport: unpickled, it still lets the receiver free what it let go of (the
+    worker's ring would otherwise stay full once a consumer had held all of it)."""
 
-    def __init__(self, tensor: torch.Tensor):
-        self.tensor = tensor
+    batch: dict
+    kind: Kind
+
+    def __reduce__(self):
+        return _receive_unpooled, (self.batch, self.kind)
 
 
-def _receive(buffer, layout, table, key, slot, reused, kind):
-    _RECEIVER.note(buffer, None if table is None else table.tensor, key, slot, reused)
+def _receive(buffer: torch.Tensor, layout: tuple, table: torch.Tensor | None, key: tuple[int, int], slot: int,
+             reused: bool, kind: Kind) -> Mapping:
+    _RECEIVER.note(buffer, table, key, slot, reused)
     return kind({name: _view(buffer, dtype, shape, offset) for name, dtype, shape, offset in layout})
+
+
+def _receive_unpooled(batch: dict, kind: Kind) -> Mapping:
+    _RECEIVER.note_unpooled()
+    return kind(batch)
 
 
 # -- the receiver's side -----------------------------------------------------------------------------------------
@@ -152,9 +174,10 @@ class _Receiver:
         self.lock = threading.Lock()  # the pinning thread receives too
         self.tables: dict[tuple[int, int], torch.Tensor] = {}
         self.held: list[tuple[tuple[int, int], int, StorageWeakRef]] = []
-        self.counts = {"batches": 0, "reused": 0}
+        self.counts = {"batches": 0, "reused": 0, "unpooled": 0}
 
-    def note(self, buffer: torch.Tensor, table: torch.Tensor | None, key, slot: int, reused: bool) -> None:
+    def note(self, buffer: torch.Tensor, table: torch.Tensor | None, key: tuple[int, int], slot: int,
+             reused: bool) -> None:
         with self.lock:
             self._release()
             if table is not None and key not in self.tables:
@@ -165,6 +188,11 @@ class _Receiver:
                 self.held.append((key, slot, StorageWeakRef(buffer.untyped_storage())))
             self.counts["batches"] += 1
             self.counts["reused"] += reused
+
+    def note_unpooled(self) -> None:
+        with self.lock:
+            self._release()
+            self.counts["unpooled"] += 1
 
     def stats(self) -> dict[str, int]:
         with self.lock:
@@ -188,6 +216,10 @@ class _Receiver:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs. Not asked on Windows, where ``os.kill`` would end it: there the (small)
+    tables of exited workers stay."""
+    if os.name == "nt":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -198,3 +230,14 @@ def _alive(pid: int) -> bool:
 
 
 _RECEIVER = _Receiver()
+
+
+def _forget_all() -> None:
+    """In a forked child: the parent's record is not the child's (freeing the parent's slots from here would let
+    its workers refill buffers the parent still holds), and its lock may have been held at the fork."""
+    global _RECEIVER
+    _RECEIVER = _Receiver()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_forget_all)

@@ -153,7 +153,7 @@ class SegTrainer:
         on_device = getattr(self.job.data, "on_device", None)  # batched augmentation on the device, if the data has it
         for step, batch in enumerate(loader):
             if step == 0 and self.device.type == "cpu":
-                keep_freed_memory()  # after the loader's workers started, so that they keep glibc's defaults
+                keep_freed_memory()  # after the loader's workers started: a dataset's workers tune their own
             self._call("on_batch_begin", step)
             if on_device is not None:  # the whole batch goes: its dataset's collate may have made more keys
                 moved = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
