@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from biom3d.core import processes
 from biom3d.core.atomic import atomic_write_text
 
 ACTIVE = ("queued", "running")
@@ -165,7 +166,7 @@ class JobManager:
         finally:
             log.close()
         job.state, job.started, job.pid = "running", time.time(), proc.pid
-        job.pid_start = _start_time(proc.pid)
+        job.pid_start = processes.start_time(proc.pid)
         self._procs[job.id] = proc
         self._save(job)
         threading.Thread(target=self._wait, args=(job, proc), daemon=True).start()
@@ -244,31 +245,9 @@ class JobManager:
         self._schedule()
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time (Linux /proc), which tells a reused pid from the job's."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[-1].split()[19]
-
-
 def _alive(pid: int | None, start: str | None) -> bool:
-    if not pid or WINDOWS:  # Windows: os.kill(pid, 0) would end the process; only our own children are followed
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    now = _start_time(pid)
-    if start is not None and now is not None and now != start:
-        return False  # another process got the pid
-    try:  # a zombie (ended, not yet reaped by its parent) is not running
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
+    # Windows (unknown): only our own children are followed, through their Popen objects
+    return bool(pid) and processes.running(pid, start) is True
 
 
 def _ignores(pid: int | None, sig: int) -> bool:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from biom3d.core import processes
+
 #: buffers per worker: the batches in flight (the DataLoader's prefetch_factor, 2 by default), the ones the
 #: consumer holds (the current one, often the previous one while it fetches the next) and slack
 SLOTS = 8
@@ -209,24 +211,11 @@ class _Receiver:
         self.held = still
 
     def _forget_exited(self) -> None:
-        """Drop the tables of worker processes gone (a non-persistent loader's previous epochs) that hold nothing."""
+        """Drop the tables of worker processes gone (a non-persistent loader's previous epochs) that hold nothing
+        (on Windows, where that cannot be asked, they stay: a few small tables)."""
         holding = {key for key, _, _ in self.held}
-        for key in [k for k in self.tables if k not in holding and not _alive(k[0])]:
+        for key in [k for k in self.tables if k not in holding and processes.running(k[0]) is False]:
             del self.tables[key]
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs. Not asked on Windows, where ``os.kill`` would end it: there the (small)
-    tables of exited workers stay."""
-    if os.name == "nt":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _RECEIVER = _Receiver()
