@@ -231,7 +231,7 @@ def tagged_results(text: str) -> list[dict[str, Any]]:
 
 
 def emit(data: dict[str, Any]) -> None:
-    """Print a child's result (the last tagged line of its stdout is what the driver reads)."""
+    """Print a child's result (the last one in its stdout is what the driver reads: :func:`tagged_results`)."""
     data = {**data, "self_peak_mib": self_peak_mib()}
     print(RESULT_TAG + json.dumps(data), flush=True)
 

@@ -19,13 +19,13 @@ def running(pid: int, start: str | None = None) -> bool | None:
         return False
     except PermissionError:  # someone else's: it exists
         return True
-    now = start_time(pid)
-    if start is not None and now is not None and now != start:
-        return False  # another process got the pid
     try:
-        return _stat_fields(pid)[0] != "Z"
-    except OSError:
+        fields = _stat_fields(pid)
+    except OSError:  # no /proc: os.kill's answer is all there is
         return True
+    if start is not None and fields[19] != start:
+        return False  # another process got the pid
+    return fields[0] != "Z"
 
 
 def start_time(pid: int) -> str | None:

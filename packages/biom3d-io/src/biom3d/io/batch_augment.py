@@ -165,7 +165,7 @@ class CropCollate:
         if self.augmenter is not None:
             _tune_worker_malloc()
             with _one_thread():
-                out = self.augmenter(CropBatch(crops), seed=int(torch.randint(2**62, ())))
+                out = self.augmenter(crops, seed=int(torch.randint(2**62, ())))
             return shared_batches.share({"image": out["image"], "labels": out["mask"]}, CropBatch)
         mask = crops["crop_mask"]
         mask = mask.float() if self.multilabel else mask.long()
