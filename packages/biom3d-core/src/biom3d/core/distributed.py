@@ -145,6 +145,7 @@ def session(device: Any, timeout_s: float) -> Iterator[World]:
         options["device_id"] = device
     try:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **options)
+        _GROUP_TIMEOUTS_S["control"] = timeout_s
     except (ValueError, RuntimeError) as exc:
         raise RunError(f"rank {world.rank} of {world.size} cannot join the process group ({_first_line(exc)}); "
                        "start every process with torchrun, which sets RANK, WORLD_SIZE, MASTER_ADDR and "
@@ -161,7 +162,8 @@ def session(device: Any, timeout_s: float) -> Iterator[World]:
         raise
     finally:
         log.setLevel(level)
-        _STAGE_GROUP.clear()
+        _GROUPS.clear()  # their last references: destroy_process_group then ends their threads
+        _GROUP_TIMEOUTS_S.pop("control", None)
         dist.destroy_process_group()
 
 
@@ -199,7 +201,7 @@ def run_on_main(fn: Callable[[], T], *, stage: bool = False) -> T:
             box[0] = ("ok", fn())
         except BaseException as exc:
             error, box[0] = exc, ("error", f"{type(exc).__name__}: {exc}")
-    dist.broadcast_object_list(box, src=0, group=_stage_group() if stage else None)
+    dist.broadcast_object_list(box, src=0, group=_group("stage" if stage else "control"))
     if error is not None:
         raise error
     status, value = box[0]
@@ -214,7 +216,7 @@ def wait_for_all() -> None:
     if _active():
         import torch.distributed as dist
 
-        dist.barrier(group=_stage_group())
+        dist.barrier(group=_group("stage"))
 
 
 def gather(value: T) -> list[T]:
@@ -224,7 +226,7 @@ def gather(value: T) -> list[T]:
     import torch.distributed as dist
 
     out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
+    dist.all_gather_object(out, value, group=_group("control"))
     return out
 
 
@@ -243,9 +245,7 @@ def mean_over_ranks(parts: Mapping[str, tuple[Any, int]], tag: str = "") -> dict
     if _active():
         import torch.distributed as dist
 
-        on = flat.to(torch.device("cuda", torch.cuda.current_device())) if dist.get_backend() == "nccl" else flat
-        dist.all_reduce(on, op=dist.ReduceOp.SUM)
-        flat = on.cpu()
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=_group("control"))
     out, i = {}, 0
     total_counts = flat[-len(names):]
     for k, (name, s) in enumerate(zip(names, sums, strict=True)):
@@ -311,19 +311,29 @@ def _initialized() -> bool:
     return dist is not None and dist.is_available() and dist.is_initialized()
 
 
-_STAGE_GROUP: dict[str, Any] = {}
+#: biom3d's own collectives (objects, figures, barriers) run on gloo groups of their own, never on the default
+#: group, which DDP's reducer keeps alive until the interpreter ends (torch 2.13; `del` and gc do not free it).
+#: A gloo thread of a group alive at exit may still be releasing a tensor of the last collective; that needs the
+#: GIL, which finalisation no longer gives, and the rank aborts ("terminate called without an active exception",
+#: SIGABRT) after a finished job: 17 of 50 two-rank jobs on 2 busy cores. These groups are dropped with the process
+#: group, which ends their threads first.
+_GROUPS: dict[str, Any] = {}
+_GROUP_TIMEOUTS_S: dict[str, float] = {"stage": STAGE_TIMEOUT_S}  # "control": the session's, while it lasts
 
 
-def _stage_group() -> Any:
-    """A gloo group of every rank with the stage timeout, made the first time the ranks need it (all at once,
-    as torch requires) and dropped with the process group. gloo: its objects and barrier stay on the CPU."""
-    if "group" not in _STAGE_GROUP:
+def _group(name: str) -> Any:
+    """The gloo group of every rank for ``name``: "control" (the session's collective timeout) or "stage" (a
+    whole stage's, STAGE_TIMEOUT_S), made the first time the ranks need it (all at once, as torch requires).
+    gloo: objects and figures stay on the CPU, whatever the training backend."""
+    if name not in _GROUPS:
         from datetime import timedelta
 
         import torch.distributed as dist
 
-        _STAGE_GROUP["group"] = dist.new_group(backend="gloo", timeout=timedelta(seconds=STAGE_TIMEOUT_S))
-    return _STAGE_GROUP["group"]
+        seconds = _GROUP_TIMEOUTS_S.get(name)  # None (torch's default) when the caller opened the process group
+        timeout = None if seconds is None else timedelta(seconds=seconds)
+        _GROUPS[name] = dist.new_group(backend="gloo", timeout=timeout)
+    return _GROUPS[name]
 
 
 def _active() -> bool:
