@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -98,8 +99,9 @@ def run_child(cmd: Sequence[str], *, orig: bool = False, timeout: float | None =
     code = os.waitstatus_to_exitcode(status)
     results = tagged_results(stdout)
     if code != 0 or not results:
-        with tempfile.NamedTemporaryFile("w", prefix="biom3d-bench-child-", suffix=".log", delete=False) as log:
-            log.write(f"$ {' '.join(cmd)}\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", prefix="biom3d-bench-child-", suffix=".log",
+                                         delete=False) as log:
+            log.write(f"$ {shlex.join(cmd)}\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
         tail = "\n".join((stdout + stderr).strip().splitlines()[-25:])
         raise ChildError(f"{' '.join(cmd[:4])} ... failed (exit {code}); whole log: {log.name}\n{tail}")
     data = results[-1]

@@ -1,11 +1,13 @@
 """Issue 12: `biom3d run` under torchrun (two CPU ranks, gloo): rank 0 alone preprocesses, writes the pipeline
 folder and evaluates; both ranks train one model and predict their share of the test images; the masks are those
-of one process predicting with the same run, and a re-run in one process finds every stage done."""
+of one process predicting with the same run, and a re-run in one process finds every stage done. `biom3d demo`
+runs the same way."""
 
 from __future__ import annotations
 
 import json
 
+import tifffile
 import yaml
 
 from tests.distributed.conftest import TRAIN, child_env, torchrun
@@ -45,3 +47,14 @@ def test_the_whole_pipeline_runs_on_two_ranks_and_a_rerun_finds_it_done(tmp_path
     result = run_pipeline(config, progress=False)  # one process: nothing to do again
     assert (folder / "run" / "checkpoints" / "best.pt").stat().st_mtime_ns == before
     assert result.report.mean("dice") == state["eval"]["mean_dice"]  # rank 0 evaluated what one process does
+
+
+def test_the_demo_runs_on_two_ranks_and_rank_zero_alone_cuts_the_volume_and_reports(tmp_path):
+    proc = torchrun(["demo", "--out", str(tmp_path), "--epochs", "1", "--iters-per-epoch", "2"],
+                    env=child_env(CUDA_VISIBLE_DEVICES=""), timeout=600)  # the demo's device is auto
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.stdout.count("held-out quadrant q3: Dice") == 1  # one report, from rank 0
+    sessions = json.loads((tmp_path / "nuclei" / "run" / "distributed.json").read_text(encoding="utf-8"))["sessions"]
+    assert [s["world_size"] for s in sessions] == [2]  # the demo's model was trained by both ranks
+    pred = tifffile.imread(tmp_path / "nuclei" / "predictions" / "q3.tif")
+    assert pred.shape == (60, 128, 128) and set(pred.ravel().tolist()) <= {0, 1}

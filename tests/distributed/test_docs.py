@@ -44,6 +44,7 @@ def command_lines() -> list[tuple[int, str, list[str]]]:
 @pytest.fixture
 def recorded(monkeypatch):
     """What the commands hand to their stages, instead of training or predicting."""
+    import biom3d.cli.demo
     import biom3d.cli.predict_cmd
     import biom3d.cli.run_cmd
     import biom3d.cli.train_cmd
@@ -53,6 +54,7 @@ def recorded(monkeypatch):
     monkeypatch.setattr(biom3d.cli.train_cmd, "train", lambda config, **kw: calls.append(("train", kw)))
     monkeypatch.setattr(biom3d.cli.run_cmd, "run", lambda config, **kw: calls.append(("run", kw)))
     monkeypatch.setattr(biom3d.cli.predict_cmd, "predict", lambda *a, **kw: calls.append(("predict", kw)))
+    monkeypatch.setattr(biom3d.cli.demo, "run_demo", lambda out, **kw: calls.append(("demo", kw)))
     monkeypatch.setattr(launcher, "launch", lambda argv, **kw: calls.append(("launch", kw)))
     return calls
 

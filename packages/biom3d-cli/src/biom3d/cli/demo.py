@@ -79,12 +79,16 @@ def make_data(out: Path) -> Path:
 
 
 def run_demo(out: Path, *, epochs: int | None, iters: int | None, stack: str | None = None) -> None:
+    """Under torchrun every rank joins the pipeline's process group from the start, and rank 0 alone cuts the
+    volume while the others wait (ranks writing the same files each would find the other's and stop)."""
     import time
 
+    from biom3d.core import distributed
+    from biom3d.core.config import TrainConfig, apply_overrides
     from biom3d.core.stages.run import run_pipeline
 
     start = time.perf_counter()
-    data = make_data(out)
+    data = out / "data"  # make_data's
     raw = {
         "name": "nuclei",
         "runs_dir": str(out),
@@ -94,8 +98,13 @@ def run_demo(out: Path, *, epochs: int | None, iters: int | None, stack: str | N
         **CPU_SETTINGS,
         **stack_settings(stack),
     }
-    overrides = {"train.epochs": epochs, "train.iters_per_epoch": iters}
-    result = run_pipeline(raw, overrides={k: v for k, v in overrides.items() if v is not None})
+    overrides = {"train.epochs": epochs, "train.iters_per_epoch": iters}  # None: the demo's
+    train = TrainConfig(**apply_overrides(raw, overrides)["train"])  # the pipeline's device and timeout
+    with distributed.session(distributed.rank_device(train.device), train.ddp_timeout) as world:
+        distributed.run_on_main(lambda: make_data(out), stage=True)
+        result = run_pipeline(raw, overrides=overrides)
+    if not world.is_main:
+        return
     minutes = (time.perf_counter() - start) / 60
     dice = result.report.mean("dice")
     typer.echo("")

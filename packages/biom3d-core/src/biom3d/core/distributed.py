@@ -12,6 +12,7 @@ Stdlib only at import; torch is imported where a group is used.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -127,8 +128,8 @@ def rank_indices(length: int, global_batch: int, world: World) -> list[int]:
 @contextlib.contextmanager
 def session(device: Any, timeout_s: float) -> Iterator[World]:
     """Join the job's process group for the time of the block (nothing to do in one process, or when the
-    caller joined already). Collectives fail after ``timeout_s`` seconds instead of waiting for ever; ranks
-    other than 0 log warnings only."""
+    caller joined already: biom3d's own groups then last until the process exits). Collectives fail after
+    ``timeout_s`` seconds instead of waiting for ever; ranks other than 0 log warnings only."""
     world = current()
     if not world.distributed or _initialized():
         yield world
@@ -145,7 +146,7 @@ def session(device: Any, timeout_s: float) -> Iterator[World]:
         options["device_id"] = device
     try:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **options)
-        _GROUP_TIMEOUTS_S["control"] = timeout_s
+        _OWN.control_timeout_s = timeout_s
     except (ValueError, RuntimeError) as exc:
         raise RunError(f"rank {world.rank} of {world.size} cannot join the process group ({_first_line(exc)}); "
                        "start every process with torchrun, which sets RANK, WORLD_SIZE, MASTER_ADDR and "
@@ -162,8 +163,7 @@ def session(device: Any, timeout_s: float) -> Iterator[World]:
         raise
     finally:
         log.setLevel(level)
-        _GROUPS.clear()  # their last references: destroy_process_group then ends their threads
-        _GROUP_TIMEOUTS_S.pop("control", None)
+        _OWN.close()  # ours; destroy_process_group drops torch's, and their threads end
         dist.destroy_process_group()
 
 
@@ -201,7 +201,7 @@ def run_on_main(fn: Callable[[], T], *, stage: bool = False) -> T:
             box[0] = ("ok", fn())
         except BaseException as exc:
             error, box[0] = exc, ("error", f"{type(exc).__name__}: {exc}")
-    dist.broadcast_object_list(box, src=0, group=_group("stage" if stage else "control"))
+    dist.broadcast_object_list(box, src=0, group=_OWN.group("stage" if stage else "control"))
     if error is not None:
         raise error
     status, value = box[0]
@@ -216,7 +216,7 @@ def wait_for_all() -> None:
     if _active():
         import torch.distributed as dist
 
-        dist.barrier(group=_group("stage"))
+        dist.barrier(group=_OWN.group("stage"))
 
 
 def gather(value: T) -> list[T]:
@@ -226,7 +226,7 @@ def gather(value: T) -> list[T]:
     import torch.distributed as dist
 
     out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value, group=_group("control"))
+    dist.all_gather_object(out, value, group=_OWN.group("control"))
     return out
 
 
@@ -245,7 +245,7 @@ def mean_over_ranks(parts: Mapping[str, tuple[Any, int]], tag: str = "") -> dict
     if _active():
         import torch.distributed as dist
 
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=_group("control"))
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=_OWN.group("control"))
     out, i = {}, 0
     total_counts = flat[-len(names):]
     for k, (name, s) in enumerate(zip(names, sums, strict=True)):
@@ -311,29 +311,41 @@ def _initialized() -> bool:
     return dist is not None and dist.is_available() and dist.is_initialized()
 
 
-#: biom3d's own collectives (objects, figures, barriers) run on gloo groups of their own, never on the default
-#: group, which DDP's reducer keeps alive until the interpreter ends (torch 2.13; `del` and gc do not free it).
-#: A gloo thread of a group alive at exit may still be releasing a tensor of the last collective; that needs the
-#: GIL, which finalisation no longer gives, and the rank aborts ("terminate called without an active exception",
-#: SIGABRT) after a finished job: 17 of 50 two-rank jobs on 2 busy cores. These groups are dropped with the process
-#: group, which ends their threads first.
-_GROUPS: dict[str, Any] = {}
-_GROUP_TIMEOUTS_S: dict[str, float] = {"stage": STAGE_TIMEOUT_S}  # "control": the session's, while it lasts
+class _OwnGroups:
+    """The gloo groups biom3d's own collectives (objects, figures, barriers) run on, never the default group:
+    DDP keeps that one alive until the interpreter ends (torch 2.13: neither `del` nor gc frees it), and a gloo
+    thread of a group alive at exit may still be releasing a tensor of the last collective. That needs the GIL,
+    which finalisation no longer gives, and a rank of a finished job aborts ("terminate called without an active
+    exception"). Ours are dropped with the session (or at exit), which ends their threads first.
 
+    "control": the session's collective timeout (torch's default when the caller opened the process group);
+    "stage": a whole stage's, STAGE_TIMEOUT_S. Each is made the first time the ranks need it (all at once, as
+    torch requires). gloo: objects and figures stay on the CPU, whatever the training backend."""
 
-def _group(name: str) -> Any:
-    """The gloo group of every rank for ``name``: "control" (the session's collective timeout) or "stage" (a
-    whole stage's, STAGE_TIMEOUT_S), made the first time the ranks need it (all at once, as torch requires).
-    gloo: objects and figures stay on the CPU, whatever the training backend."""
-    if name not in _GROUPS:
+    def __init__(self) -> None:
+        self.groups: dict[str, Any] = {}
+        self.control_timeout_s: float | None = None
+
+    def group(self, name: str) -> Any:
         from datetime import timedelta
 
         import torch.distributed as dist
 
-        seconds = _GROUP_TIMEOUTS_S.get(name)  # None (torch's default) when the caller opened the process group
-        timeout = None if seconds is None else timedelta(seconds=seconds)
-        _GROUPS[name] = dist.new_group(backend="gloo", timeout=timeout)
-    return _GROUPS[name]
+        if name not in self.groups:
+            if not self.groups:
+                atexit.register(self.close)  # groups of a caller's process group: gone before finalisation
+            seconds = STAGE_TIMEOUT_S if name == "stage" else self.control_timeout_s
+            self.groups[name] = dist.new_group(backend="gloo",
+                                               timeout=None if seconds is None else timedelta(seconds=seconds))
+        return self.groups[name]
+
+    def close(self) -> None:
+        self.groups.clear()
+        self.control_timeout_s = None
+        atexit.unregister(self.close)
+
+
+_OWN = _OwnGroups()
 
 
 def _active() -> bool:
