@@ -62,17 +62,7 @@ print("RESULT " + json.dumps({"calls": calls, "ranks": ranks, "mean": mean, "bef
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc/self/task (Linux)")
 def test_biom3ds_collectives_use_groups_of_their_own_that_end_with_the_session(tmp_path):
-    script = tmp_path / "job.py"
-    script.write_text(SCRIPT, encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script)], env=child_env(), capture_output=True, text=True, encoding="utf-8",
-                          errors="replace", timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    # the two ranks share stdout: one's line may run into the other's
-    decoder = json.JSONDecoder()
-    results = [decoder.raw_decode(part)[0] for part in proc.stdout.split("RESULT ")[1:]]
-    assert len(results) == 2
-    for r in results:
+    for r in _two_ranks(SCRIPT, tmp_path):
         assert r["ranks"] == [0, 1] and r["mean"] == 0.5  # the collectives did their work
         names = [name for name, _ in r["calls"]]
         assert sorted(set(names)) == ["all_gather_object", "all_reduce", "barrier", "broadcast_object_list"]
@@ -85,7 +75,6 @@ def test_biom3ds_collectives_use_groups_of_their_own_that_end_with_the_session(t
         assert broadcasts == [*stage, *step]  # run_on_main(stage=True), then a step's run_on_main
         # our groups' threads ran during the session and ended with it; what stays is DDP's default group
         assert r["during"] > r["joined"] and r["after"] <= r["joined"], r
-
 
 
 CALLERS = r'''
@@ -109,15 +98,20 @@ seen["destroyed"] = threads()  # our group outlives the caller's session, not th
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc/self/task (Linux)")
 def test_groups_of_ours_in_a_callers_process_group_end_before_the_interpreter(tmp_path):
+    for r in _two_ranks(CALLERS, tmp_path):
+        assert r["ranks"] == [0, 1]
+        assert r["destroyed"] > r["before"] and r["at_exit"] == r["before"], r
+
+
+def _two_ranks(code: str, tmp_path) -> list[dict]:
+    """Run ``code`` on two ranks under torchrun; what each printed after "RESULT "."""
     script = tmp_path / "job.py"
-    script.write_text(CALLERS, encoding="utf-8")
+    script.write_text(code, encoding="utf-8")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script)], env=child_env(), capture_output=True, text=True, encoding="utf-8",
                           errors="replace", timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder()  # the ranks share stdout: one's line may run into the other's
     results = [decoder.raw_decode(part)[0] for part in proc.stdout.split("RESULT ")[1:]]
     assert len(results) == 2
-    for r in results:
-        assert r["ranks"] == [0, 1]
-        assert r["destroyed"] > r["before"] and r["at_exit"] == r["before"], r
+    return results
