@@ -54,8 +54,8 @@ def locate() -> tuple[Path, Path]:
     return paths  # type: ignore[return-value]
 
 
-def make_data(out: Path) -> Path:
-    """Four quadrants of the nuclei volume as TIFF files: data/{train,test}/{images,masks}/q<i>.tif."""
+def make_data(data: Path) -> None:
+    """Four quadrants of the nuclei volume as TIFF files: ``data/{train,test}/{images,masks}/q<i>.tif``."""
     import numpy as np
 
     from biom3d.core.discovery import get_registry
@@ -68,14 +68,12 @@ def make_data(out: Path) -> Path:
     volume = np.asarray(image.array)
     d, h, w = volume.shape
     quads = [(slice(None), slice(y, y + h // 2), slice(x, x + w // 2)) for y in (0, h // 2) for x in (0, w // 2)]
-    data = out / "data"
     for i, box in enumerate(quads):
         split = "test" if i == HELD_OUT else "train"
         for kind, array, ref in (("images", volume[box], image), ("masks", mask[box], labels)):
             path = data / split / kind / f"q{i}.tif"
             if not path.exists():
                 registry.writer_for(path).build({}, None)(path, np.ascontiguousarray(array), ref)
-    return data
 
 
 def run_demo(out: Path, *, epochs: int | None, iters: int | None, stack: str | None = None) -> None:
@@ -88,7 +86,7 @@ def run_demo(out: Path, *, epochs: int | None, iters: int | None, stack: str | N
     from biom3d.core.stages.run import run_pipeline
 
     start = time.perf_counter()
-    data = out / "data"  # make_data's
+    data = out / "data"
     raw = {
         "name": "nuclei",
         "runs_dir": str(out),
@@ -101,7 +99,7 @@ def run_demo(out: Path, *, epochs: int | None, iters: int | None, stack: str | N
     overrides = {"train.epochs": epochs, "train.iters_per_epoch": iters}  # None: the demo's
     train = TrainConfig(**apply_overrides(raw, overrides)["train"])  # the pipeline's device and timeout
     with distributed.session(distributed.rank_device(train.device), train.ddp_timeout) as world:
-        distributed.run_on_main(lambda: make_data(out), stage=True)
+        distributed.run_on_main(lambda: make_data(data), stage=True)
         result = run_pipeline(raw, overrides=overrides)
     if not world.is_main:
         return
