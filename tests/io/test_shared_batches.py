@@ -12,6 +12,10 @@ import torch
 from biom3d.io import shared_batches
 
 BATCH = 3
+WORKERS, PREFETCH = 2, 2  # a loader's batches in flight: PyTorch's default prefetch per worker
+# With several workers a batch can arrive before the one the loop asks for (the loader keeps it until its turn),
+# so the receiver may have counted up to this many more than the loop took.
+AHEAD = WORKERS * PREFETCH - 1
 
 
 class Indices(torch.utils.data.Dataset):
@@ -41,7 +45,8 @@ class Collate:
 
 def _loader(workers: int, persistent: bool = True) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(Indices(), batch_size=BATCH, num_workers=workers, collate_fn=Collate(),
-                                       persistent_workers=persistent and workers > 0)
+                                       persistent_workers=persistent and workers > 0,
+                                       prefetch_factor=PREFETCH if workers else None)
 
 
 def _is(batch, step: int) -> bool:
@@ -63,7 +68,7 @@ def test_held_batches_are_never_overwritten_and_dropped_ones_are_reused():
     used before."""
     before = _stats()
     kept = []
-    for step, batch in zip(range(60), _loader(workers=2), strict=False):
+    for step, batch in zip(range(60), _loader(workers=WORKERS), strict=False):
         assert type(batch) is Kind and _is(batch, step)
         if step % 2 == 0:
             kept.append((step, batch))
@@ -71,7 +76,7 @@ def test_held_batches_are_never_overwritten_and_dropped_ones_are_reused():
     assert all(_is(batch, step) for step, batch in kept)
     after = _stats()
     pooled, unpooled = after["batches"] - before["batches"], after["unpooled"] - before["unpooled"]
-    assert pooled + unpooled == 60 and unpooled > 0
+    assert 60 <= pooled + unpooled <= 60 + AHEAD and unpooled > 0
     assert after["reused"] - before["reused"] > 0
     del kept
     assert _stats()["held"] <= before["held"]  # released once their last tensor went
@@ -79,12 +84,14 @@ def test_held_batches_are_never_overwritten_and_dropped_ones_are_reused():
 
 def test_a_consumer_that_drops_each_batch_keeps_reusing_a_few_buffers():
     before = _stats()
-    for step, batch in zip(range(40), _loader(workers=2), strict=False):
+    for step, batch in zip(range(40), _loader(workers=WORKERS), strict=False):
         assert _is(batch, step)
     after = _stats()
-    assert after["batches"] - before["batches"] == 40  # none fell back to fresh segments
+    assert after["unpooled"] == before["unpooled"]  # none fell back to fresh segments
+    pooled = after["batches"] - before["batches"]
+    assert 40 <= pooled <= 40 + AHEAD
     # new buffers: the batches in flight and held per worker, not one per batch
-    assert after["batches"] - before["batches"] - (after["reused"] - before["reused"]) <= 12
+    assert pooled - (after["reused"] - before["reused"]) <= 12
 
 
 def test_a_full_ring_is_reused_again_once_its_batches_are_dropped():
