@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import yaml
 
 from tests.gui.conftest import TOKEN
 
@@ -113,10 +114,33 @@ def test_a_biologist_trains_predicts_and_downloads_a_mask_in_the_browser(server,
             page.fill("#workers", "0")
             page.select_option("#device", "cpu")
             page.check("#small")
+            held = []  # each edit asks the server for a plan (the browser's own change events too); last first
+            page.route("**/api/autoconfig", lambda route: held.append(route))
             for i in range(3):
                 page.fill(f"#patch-{i}", "16")
                 page.dispatch_event(f"#patch-{i}", "change")
+            page.focus("#name")  # the last field's own change event, if the browser sends one on leaving it
+            asked = -1
+            while len(held) != asked:  # until no edit asks any more
+                asked = len(held)
+                page.wait_for_timeout(300)
+            assert asked >= 3 and '"patch_size":[16,16,16]' in held[-1].request.post_data
+            for route in reversed(held):  # the first edit's answer, [16, 24, 24], comes last
+                with page.expect_response("**/api/autoconfig"):
+                    route.continue_()
+            page.unroute("**/api/autoconfig")
             expect(page.locator("#patch-info")).to_contain_text("poolings 2 × 2 × 2")
+            # the server fails once while the page follows the run: the page tries again
+            failed = []
+
+            def fail_once(route) -> None:
+                if failed:
+                    route.continue_()
+                else:
+                    failed.append(route.request.url)
+                    route.fulfill(status=503, json={"error": "the server is busy"})
+
+            page.route("**/api/runs/browser-run*", fail_once)
             page.click("#start")
             expect(page.locator("#err-lr")).to_contain_text("valid number")  # next to the field
             steps.shot("train-refused")
@@ -133,6 +157,8 @@ def test_a_biologist_trains_predicts_and_downloads_a_mask_in_the_browser(server,
             assert page.input_value("#snapshot-epoch") == "epoch-0002.png"
             assert "epoch 2 of 2" in page.inner_text("#run-state")
             steps.shot("training")
+            assert failed, "the page never asked for the run"
+            page.unroute("**/api/runs/browser-run*")
 
             # 4. predict an uploaded image with this run, download the mask
             page.click("#run-predict")
@@ -174,5 +200,9 @@ def test_a_biologist_trains_predicts_and_downloads_a_mask_in_the_browser(server,
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [
         "01-data.png", "02-scan-and-preview.png", "03-train-refused.png", "04-training.png", "05-predict.png",
         "06-evaluate.png"]
-    refused = [e for e in errors if "status of 422" in e]  # the browser logs the refusal of step 2
-    assert len(refused) == 1 and [e for e in errors if e not in refused] == [], errors
+    # the run trains with the last edit's patch: [16, 16, 16], not an earlier answer's [16, 24, 24] or [16, 16, 24]
+    config = yaml.safe_load((runs / "browser-run" / "config.yaml").read_text(encoding="utf-8"))
+    assert config["patch_size"] == [16, 16, 16] and config["aug_patch_size"] == [28, 28, 28], config
+    # the browser logs the refusal of step 2 and the one failed request
+    expected = [e for e in errors if "status of 422" in e or "status of 503" in e]
+    assert len(expected) == 2 and [e for e in errors if e not in expected] == [], errors

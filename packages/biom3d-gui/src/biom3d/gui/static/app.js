@@ -3,7 +3,11 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, scan: null, runs: [], run: null, patchEdited: false, plan: null, upload: "",
+const POLL_MS = 2000, JOB_POLL_MS = 1500;  // how often a running run's page and a job's line look again
+const RETRY_MS = 5000;  // after a failed request: the next try, not the end of following
+// a request worth trying again: the network or the server failed (restarting, busy), not the request itself
+const transient = (e) => !e.status || e.status >= 500;
+const state = { info: null, scan: null, runs: [], run: null, patchEdited: false, patchAsked: 0, plan: null, upload: "",
                 lastPrediction: null, timers: {} };
 
 // -- helpers -----------------------------------------------------------------------------------------------
@@ -226,13 +230,16 @@ async function patchChanged() {
   const patch = [0, 1, 2].map((i) => num("patch-" + i));
   if (!state.scan || !state.scan.fingerprint || !patch.every((v) => v)) return;
   $("err-patch_size").textContent = "";
+  // edits in a row ask in a row, and the answers may come back in another order: the last edit's decides
+  const asked = ++state.patchAsked;
   try {
     const plan = await api("autoconfig", { median_shape: state.scan.fingerprint.median_shape, num_images: state.scan.fingerprint.num_images,
                                            patch_size: patch, max_dim: num("max_dim") || 128 });
+    if (asked !== state.patchAsked) return;
     state.plan = plan; state.patchEdited = true;
     const adjusted = plan.patch_size.some((v, i) => v !== patch[i]);
     $("patch-info").textContent = `poolings ${fmt(plan.num_pools)}` + (adjusted ? `; will train with ${fmt(plan.patch_size)} (a multiple of the poolings)` : "");
-  } catch (e) { $("err-patch_size").textContent = e.message; }
+  } catch (e) { if (asked === state.patchAsked) $("err-patch_size").textContent = e.message; }
 }
 
 async function startTraining(event) {
@@ -278,7 +285,8 @@ async function yamlValidate() {
 
 // -- 3. runs -------------------------------------------------------------------------------------------------
 async function refreshRuns() {
-  try { state.runs = await api("runs"); } catch (e) { say(e.message); return state.runs; }
+  // a failed request (the server restarting, a network blip) tries again: stopping would freeze a running run's page
+  try { state.runs = await api("runs"); } catch (e) { say(e.message); if (transient(e)) pollRuns(RETRY_MS); return state.runs; }
   const body = $("runs-table").querySelector("tbody");
   $("no-runs").hidden = state.runs.length > 0;
   body.replaceChildren(...state.runs.map((run) => el("tr", { class: run.id === state.run ? "selected" : null, "data-run": run.id },
@@ -296,7 +304,12 @@ async function selectRun(id) { state.run = id; await refreshRuns(); }
 
 async function loadRun(id) {
   let run;
-  try { run = await api("runs/" + encodeURIComponent(id)); } catch (e) { if (e.status === 404) return; say(e.message); return; }
+  try { run = await api("runs/" + encodeURIComponent(id)); } catch (e) {
+    if (e.status === 404) return;
+    say(e.message);
+    if (transient(e)) pollRuns(RETRY_MS);
+    return;
+  }
   $("run-detail").hidden = false;
   $("run-title").textContent = run.name && run.name !== run.id ? `${run.id} (${run.name})` : run.id;
   const active = run.status === "running" || run.status === "queued";
@@ -318,8 +331,13 @@ async function loadRun(id) {
   renderSnapshots(run);
   $("job-log").textContent = (run.job_log || []).join("\n");
   $("run-eval").replaceChildren(...(run.eval ? [el("h4", { text: "Evaluation of the test images" }), evalTable(run.eval)] : []));
+  if (active) pollRuns(POLL_MS); else clearTimeout(state.timers.run);
+}
+
+// the open run's page follows it while it runs (and retries a failed request) while the runs tab shows
+function pollRuns(delay) {
   clearTimeout(state.timers.run);
-  if (active && !$("tab-runs").hidden) state.timers.run = setTimeout(() => refreshRuns(), 2000);
+  if (state.run && !$("tab-runs").hidden) state.timers.run = setTimeout(() => refreshRuns(), delay);
 }
 
 function series(rows, key, colour) {
@@ -422,10 +440,14 @@ function followJob(id, line, done) {
   clearTimeout(state.timers["job-" + line.id]);
   const tick = async () => {
     let job;
-    try { job = await api("jobs/" + encodeURIComponent(id)); } catch (e) { line.textContent = e.message; return; }
+    try { job = await api("jobs/" + encodeURIComponent(id)); } catch (e) {
+      line.textContent = e.message;
+      if (transient(e)) state.timers["job-" + line.id] = setTimeout(tick, RETRY_MS);
+      return;
+    }
     const last = (job.log || []).slice(-1)[0] || "";
     line.replaceChildren(el("span", { class: "status status-" + job.state, text: job.state }), " " + job.title + (job.state === "running" ? " — " + last : job.message ? " — " + job.message : ""));
-    if (job.state === "queued" || job.state === "running") state.timers["job-" + line.id] = setTimeout(tick, 1500);
+    if (job.state === "queued" || job.state === "running") state.timers["job-" + line.id] = setTimeout(tick, JOB_POLL_MS);
     else if (job.state === "done") done(job);
   };
   tick();
