@@ -17,8 +17,22 @@ import pytest
 
 from tests.distributed.conftest import child_env
 
-SCRIPT = r'''
-import json, os, sys
+# Counts this process's threads (Linux). A thread that was joined can stay listed a moment: settled() waits for the
+# count to come down to a target, up to 2 s, so a thread that does not end still fails the test.
+THREADS = r'''
+import os, time
+threads = lambda: len(os.listdir("/proc/self/task"))
+
+
+def settled(target):
+    t = time.monotonic()
+    while threads() > target and time.monotonic() - t < 2:
+        time.sleep(0.01)
+    return threads()
+'''
+
+SCRIPT = THREADS + r'''
+import json, sys
 import torch
 import torch.distributed as dist
 from biom3d.core import distributed
@@ -40,7 +54,6 @@ def recorded(name):
 for name in ("broadcast_object_list", "all_gather_object", "all_reduce", "barrier"):
     setattr(dist, name, recorded(name))
 
-threads = lambda: len(os.listdir("/proc/self/task"))
 torch.set_num_threads(1)
 device = torch.device("cpu")
 before = threads()
@@ -54,7 +67,7 @@ with distributed.session(device, 20) as world:
     mean = distributed.mean_over_ranks({"x": (float(world.rank), 1)})["x"]
     distributed.wait_for_all()
     during = threads()
-after = threads()
+after = settled(joined)
 print("RESULT " + json.dumps({"calls": calls, "ranks": ranks, "mean": mean, "before": before, "joined": joined,
                               "during": during, "after": after}))
 '''
@@ -77,12 +90,11 @@ def test_biom3ds_collectives_use_groups_of_their_own_that_end_with_the_session(t
         assert r["during"] > r["joined"] and r["after"] <= r["joined"], r
 
 
-CALLERS = r'''
-import atexit, json, os
-threads = lambda: len(os.listdir("/proc/self/task"))
+CALLERS = THREADS + r'''
+import atexit, json
 seen = {}
 # registered first, so it runs last at exit: after biom3d's own handler
-atexit.register(lambda: print("RESULT " + json.dumps({**seen, "at_exit": threads()}), flush=True))
+atexit.register(lambda: print("RESULT " + json.dumps({**seen, "at_exit": settled(seen["before"])}), flush=True))
 
 import torch.distributed as dist
 from biom3d.core import distributed
