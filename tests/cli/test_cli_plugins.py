@@ -45,6 +45,16 @@ def test_plugins_json_and_components(tmp_path):
     assert tiny["kind"] == "model" and tiny["aliases"] == ["TinyNet"] and tiny["summary"] == "A tiny test net."
 
 
+def test_plugins_of_one_kind_plural_or_mistyped(tmp_path):
+    for asked, kind in (("models", "model"), ("losses", "metric"), ("loss", "metric")):
+        rc, out, err, _ = run_cli(["plugins", "--kind", asked], tmp_path, pythonpath=FAKE)
+        assert rc == 0, err
+        kinds = {line.split()[0] for line in out.splitlines() if line.startswith(("model ", "metric "))}
+        assert kinds == {kind}, asked
+    rc, out, err, _ = run_cli(["plugins", "--kind", "modle"], tmp_path, pythonpath=FAKE)
+    assert rc == 2 and "--kind 'modle'" in err and "did you mean 'model'?" in err and "bug" not in err
+
+
 def test_plugins_show(tmp_path):
     rc, out, err, _ = run_cli(["plugins", "show", "acme"], tmp_path, pythonpath=FAKE)
     assert rc == 0, err

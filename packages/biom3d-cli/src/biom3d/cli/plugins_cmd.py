@@ -7,9 +7,12 @@ import json
 import typer
 
 from biom3d.cli.tables import table
+from biom3d.core.errors import InputError, did_you_mean
+from biom3d.core.specs import KINDS
 
 
 def list_plugins(*, components: bool, kind: str | None, as_json: bool) -> None:
+    kind = _kind(kind)
     registry = _registry()
     comps = registry.components(kind) if kind else registry.components()
     if as_json:
@@ -107,3 +110,15 @@ def _registry():
     from biom3d.core.discovery import get_registry
 
     return get_registry()
+
+
+def _kind(kind: str | None) -> str | None:
+    """``--kind``'s value as a kind, the plural too (``models``; losses are metrics); anything else is refused
+    with the kinds."""
+    if kind is None or kind in KINDS:
+        return kind
+    singular = {"loss": "metric", "losses": "metric"}.get(kind, kind.removesuffix("s"))
+    if singular in KINDS:
+        return singular
+    raise InputError(f"--kind {kind!r}: no such kind of component{did_you_mean(kind, KINDS)}; the kinds are "
+                     f"{', '.join(KINDS)}")

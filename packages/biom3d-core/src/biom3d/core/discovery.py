@@ -7,7 +7,6 @@ Every plugin ends in one state: loaded, failed, blocked, incompatible or shadowe
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import time
@@ -20,7 +19,7 @@ import pluggy
 
 from biom3d.core import hookspecs
 from biom3d.core._version import __version__ as CORE_VERSION
-from biom3d.core.errors import PluginError, SpecError
+from biom3d.core.errors import PluginError, SpecError, did_you_mean
 from biom3d.core.registry import Registry
 from biom3d.core.specs import KINDS, NamedSpec
 
@@ -148,7 +147,7 @@ def _register(pm: pluggy.PluginManager, info: PluginInfo, obj: object, strict: b
     implemented = [a for a in dir(obj) if pm.parse_hookimpl_opts(obj, a) is not None]
     unknown = [a for a in implemented if a not in known]
     if unknown:
-        hints = [f"'{u}'" + _did_you_mean(u, known) for u in unknown]
+        hints = [f"'{u}'" + did_you_mean(u, known) for u in unknown]
         _fail(info, f"implements unknown hook {', '.join(hints)}", None, strict)
         return
     try:
@@ -246,11 +245,6 @@ def _core_requirement_problem(dist: metadata.Distribution | None) -> str | None:
 
 
 _REQUIREMENT = re.compile(r"^\s*(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?P<spec>[^;]*)(?:;(?P<marker>.*))?$")
-
-
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 _default: Registry | None = None

@@ -5,6 +5,8 @@ Exit codes: 1 a run failed, 2 bad input (config, data, command line), 3 a plugin
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -62,3 +64,9 @@ class ConfigError(InputError):
 
 class RunError(Biom3dError):
     """A run folder is missing, incomplete, or would be overwritten."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing: appended to an error's message."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
