@@ -28,7 +28,8 @@ SAMPLES = {
     "val_iters": (["--val-iters", "2"], 2),
     "compile": (["--compile"], True),
 }
-NOT_OVERRIDES = {"config", "resume", "finetune", "runs_dir", "strict_versions", "devices", "gpus"}  # handled by each command
+NOT_OVERRIDES = {"config", "resume", "finetune", "runs_dir", "strict_versions", "devices", "gpus",  # handled by
+                 "set_"}  # each command
 
 
 def _params(command: str) -> dict:
@@ -101,6 +102,45 @@ def test_each_train_flag_sets_the_same_config_key_on_train_and_run(captured, tmp
     _invoke(["run", str(config), *args])
     assert captured["train"]["overrides"] == {f"train.{name}": value}
     assert captured["run"]["overrides"] == {f"train.{name}": value}
+
+
+def test_set_reaches_any_key_on_train_and_run_and_the_flags_win(captured, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("num_classes: 1\n", encoding="utf-8")
+    args = ["--set", "train.optimizer=adam", "--set", "model.params.channels=[8, 16]", "--set", "train.grad_clip=null",
+            "--set", "train.epochs=9", "--epochs", "3", "--set", "stack=models/paper"]
+    _invoke(["train", str(config), *args])
+    _invoke(["run", str(config), *args])
+    from biom3d.core.config import NULL  # null: the key set to None (a None override means "not given")
+
+    expected = {"train.optimizer": "adam", "model.params.channels": [8, 16], "train.grad_clip": NULL,
+                "train.epochs": 3, "stack": "models/paper"}
+    assert captured["train"]["overrides"] == captured["run"]["overrides"] == expected
+
+
+def test_resume_takes_only_train_settings_from_set(tmp_path):
+    from biom3d.core.errors import InputError
+
+    (tmp_path / "config.yaml").write_text("num_classes: 1\n", encoding="utf-8")
+    with pytest.raises(InputError, match="only train.. settings change on it, not model.params.base_features"):
+        CliRunner().invoke(app, ["train", "--resume", str(tmp_path), "--set", "model.params.base_features=8"],
+                           catch_exceptions=False)
+
+
+@pytest.mark.parametrize(("pair", "message"), [
+    ("train.optimizer", "give KEY=VALUE"),
+    ("=adam", "give KEY=VALUE"),
+    ("train..lr=1", "give KEY=VALUE"),
+    ("train.lr=[1", "the value is not YAML"),
+])
+def test_a_malformed_set_names_itself(tmp_path, pair, message):
+    from biom3d.core.errors import InputError
+
+    config = tmp_path / "c.yaml"
+    config.write_text("num_classes: 1\n", encoding="utf-8")
+    with pytest.raises(InputError, match=message) as caught:
+        CliRunner().invoke(app, ["train", str(config), "--set", pair], catch_exceptions=False)
+    assert repr(pair) in str(caught.value)
 
 
 def test_run_passes_budget_checkpoint_resume_finetune_and_strict_versions(captured, tmp_path):

@@ -21,6 +21,10 @@ TRAIN_FLAGS = ["--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "1", "
 EXPECTED_TRAIN = {"epochs": 1, "iters_per_epoch": 2, "batch_size": 1, "val_iters": 1, "lr": 0.005, "fold": 1,
                   "seed": 7, "workers": 0, "fp16": False, "device": "cpu"}
 
+# any config key, the value read as YAML; --epochs wins over the --set of its own key
+SET_FLAGS = ["--set", "train.optimizer=adam", "--set", "train.grad_clip=null", "--set", "model.params.base_features=6",
+             "--set", "train.epochs=9"]
+
 
 def cli(*args: str | Path) -> None:
     """`biom3d ARGS` in this process (the logs reach caplog); a biom3d error is raised."""
@@ -52,7 +56,7 @@ def pipeline(dataset, tmp_path_factory):
     logger.setLevel(logging.INFO)
     try:
         cli("run", config, "--name", "flags", "--runs-dir", root, *TRAIN_FLAGS, "--max-dim", "16", "--max-pool", "2",
-            "--max-batch", "3", "--checkpoint", "last")
+            "--max-batch", "3", "--checkpoint", "last", *SET_FLAGS)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -78,6 +82,8 @@ def test_run_flags_reach_the_run_config_the_plan_and_the_fold_split(pipeline):
     folder, log = pipeline
     run_cfg = yaml.safe_load((folder / "run" / "config.yaml").read_text(encoding="utf-8"))
     assert {k: run_cfg["train"][k] for k in EXPECTED_TRAIN} == EXPECTED_TRAIN
+    assert run_cfg["train"]["optimizer"] == "adam" and run_cfg["train"]["grad_clip"] is None
+    assert run_cfg["model"]["params"]["base_features"] == 6
     prep_cfg = yaml.safe_load((folder / "preprocessed" / "config.yaml").read_text(encoding="utf-8"))
     assert prep_cfg["autoconfig"] == run_cfg["autoconfig"] == {"max_dim": 16, "max_pool": 2, "max_batch": 3}
     median = json.loads((folder / "preprocessed" / "fingerprint.json").read_text())["median_shape"]

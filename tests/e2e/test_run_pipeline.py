@@ -1,11 +1,13 @@
 """`biom3d run`: the whole pipeline from one config, and its resumption after a kill during training."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import tifffile
 import yaml
 
 from tests.e2e.conftest import TINY
@@ -26,12 +28,15 @@ def _config(tmp_path, dataset, epochs):
     return path
 
 
-def _biom3d(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "biom3d.cli", *args], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout)
+def _biom3d(*args, timeout=300, cwd=None):
+    return subprocess.run([sys.executable, "-m", "biom3d.cli", *args], capture_output=True, text=True,
+                          encoding="utf-8", errors="replace", timeout=timeout, cwd=cwd)
 
 
 def test_run_resumes_after_a_kill_during_training_and_skips_finished_stages(dataset, tmp_path):
+    masks = shutil.copytree(dataset / "train" / "masks", tmp_path / "masks")  # corrected in place at the end
     config = _config(tmp_path, dataset, epochs=5)
+    config.write_text(config.read_text().replace(str(dataset / "train" / "masks"), str(masks)))
     folder = tmp_path / "runs" / "tiny"
     proc = subprocess.Popen([sys.executable, "-m", "biom3d.cli", "run", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -60,6 +65,19 @@ def test_run_resumes_after_a_kill_during_training_and_skips_finished_stages(data
     assert again.returncode == 0, again.stderr
     assert "train: done already" in again.stderr and "predict: 0 new mask(s)" in again.stderr
 
+    # a mask corrected in place (same size): the finished stages are another data's, and nothing is replaced
+    kept = {name: (folder / name).read_bytes() for name in ("config.yaml", "pipeline.json")}
+    mask = tifffile.imread(masks / "case1.tif")
+    mask[0] = 0
+    tifffile.imwrite(masks / "case1.tif", mask)
+    changed = _biom3d("run", str(config))
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    assert f"{folder} was made from other data" in changed.stderr and "data.masks: changed case1.tif" in changed.stderr
+    assert "--name" in changed.stderr
+    assert {name: (folder / name).read_bytes() for name in kept} == kept
+    other = _biom3d("run", str(config), "--num-classes", "2")  # a preprocessing setting
+    assert other.returncode == 2 and "num_classes: 1 -> 2" in other.stderr, other.stderr
+
 
 def test_run_without_a_config(dataset, tmp_path):
     out = _biom3d("run", "--images", str(dataset / "train" / "images"), "--masks", str(dataset / "train" / "masks"),
@@ -72,9 +90,10 @@ def test_run_without_a_config(dataset, tmp_path):
 
 def test_bad_paths_are_one_paragraph_errors(tmp_path):
     (tmp_path / "c.yaml").write_text("num_classes: 1\ndata: {images: nowhere, masks: nowhere}\n")
-    out = _biom3d("run", str(tmp_path / "c.yaml"))
+    out = _biom3d("run", str(tmp_path / "c.yaml"), cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "images folder" in out.stderr and "nowhere does not exist" in out.stderr
+    assert f"data.images: {tmp_path / 'nowhere'} does not exist" in out.stderr and "data.masks" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # no pipeline folder (runs/biom3d) was made
     (tmp_path / "t.yaml").write_text("num_classes: 1\npatch_size: [16, 16, 16]\ndata: {preprocessed: missing}\n")
     out = _biom3d("train", str(tmp_path / "t.yaml"))
     assert out.returncode == 2 and "data.preprocessed" in out.stderr and "Traceback" not in out.stderr

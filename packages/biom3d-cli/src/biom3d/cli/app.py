@@ -186,6 +186,7 @@ def train(
     seed: opt.Seed = None,
     val_iters: opt.ValIters = None,
     compile: opt.Compile = None,
+    set_: opt.Set = None,
     runs_dir: opt.RunsDir = None,
     strict_versions: opt.StrictVersions = False,
     devices: opt.Devices = None,
@@ -199,8 +200,9 @@ def train(
         from biom3d.core.launcher import launch
 
         launch(_state["argv"], devices=devices, gpus=gpus)  # replaces this process with torchrun's, for 2+ GPUs
-    train_cmd.train(config, resume=resume, finetune=finetune, overrides=opt.overrides(locals(), opt.TRAIN_KEYS),
-                    runs_dir=runs_dir, strict_versions=strict_versions)
+    overrides = {**opt.set_pairs(set_), **opt.overrides(locals(), opt.TRAIN_KEYS)}
+    train_cmd.train(config, resume=resume, finetune=finetune, overrides=overrides, runs_dir=runs_dir,
+                    strict_versions=strict_versions)
 
 
 # -- prediction and evaluation ---------------------------------------------------------------------------
@@ -285,6 +287,7 @@ def run(
     seed: opt.Seed = None,
     val_iters: opt.ValIters = None,
     compile: opt.Compile = None,
+    set_: opt.Set = None,
     runs_dir: opt.RunsDir = None,
     strict_versions: opt.StrictVersions = False,
     devices: opt.Devices = None,
@@ -300,7 +303,8 @@ def run(
 
         launch(_state["argv"], devices=devices, gpus=gpus)  # replaces this process with torchrun's, for 2+ GPUs
 
-    overrides = {"stack": stack, "reader": reader, "writer": writer, "num_classes": num_classes,
+    given = {"stack": stack, "reader": reader, "writer": writer, "num_classes": num_classes}
+    overrides = {**opt.set_pairs(set_), **{k: v for k, v in given.items() if v is not None},
                  **opt.overrides(locals(), opt.TRAIN_KEYS), **opt.overrides(locals(), opt.AUTOCONFIG_KEYS)}
     run_cmd.run(config, images=images, masks=masks, test_images=test_images, test_masks=test_masks, name=name,
                 runs_dir=runs_dir, resume=resume, finetune=finetune, checkpoint=checkpoint,

@@ -28,6 +28,10 @@ ValIters = Annotated[int | None, typer.Option(help="train.val_iters.", min=0)]
 Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="train.compile: torch.compile the "
                                               "network (eager, with a warning, where it cannot).")]
 
+Set = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="KEY=VALUE", help="Any config key, its value read as YAML: --set train.optimizer=adam --set "
+    "model.params.base_features=16 (repeat it; the flags above win over it for their own keys).")]
+
 #: parameter name -> config key; a flag of `train` missing here would not reach the config
 TRAIN_KEYS = {name: f"train.{name}" for name in ("epochs", "iters_per_epoch", "batch_size", "lr", "fold",
                                                   "workers", "fp16", "device", "seed", "val_iters", "compile")}
@@ -81,3 +85,25 @@ Shard = Annotated[str | None, typer.Option(help="I/N: predict part I (from 0) of
 def overrides(values: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
     """Config overrides from a command's arguments (``locals()``): the ``keys`` given on the command line."""
     return {key: values[name] for name, key in keys.items() if values.get(name) is not None}
+
+
+def set_pairs(pairs: list[str] | None) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs as overrides; the values are YAML (``safe_load``: 16, null, [1, 2], adam)."""
+    import yaml
+
+    from biom3d.core.config import NULL
+    from biom3d.core.errors import InputError
+
+    found: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key or not all(part.isidentifier() for part in key.split(".")):
+            raise InputError(f"--set {pair!r}: give KEY=VALUE with a dotted config key, e.g. --set "
+                             "train.optimizer=adam")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise InputError(f"--set {pair!r}: the value is not YAML ({exc.problem or exc}); quote it") from exc
+        found[key] = NULL if value is None else value
+    return found

@@ -25,6 +25,10 @@ def train(config: Path | None, *, resume: Path | None, finetune: Path | None, ov
     elif resume is not None:
         if finetune is not None:
             raise InputError("--resume continues a run with its own config: give no --finetune")
+        fixed = sorted(k for k in overrides if not k.startswith("train."))
+        if fixed:
+            raise InputError(f"--resume continues a run with its own config: only train.* settings change on it, not "
+                             f"{', '.join(fixed)}; start a new run (or --finetune {resume}) to change them")
         if config is not None:
             import logging
 

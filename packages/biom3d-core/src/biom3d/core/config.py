@@ -54,11 +54,12 @@ class DataConfig(BaseModel):
     fingerprint: str | None = Field(None, description="fingerprint.json (default: <preprocessed>/fingerprint.json).")
     test_images: str | None = Field(None, description="Folder of images to predict after training (`biom3d run`).")
     test_masks: str | None = Field(None, description="Ground truth for test_images, to evaluate predictions.")
-    predictions: str | None = Field(None, description="Where `biom3d run` writes predictions (default: in the run folder).")
+    predictions: str | None = Field(None, description="Where `biom3d run` writes predictions (default: <pipeline folder>/predictions).")
 
 
 class TrainConfig(BaseModel):
-    """Stand-alone training hyper-parameters; each has a `biom3d train` flag."""
+    """Stand-alone training hyper-parameters: `biom3d train` and `run` have a flag for the common ones and
+    ``--set train.KEY=VALUE`` for any."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -272,12 +273,14 @@ def check_yaml_limits(text: str, *, source: str | None = None) -> None:
         return  # not valid YAML: the loader reports it, with its line
 
 
-# an override value that removes its key, so the params model's default applies again (None means "not given")
-RESET = object()
+# override values that remove their key, so the params model's default applies again, or set it to null
+# (None itself means "not given": a command's flags that were not given are None)
+RESET, NULL = object(), object()
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (``train.epochs``) on a copy of ``raw``; None values are skipped, RESET ones removed."""
+    """Set dotted keys (``train.epochs``) on a copy of ``raw``; None values are skipped, RESET ones removed,
+    NULL ones set to None."""
     import copy
 
     raw = copy.deepcopy(raw)
@@ -286,12 +289,17 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
             continue
         node = raw
         *parents, leaf = dotted.split(".")
-        for key in parents:
+        for i, key in enumerate(parents):
+            if isinstance(node.get(key), str):
+                node[key] = {"name": node[key]}  # a shorthand envelope (model: unet3d) given params
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                where = ".".join(parents[: i + 1])
+                raise ConfigError([Problem(where, f"is {node!r}, not a section: {dotted} cannot be set in it")])
         if value is RESET:
             node.pop(leaf, None)
         else:
-            node[leaf] = value
+            node[leaf] = None if value is NULL else value
     return raw
 
 

@@ -1,6 +1,8 @@
 """`biom3d run`: the stages a config asks for (preprocess -> train -> predict -> evaluate) in one pipeline
 folder ``<runs_dir>/<name>/``, skipping stages whose outputs are complete, so a re-run after a crash
-resumes where it stopped (an interrupted training continues from its last checkpoint).
+resumes where it stopped (an interrupted training continues from its last checkpoint). A folder whose data was
+preprocessed from other files or settings (a mask corrected in place, another images folder under the same name)
+is refused: its finished stages are that data's.
 
 Pipeline folder::
 
@@ -64,16 +66,26 @@ def run_pipeline(config: str | Path | dict[str, Any], *, overrides: dict[str, An
         raw, base, source = copy.deepcopy(config), Path.cwd(), None
     raw = _absolute_data_paths(apply_overrides(raw, overrides or {}), base)
     cfg = validate(raw, registry=registry, source=str(source) if source else None)  # every error, up front
+    _require_data(cfg, str(source) if source else None)  # before the pipeline folder is made
     folder = Path(folder).resolve() if folder is not None else Path(cfg.runs_dir).resolve() / cfg.name
     device = distributed.rank_device(cfg.train.device)
     with distributed.session(device, cfg.train.ddp_timeout):
-        distributed.run_on_main(lambda: _open_folder(folder, raw), stage=True)
+        distributed.run_on_main(lambda: _open_folder(folder, raw, cfg), stage=True)
         return _stages(cfg, raw, folder, registry, progress, checkpoint=checkpoint, finetune=finetune,
                        strict_versions=strict_versions)
 
 
-def _open_folder(folder: Path, raw: dict[str, Any]) -> None:
+def _require_data(cfg: Config, source: str | None) -> None:
+    """The data the stages will read, there: a typo fails now, not once a folder is made and data preprocessed."""
+    problems = [Problem(f"data.{key}", f"{value} does not exist; check the path") for key, value
+                in cfg.data.model_dump(exclude={"predictions"}).items() if value and not Path(value).exists()]
+    if problems:
+        raise ConfigError(problems, source=source)
+
+
+def _open_folder(folder: Path, raw: dict[str, Any], cfg: Config) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    _refuse_other_inputs(folder, cfg)  # before config.yaml, which a --resume reads, is replaced
     remove_stale_temporaries(folder)  # the pipeline folder is the pipeline's own: a kill's leftovers go
     atomic_write_text(folder / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
 
@@ -130,8 +142,58 @@ def _preprocess(cfg: Config, raw, folder: Path, state, registry, progress: bool)
                        max_dim=cfg.autoconfig.max_dim, max_pool=cfg.autoconfig.max_pool,
                        max_batch=cfg.autoconfig.max_batch, reader=cfg.reader.model_dump() if cfg.reader else None,
                        registry=registry)
-    state.done("preprocess", folder=str(out))
+    state.done("preprocess", folder=str(out), inputs=_inputs(cfg))
     return out
+
+
+PREPROCESS_KEYS = ("num_classes", "multilabel", "stack", "preprocessor", "reader", "autoconfig")
+
+
+def _inputs(cfg: Config) -> dict[str, Any]:
+    """What the pipeline's preprocessed data, hence its model, came from: the settings preprocessing reads and
+    each raw file's name, size and modification time (a mask corrected in place keeps its size)."""
+    return {**cfg.model_dump(mode="json", include=set(PREPROCESS_KEYS)),
+            "data.images": _listing(Path(cfg.data.images)), "data.masks": _listing(Path(cfg.data.masks))}
+
+
+def _listing(folder: Path) -> dict[str, Any]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else [folder]
+    return {"folder": str(folder), "files": {str(p.relative_to(folder)) if p != folder else p.name:
+                                             [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+
+
+def _refuse_other_inputs(folder: Path, cfg: Config) -> None:
+    """A pipeline folder whose data was preprocessed from other files or settings is refused: skipping its
+    finished stages would predict with a model of the other data, and re-running them would replace them."""
+    recorded = _State(folder / PIPELINE).data.get("preprocess", {}).get("inputs")
+    if not recorded or cfg.data.preprocessed or not (cfg.data.images and cfg.data.masks):
+        return  # made before inputs were recorded, or preprocessed elsewhere (train compares that folder)
+    changed = _differences(recorded, _inputs(cfg))
+    if changed:
+        raise InputError(f"{folder} was made from other data or settings than these ({'; '.join(changed)}): its "
+                         "preprocessed data, model and predictions are theirs. Give another --name to start a new "
+                         f"pipeline beside it, or remove {folder} to start this one over")
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if key.startswith("data.") and isinstance(before, dict) and isinstance(after, dict):
+            if before.get("folder") != after.get("folder"):
+                changed.append(f"{key}: {before.get('folder')} -> {after.get('folder')}")
+                continue
+            files_before, files_after = before.get("files", {}), after.get("files", {})
+            for what, names in (("added", sorted(set(files_after) - set(files_before))),
+                                ("removed", sorted(set(files_before) - set(files_after))),
+                                ("changed", sorted(n for n in set(files_before) & set(files_after)
+                                                   if files_before[n] != files_after[n]))):
+                if names:
+                    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                    changed.append(f"{key}: {what} {shown}")
+        elif before != after:
+            changed.append(f"{key}: {json.dumps(before)} -> {json.dumps(after)}")
+    return changed
 
 
 def _train(raw: dict[str, Any], prep_dir: Path, folder: Path, state, registry, *, finetune: str | Path | None,
@@ -151,6 +213,7 @@ def _train(raw: dict[str, Any], prep_dir: Path, folder: Path, state, registry, *
                        strict_versions=strict_versions)
         distributed.run_on_main(lambda: _install(staged, run_dir))
     elif has_checkpoint(run_dir / "checkpoints"):
+        _refuse_other_preprocessed(run_dir, prep_dir)
         changed = _changed_train(raw, run_dir)
         trained = read_yaml(run_dir / "config.yaml").get("train", {}).get("epochs", 0)
         extend = changed.get("train.epochs", 0) > trained
@@ -179,6 +242,14 @@ def _train(raw: dict[str, Any], prep_dir: Path, folder: Path, state, registry, *
     info = {"finetune": str(source)} if source is not None else {}
     state.done("train", run_dir=str(run_dir), **info)
     return run_dir
+
+
+def _refuse_other_preprocessed(run_dir: Path, prep_dir: Path) -> None:
+    """data.preprocessed pointed elsewhere since run/ trained: its model is another data's."""
+    ran = (read_yaml(run_dir / "config.yaml").get("data") or {}).get("preprocessed")
+    if ran and Path(ran).resolve() != prep_dir.resolve():
+        raise InputError(f"{run_dir} was trained on {ran}, not on data.preprocessed {prep_dir}: give another --name "
+                         f"to train on it in a new pipeline, or remove {run_dir.parent} to start this one over")
 
 
 def _changed_train(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
