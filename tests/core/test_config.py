@@ -114,3 +114,16 @@ def test_config_defaults_match_the_paper():
     assert cfg.train.scheduler == "cosine"
     # components are the stack's: the bare config names none, so the core names no other distribution's component
     assert cfg.stack is None and cfg.model is None and cfg.metrics is None
+
+
+def test_overrides_set_params_of_a_shorthand_envelope_null_and_refuse_a_value_as_a_section():
+    from biom3d.core.config import NULL, RESET, apply_overrides
+
+    raw = {"model": "unet3d-vgg-deep", "train": {"epochs": 3, "grad_clip": 1.0, "lr": 0.1}}
+    out = apply_overrides(raw, {"model.params.base_features": 8, "train.grad_clip": NULL, "train.lr": RESET,
+                                "train.epochs": None})
+    assert out == {"model": {"name": "unet3d-vgg-deep", "params": {"base_features": 8}},
+                   "train": {"epochs": 3, "grad_clip": None}}
+    assert raw["model"] == "unet3d-vgg-deep"  # a copy
+    with pytest.raises(ConfigError, match=r"train.epochs: is 3, not a section: train.epochs.x cannot be set"):
+        apply_overrides(raw, {"train.epochs.x": 1})

@@ -72,6 +72,33 @@ def test_a_write_from_another_origin_is_refused(client):
     assert client.post("/api/config/draft", json=form["form"], headers={"Origin": "http://testserver"}).status_code == 200
 
 
+def test_an_opaque_origin_or_a_missing_host_is_not_the_same_origin(client):
+    for headers in ({"Origin": "null"}, {"Origin": "http://", "Host": ""}):
+        answer = client.post("/api/config/draft", json={"name": "x"}, headers=headers)
+        assert answer.status_code == 403, headers
+
+
+def test_without_a_token_only_localhost_names_are_served(data, tmp_path):
+    """DNS rebinding: evil.example resolved to 127.0.0.1 makes the attacker's page same-origin with the server;
+    only the Host header tells them apart."""
+    client = make_client(data, tmp_path / "runs", token=None)
+    for host in ("localhost:8765", "127.0.0.1:8765", "[::1]:8765", "127.0.0.1"):
+        assert client.get("/api/browse", headers={"Host": host}).status_code == 200, host
+    for host in ("evil.example:8765", "evil.example", "192.168.1.5:8765"):
+        answer = client.get("/api/browse", headers={"Host": host})
+        assert answer.status_code == 403 and "only at localhost" in answer.json()["error"], host
+        draft = client.post("/api/config/draft", json={"name": "x"},
+                            headers={"Host": host, "Origin": f"http://{host}"})
+        assert draft.status_code == 403, host
+
+
+def test_another_apps_odd_cookie_does_not_hide_ours(anonymous):
+    ours = f"{cookie_name(TOKEN)}={TOKEN}"
+    for header in (f'jupyter="a b"; x={{"json": 1}}; {ours}', f"{ours}; other=1", f'bad cookie; {ours}'):
+        assert anonymous.get("/api/info", headers={"Cookie": header}).status_code == 200, header
+    assert anonymous.get("/api/info", headers={"Cookie": f"{cookie_name(TOKEN)}=wrong-token"}).status_code == 401
+
+
 def test_no_token_only_on_localhost():
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.1.2.3")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("myserver")
@@ -100,6 +127,9 @@ def test_token_from_the_environment_or_random():
         resolve_token(env={"BIOM3D_GUI_TOKEN": "short"})
     with pytest.raises(InputError, match="at least 8"):
         resolve_token(env={"BIOM3D_GUI_TOKEN": ""})
+    for odd in ("semi;colon-token", "plus+sign-token", 'quote"token-x', "per%cent-token"):  # the cookie or the
+        with pytest.raises(InputError, match="letters, digits and"):  # printed address would cut or change it
+            resolve_token(odd, env={})
 
 
 # -- paths ---------------------------------------------------------------------------------------------------

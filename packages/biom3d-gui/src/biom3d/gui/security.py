@@ -17,7 +17,6 @@ import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -51,10 +50,10 @@ def resolve_token(explicit: str | None = None, *, no_token: bool = False, env: d
     if token is None:
         return secrets.token_urlsafe(32)
     token = token.strip()
-    if len(token) < MIN_TOKEN_LENGTH or not re.fullmatch(r"[\x21-\x7e]+", token):
-        where = "--token" if explicit is not None else f"${TOKEN_ENV}"
-        raise InputError(f"{where} must be at least {MIN_TOKEN_LENGTH} printable characters without spaces; unset "
-                         "it to get a random token printed at start")
+    if len(token) < MIN_TOKEN_LENGTH or not re.fullmatch(r"[A-Za-z0-9._~-]+", token):
+        where = "--token" if explicit is not None else f"${TOKEN_ENV}"  # what an address and a cookie carry as is
+        raise InputError(f"{where} must be at least {MIN_TOKEN_LENGTH} characters among letters, digits and . _ ~ -; "
+                         "unset it to get a random token printed at start")
     return token
 
 
@@ -175,6 +174,14 @@ class TokenGate:
             await _plain(send, 403, json.dumps({"error": "cross-origin request refused"}), "application/json")
             return
         if self.token is None:
+            # without a token the Host must name this machine: a page elsewhere whose name resolves to 127.0.0.1
+            # (DNS rebinding) is then its own origin, and would otherwise read and drive the server
+            if not is_loopback(_hostname(headers.get("host", ""))):
+                await _plain(send, 403, json.dumps({"error": "this server has no token, so it answers only at "
+                                                             "localhost or 127.0.0.1 (the Host header names "
+                                                             f"{headers.get('host', '')!r}); restart it with a token "
+                                                             "to serve it under another name"}), "application/json")
+                return
             await self.app(scope, receive, send)
             return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -251,21 +258,32 @@ def _presented(headers: dict[str, str], cookie: str) -> str:
         return auth[7:].strip()
     if headers.get("x-biom3d-token"):
         return headers["x-biom3d-token"].strip()
-    jar = SimpleCookie()
-    try:
-        jar.load(headers.get("cookie", ""))
-    except Exception:
-        return ""
-    return jar[cookie].value if cookie in jar else ""
+    # by hand, not SimpleCookie: it stops at the first cookie it cannot parse, and cookies are per host, not per
+    # port, so another localhost app's odd cookie would hide ours
+    for part in headers.get("cookie", "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == cookie:
+            return value.strip().strip('"')
+    return ""
 
 
 def _same_origin(headers: dict[str, str]) -> bool:
-    """No Origin (curl, same-origin GET) or one whose host is the one asked for (directly or via a proxy)."""
+    """No Origin (curl, same-origin GET) or one whose host is the one asked for (directly or via a proxy); an
+    opaque origin ("null": a sandboxed frame, a file) is another's."""
     origin = headers.get("origin")
     if not origin:
         return True
     host = urlsplit(origin).netloc.lower()
-    return host in {headers.get("host", "").lower(), headers.get("x-forwarded-host", "").lower()}
+    asked = {headers.get("host", "").lower(), headers.get("x-forwarded-host", "").lower()} - {""}
+    return bool(host) and host in asked
+
+
+def _hostname(host: str) -> str:
+    """A Host header's name without its port (``[::1]:8765`` -> ``::1``)."""
+    host = host.strip()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _with_headers(send: Any) -> Any:
