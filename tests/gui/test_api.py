@@ -180,6 +180,24 @@ def test_a_name_in_use_is_refused(trained, data):
     assert answer.status_code == 422 and "exists already" in _fields(answer)["name"]
 
 
+def test_a_name_the_server_keeps_for_itself_is_refused(client, data):
+    for name in ("predictions", "evaluations", "uploads"):  # a run there would never be listed
+        answer = client.post("/api/train", json={"form": _form(data, name=name)})
+        assert answer.status_code == 422 and "folder this server keeps" in _fields(answer)["name"], name
+
+
+def test_a_training_that_fails_before_its_folder_exists_stays_listed_with_its_error(client, data):
+    answer = client.post("/api/train", json={"form": _form(data, name="nodevice", device="cuda:7")})
+    assert answer.status_code == 200, answer.text
+    job = wait_job(client, answer.json()["job"]["id"], timeout=120)
+    assert job["state"] == "failed" and "cuda" in job["message"].lower(), job
+    assert not (client.app.state.gui.runs_dir / "nodevice").exists()
+    listed = {r["id"]: r for r in client.get("/api/runs").json()}
+    assert listed["nodevice"]["status"] == "failed" and listed["nodevice"]["message"] == job["message"]
+    detail = client.get("/api/runs/nodevice").json()
+    assert detail["status"] == "failed" and detail["message"] == job["message"] and detail["job_log"]
+
+
 def test_resume_a_finished_run_only_with_more_epochs(trained):
     client, run, _ = trained
     refused = client.post(f"/api/runs/{run}/resume", json={})

@@ -206,3 +206,73 @@ def test_a_biologist_trains_predicts_and_downloads_a_mask_in_the_browser(server,
     # the browser logs the refusal of step 2 and the one failed request
     expected = [e for e in errors if "status of 422" in e or "status of 503" in e]
     assert len(expected) == 2 and [e for e in errors if e not in expected] == [], errors
+
+
+def test_late_answers_do_not_show_another_run_or_send_another_patch(server, data, tmp_path):
+    """Answers come back in any order: the run opened last is the one shown, and Start waits for the plan of the
+    patch in the fields (a patch without a plan is refused next to its field, not dropped)."""
+    url, runs = server
+    for name, epochs in (("run-a", 4), ("run-b", 6)):  # two finished-looking pipeline folders
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.yaml").write_text(yaml.safe_dump({"name": name, "train": {"epochs": epochs}}))
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            page.set_default_timeout(30_000)
+            page.goto(url + "#runs")
+            page.wait_for_selector("body[data-ready='1']")
+
+            held = []
+            page.route("**/api/runs/run-a", lambda route: held.append(route))
+            page.click("#runs-table a:text-is('run-a')")
+            while not held:
+                page.wait_for_timeout(50)
+            page.click("#runs-table a:text-is('run-b')")
+            expect(page.locator("#run-title")).to_have_text("run-b")
+            expect(page.locator("#run-more")).to_have_value("12")  # run-b's epochs x 2
+            with page.expect_response("**/api/runs/run-a"):
+                held[0].continue_()
+            page.wait_for_timeout(300)  # what the page does with the late answer, if anything
+            expect(page.locator("#run-title")).to_have_text("run-b")
+            expect(page.locator("#run-more")).to_have_value("12")
+            page.unroute("**/api/runs/run-a")
+
+            sent = []  # the training requests, answered by the test (nothing trains)
+            page.route("**/api/train", lambda route: (sent.append(route.request.post_data_json),
+                                                      route.fulfill(status=422, json={"error": "held by the test"})))
+            page.click("button[data-tab='data']")
+            page.fill("#images", str(data / "train" / "images"))
+            page.fill("#masks", str(data / "train" / "masks"))
+            page.click("button[data-tab='train']")
+            page.fill("#name", "late")
+            page.fill("#patch-0", "16")
+            page.fill("#patch-1", "16")
+            page.fill("#patch-2", "16")
+            page.dispatch_event("#patch-2", "change")
+            page.click("#start")  # no scan, so no plan: refused here, not trained with the auto-configuration's
+            expect(page.locator("#err-patch_size")).to_contain_text("scan the data first")
+            assert sent == []
+
+            page.click("button[data-tab='data']")
+            page.click("#scan")
+            page.wait_for_selector("#scan-files tbody tr:nth-child(3)")
+            page.click("#to-train")
+            planned = []
+            page.route("**/api/autoconfig", lambda route: planned.append(route))
+            for i, side in enumerate((16, 16, 16)):
+                page.fill(f"#patch-{i}", str(side))
+            page.dispatch_event("#patch-2", "change")
+            while not planned:
+                page.wait_for_timeout(50)
+            page.click("#start")  # while the plan is on its way
+            page.wait_for_timeout(500)
+            assert sent == []  # Start waits for it
+            with page.expect_request("**/api/train"):
+                for route in planned:
+                    route.continue_()
+            page.unroute("**/api/autoconfig")
+        finally:
+            browser.close()
+    (form,) = [body["form"] for body in sent]
+    assert form["patch_size"] == [16, 16, 16] and form["aug_patch_size"] == [28, 28, 28], form

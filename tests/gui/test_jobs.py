@@ -127,3 +127,65 @@ def test_a_job_that_ignores_sigint_is_stopped_without_waiting_the_grace_period(t
     assert _until(lambda: job.state == "stopped")
     # well under the grace period (a loaded machine may take seconds), which a SIGINT first would have used up
     assert time.time() - start < STOP_GRACE_S - 2 and job.returncode == -signal.SIGTERM
+
+
+HOLDER = """
+import sys, time
+from biom3d.gui.jobs import JobManager
+JobManager(sys.argv[1])
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_server_process_on_the_same_runs_folder_is_refused(tmp_path):
+    """Both would start the queued jobs (each holds them in memory), so a queued training would run twice."""
+    import pytest
+
+    from biom3d.core.errors import InputError
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              encoding="utf-8", errors="replace")
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(InputError, match=f"another biom3d gui \\(pid {holder.pid}\\) serves the runs folder"):
+            JobManager(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    jobs = JobManager(tmp_path)  # its holder gone (even killed), the folder is free
+    same_process = JobManager(tmp_path)  # a second manager of this process shares the claim
+    jobs.close()
+    same_process.close()
+
+
+def test_two_submits_for_one_run_at_once_start_one_job(tmp_path):
+    import threading
+
+    import pytest
+
+    from biom3d.core.errors import InputError
+
+    jobs = JobManager(tmp_path)
+    outcomes, gate = [], threading.Barrier(4)
+
+    def submit():
+        gate.wait()
+        try:
+            outcomes.append(jobs.submit("train", SLEEP, lane="cpu", title="twice", target={"run": "r"}, unique="run"))
+        except InputError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    started = [o for o in outcomes if not isinstance(o, Exception)]
+    try:
+        assert len(started) == 1 and all("has a job running already" in str(o) for o in outcomes if o not in started)
+        with pytest.raises(InputError, match="run 'r' has a job"):
+            jobs.submit("resume", SLEEP, lane="cuda:0", title="other lane", target={"run": "r"}, unique="run")
+    finally:
+        jobs.stop(started[0].id)
+        assert _until(lambda: started[0].state == "stopped")

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from biom3d.core.errors import Biom3dError, ConfigError, Problem
+from biom3d.gui.runs import OWN_FOLDERS
 from biom3d.gui.security import Roots
 
 #: the form's field -> the config key it sets (the page shows a problem of that key next to that field)
@@ -139,6 +140,9 @@ def check(raw: dict[str, Any], *, roots: Roots, runs_dir: Path, registry=None, n
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name or ""):
         if not any(p.path == "name" for p in problems):
             problems.append(Problem("name", "give the run a name: letters, digits, '_', '.', '-'"))
+    elif name in OWN_FOLDERS:
+        problems.append(Problem("name", f"{name!r} is the name of a folder this server keeps beside the runs; choose "
+                                "another name"))
     elif new_run and (Path(runs_dir) / name).exists():
         problems.append(Problem("name", f"a run named {name!r} exists already; resume it from the Runs tab, or "
                                 "choose another name"))

@@ -6,7 +6,8 @@ it, and stopping it stops its data-loader workers too (SIGINT, then SIGTERM, the
 this is untested, Ctrl-Break then TerminateProcess). Every job is a
 JSON record in ``<state>/jobs/`` written atomically, with its output in ``<id>.log``, so a restarted server
 shows what ran, adopts the jobs still running (checked by pid and process start time, so a reused pid is not
-mistaken for one) and starts the queued ones.
+mistaken for one) and starts the queued ones. One server process at a time holds a runs folder's jobs (a lock
+file): a second would start the queued jobs the first starts too, and rewrite its records.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 from biom3d.core import processes
 from biom3d.core.atomic import atomic_write_text
+from biom3d.core.errors import InputError
 
 ACTIVE = ("queued", "running")
 WINDOWS = os.name == "nt"  # jobs are followed through their Popen objects only (none adopted after a restart)
@@ -72,7 +74,14 @@ class JobManager:
         self._lock = threading.RLock()
         self._jobs: dict[str, Job] = {}
         self._procs: dict[str, subprocess.Popen] = {}
+        self._claim = _claim_folder(self.folder)
         self._recover()
+
+    def close(self) -> None:
+        """Let another server take these jobs (the jobs themselves go on)."""
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            _release_folder(claim)
 
     # -- queries -------------------------------------------------------------------------------------------
     def list(self) -> list[Job]:
@@ -113,10 +122,16 @@ class JobManager:
 
     # -- actions -------------------------------------------------------------------------------------------
     def submit(self, kind: str, argv: Sequence[str], *, lane: str, title: str,
-               target: dict[str, Any] | None = None) -> Job:
-        job = Job(id=time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6], kind=kind, title=title,
-                  argv=[str(a) for a in argv], lane=lane, target=dict(target or {}))
+               target: dict[str, Any] | None = None, unique: str | None = None) -> Job:
+        """Queue a job; with ``unique`` (a key of ``target``), refused while an active job has the same value
+        there: two requests at once (a double click) both pass a route's own check, not this one."""
+        job = Job(id=new_id(), kind=kind, title=title, argv=[str(a) for a in argv], lane=lane,
+                  target=dict(target or {}))
         with self._lock:
+            other = self.active_for(unique, job.target[unique]) if unique else None
+            if other is not None:
+                raise InputError(f"{unique} {job.target[unique]!r} has a job {other.state} already ({other.title}, "
+                                 f"{other.id}); wait for it or stop it first")
             self._jobs[job.id] = job
             self._save(job)
             self._schedule()
@@ -243,6 +258,58 @@ class JobManager:
                     job.message = "its process ended while no server watched it (see the run's state)"
                     self._save(job)
         self._schedule()
+
+
+def new_id() -> str:
+    """A job's (or an output's) id: its time, readable, and random hex, so that two in one second differ."""
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+# folder -> [open lock file, how many managers of this process use it]: flock is per open file, so a second
+# manager in the same process (a test, an embedding app) shares the claim instead of refusing itself
+_CLAIMS: dict[Path, list] = {}
+_CLAIMS_LOCK = threading.Lock()
+
+
+def _claim_folder(folder: Path) -> Path | None:
+    """Hold ``folder/.server.lock`` for this process, or refuse naming the server that holds it."""
+    if WINDOWS:  # no flock; one server per runs folder is then the user's to keep
+        return None
+    import fcntl
+
+    folder = folder.resolve()
+    with _CLAIMS_LOCK:
+        if folder in _CLAIMS:
+            _CLAIMS[folder][1] += 1
+            return folder
+        handle = open(folder / ".server.lock", "a+", encoding="utf-8")  # noqa: SIM115  (held for the server's life)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            runs = folder.parent.parent
+            raise InputError(f"another biom3d gui ({holder}) serves the runs folder {runs}: open its address, or stop "
+                             "it first; a second server would start its queued jobs twice. Give this one another "
+                             "--runs-dir to keep both") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        _CLAIMS[folder] = [handle, 1]
+        return folder
+
+
+def _release_folder(folder: Path) -> None:
+    with _CLAIMS_LOCK:
+        claim = _CLAIMS.get(folder)
+        if claim is None:
+            return
+        claim[1] -= 1
+        if claim[1] == 0:
+            del _CLAIMS[folder]
+            claim[0].close()  # closing the file releases the lock
 
 
 def _alive(pid: int | None, start: str | None) -> bool:

@@ -22,15 +22,16 @@ from biom3d.core.errors import DataError
 COLOURS = np.array([[230, 60, 50], [40, 200, 90], [60, 120, 240], [240, 200, 40], [200, 80, 220], [40, 210, 220]],
                    dtype=np.float32)
 ALPHA = 0.45
-CACHE_SIZE = 4
-_cache: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
+CACHE_SIZE, CACHE_BYTES = 4, 2**30  # the volumes a slider moves through, read once (a light-sheet stack may not fit)
+# (path, mtime, size, as labels) -> (the volume, its foreground labels: one np.unique per mask, not per slice)
+_cache: OrderedDict[tuple[str, int, int, bool], tuple[np.ndarray, list[int]]] = OrderedDict()
 _lock = threading.Lock()
 
 
 def render(image: Path, mask: Path | None = None, *, index: int | None = None, registry=None) -> tuple[bytes, dict[str, Any]]:
     """PNG bytes and facts (``slice``, ``depth``, ``shape``) of slice ``index`` (default: see module doc)."""
-    volume = _volume(image, registry, labels=False)
-    labels = _volume(mask, registry, labels=True) if mask is not None else None
+    volume, _ = _volume(image, registry, labels=False)
+    labels, values = _volume(mask, registry, labels=True) if mask is not None else (None, [])
     if labels is not None and labels.shape != volume.shape:
         raise DataError(f"{mask} has shape {list(labels.shape)} but {image} has {list(volume.shape)}: they are not "
                         "an image and its mask")
@@ -39,7 +40,6 @@ def render(image: Path, mask: Path | None = None, *, index: int | None = None, r
         area = (labels > 0).reshape(depth, -1).sum(1) if labels is not None else np.zeros(depth)
         index = int(np.argmax(area)) if area.any() else depth // 2
     index = min(max(int(index), 0), depth - 1)
-    values = [int(v) for v in np.unique(labels) if v > 0] if labels is not None else []
     rgb = overlay(volume[index], None if labels is None else labels[index], values)
     return png(rgb), {"slice": index, "depth": depth, "shape": list(volume.shape)}
 
@@ -69,21 +69,25 @@ def png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _volume(path: Path, registry, *, labels: bool) -> np.ndarray:
-    """(D, H, W): a 2D image as one slice; channels: the first one (images) or labels from one-hot (masks)."""
+def _volume(path: Path, registry, *, labels: bool) -> tuple[np.ndarray, list[int]]:
+    """(D, H, W): a 2D image as one slice; channels: the first one (images) or labels from one-hot (masks);
+    and a mask's foreground labels."""
     path = Path(path)
     stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    key = (str(path), stat.st_mtime_ns, stat.st_size, labels)  # a file read as an image differs as a mask
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
     array = _spatial(_read(path, registry), labels=labels)
+    entry = array, [int(v) for v in np.unique(array) if v > 0] if labels else []
     with _lock:
-        _cache[key] = array
-        while len(_cache) > CACHE_SIZE:
+        _cache[key] = entry
+        while len(_cache) > CACHE_SIZE or (len(_cache) > 1 and sum(a.nbytes for a, _ in _cache.values()) > CACHE_BYTES):
             _cache.popitem(last=False)
-    return array
+        if array.nbytes > CACHE_BYTES:
+            _cache.pop(key, None)
+    return entry
 
 
 def _read(path: Path, registry) -> tuple[np.ndarray, str | None]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,10 @@ from pydantic import BaseModel, ConfigDict
 
 from biom3d.core.errors import ConfigError, InputError, Problem
 from biom3d.gui import configs, runs
+from biom3d.gui.jobs import new_id
 
 RUN_FILES = ("curves.png", "log.csv", "config.yaml")
+FOLDERLESS = ("queued", "running", "failed")  # a training listed by its job alone: no run folder yet, or ever
 
 
 class TrainRequest(BaseModel):
@@ -85,24 +86,30 @@ def add_routes(app: FastAPI, state) -> None:  # noqa: C901  (one closure per rou
         raw = configs.prepare(raw, roots=state.roots, runs_dir=state.runs_dir)
         from biom3d.core.atomic import atomic_write_text
 
-        path = state.state_dir / "configs" / f"{raw['name']}.yaml"
+        path = state.state_dir / "configs" / f"{raw['name']}-{new_id()}.yaml"  # its own: a refused twin leaves it be
         atomic_write_text(path, "# Written by biom3d gui\n" + configs.to_yaml(raw))
         device = (raw.get("train") or {}).get("device", "auto")
-        job = jobs.submit("train", state.cli("run", path), lane=lane(device), title=f"train {raw['name']}",
-                          target={"run": raw["name"]})
+        try:
+            job = jobs.submit("train", state.cli("run", path), lane=lane(device), title=f"train {raw['name']}",
+                              target={"run": raw["name"]}, unique="run")
+        except InputError:
+            path.unlink(missing_ok=True)
+            raise
         return {"job": job.public(), "run": raw["name"]}
 
     @app.get("/api/runs")
     def list_runs() -> list[dict[str, Any]]:
         found = [run_status(r) for r in runs.list_runs(state.runs_dir)]
         listed = {r["id"] for r in found}
-        for job in jobs.list():  # a job whose run folder does not exist yet (queued, just started)
-            name = job.target.get("run")
-            if job.kind == "train" and job.state in ("queued", "running") and name and name not in listed:
+        for job in jobs.list():  # a training whose run folder does not exist (yet: queued, starting; or it failed
+            name = job.target.get("run")  # before writing it, e.g. a device that is not there)
+            if job.kind == "train" and name and name not in listed and job.state in FOLDERLESS:
                 found.insert(0, {"id": name, "name": name, "kind": "pipeline", "status": job.state, "epochs": None,
                                  "epochs_done": 0, "best": {}, "job": job.id, "resumable": False,
-                                 "has_checkpoint": False, "snapshots": [], "modified": job.created})
-                listed.add(name)
+                                 "has_checkpoint": False, "snapshots": [], "modified": job.created,
+                                 "message": job.message})
+            if name:
+                listed.add(name)  # newest first: an older job of the name says nothing more
         return found
 
     @app.get("/api/runs/{run_id}")
@@ -112,12 +119,12 @@ def add_routes(app: FastAPI, state) -> None:  # noqa: C901  (one closure per rou
         if (state.runs_dir / run_id / "config.yaml").is_file():
             folder = runs.run_folder(state.runs_dir, run_id)
         else:
-            job = jobs.active_for("run", run_id)
-            if job is None:
+            job = jobs.last_for("run", run_id)
+            if job is None or job.kind != "train" or job.state not in FOLDERLESS:
                 raise runs.NotFound(f"no run named {run_id!r}")
             return {"id": run_id, "name": run_id, "status": job.state, "log": [], "metrics": [], "snapshots": [],
                     "job": job.id, "job_log": jobs.tail(job), "resumable": False, "best": {}, "epochs_done": 0,
-                    "epochs": None}  # started, its folder not written yet
+                    "epochs": None, "message": job.message}  # started, its folder not written yet (or never)
         info = runs.read_run(folder)
         if info is None:
             raise InputError(f"{run_id!r} is not a run")
@@ -146,12 +153,13 @@ def add_routes(app: FastAPI, state) -> None:  # noqa: C901  (one closure per rou
         if info is None:
             raise InputError(f"{run_id!r} is not a run")
         if jobs.active_for("run", run_id):
-            raise InputError(f"run {run_id!r} is training already")
+            raise InputError(f"run {run_id!r} is training already")  # submit checks again, with the queue held
         if info.status == "finished" and not (req.epochs and info.epochs and req.epochs > info.epochs):
             raise InputError(f"run {run_id!r} is finished; ask for more epochs than its {info.epochs} to train it further")
         extra = ["--epochs", str(req.epochs)] if req.epochs else []
         argv = state.cli("run" if info.kind == "pipeline" else "train", "--resume", folder, *extra)
-        job = jobs.submit("resume", argv, lane=lane(info.device), title=f"resume {run_id}", target={"run": run_id})
+        job = jobs.submit("resume", argv, lane=lane(info.device), title=f"resume {run_id}", target={"run": run_id},
+                          unique="run")
         return {"job": job.public(), "run": run_id}
 
     @app.get("/api/jobs")
@@ -186,7 +194,7 @@ def add_routes(app: FastAPI, state) -> None:  # noqa: C901  (one closure per rou
         source = state.roots.check(req.input, what="input")
         if req.checkpoint not in (None, "best", "last"):
             raise InputError("checkpoint: best or last")
-        out_id = time.strftime("%Y%m%d-%H%M%S-") + req.runs[0][:40]
+        out_id = new_id() + "-" + req.runs[0][:40]
         output = state.runs_dir / "predictions" / out_id
         argv = state.cli("predict", *run_dirs, "--input", source, "--output", output, "--device", req.device)
         argv += [] if req.tta is None else ["--tta" if req.tta else "--no-tta"]
@@ -222,7 +230,7 @@ def add_routes(app: FastAPI, state) -> None:  # noqa: C901  (one closure per rou
     def evaluate(req: EvalRequest) -> dict[str, Any]:
         pred = state.roots.check(req.pred, what="predictions folder")
         truth = state.roots.check(req.truth, what="ground-truth folder")
-        csv_path = state.runs_dir / "evaluations" / (time.strftime("%Y%m%d-%H%M%S-") + pred.name[:40] + ".csv")
+        csv_path = state.runs_dir / "evaluations" / f"{new_id()}-{pred.name[:40]}.csv"
         argv = state.cli("eval", "--pred", pred, "--truth", truth, "--csv", csv_path)
         argv += ["--num-classes", str(req.num_classes)] if req.num_classes else []
         job = jobs.submit("eval", argv, lane="eval", title=f"evaluate {pred.name} against {truth.name}",

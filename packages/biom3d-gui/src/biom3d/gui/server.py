@@ -9,6 +9,7 @@ request) that does not validate.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -77,7 +78,13 @@ def create_app(roots: Sequence[Path], token: str | None, runs_dir: Path, *,
 
     state = State(roots, token, runs_dir, max_upload_bytes=max_upload_bytes, jobs_per_device=jobs_per_device,
                   registry=registry, python=python)
-    app = FastAPI(title="biom3d", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        state.jobs.close()  # another server may take the runs folder's jobs now
+
+    app = FastAPI(title="biom3d", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
     app.state.gui = state
     _error_handlers(app)
     app.add_middleware(BodyLimit, limit=max_upload_bytes)
@@ -260,9 +267,13 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, roots: Sequence[Pat
     check_bind(host, token)
     roots = [Path(r) for r in roots] or [Path.cwd()]
     runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs")
-    app = create_app(roots, token, runs_dir, max_upload_bytes=int(max_upload_mb * 2**20),
-                     jobs_per_device=jobs_per_device)
-    sock = bind(host, port)
+    sock = bind(host, port)  # first: a port in use must not have started the runs folder's queued jobs
+    try:
+        app = create_app(roots, token, runs_dir, max_upload_bytes=int(max_upload_mb * 2**20),
+                         jobs_per_device=jobs_per_device)
+    except BaseException:
+        sock.close()
+        raise
     url = address(host, sock.getsockname()[1], token)
     state: State = app.state.gui
     print(f"biom3d gui {__version__}: sharing {', '.join(r['path'] for r in state.roots.as_list())}", flush=True)
@@ -275,6 +286,7 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, roots: Sequence[Pat
         server.run(sockets=[sock])
     finally:
         running = state.jobs.shutdown()
+        state.jobs.close()
         if running:
             print(f"{len(running)} job(s) still running: start `biom3d gui` again with the same runs folder to "
                   "see them, or stop them there", flush=True)
@@ -303,7 +315,6 @@ def address(host: str, port: int, token: str | None) -> str:
 
 
 def _open_browser(url: str) -> None:
-    import contextlib
     import webbrowser
 
     with contextlib.suppress(Exception):  # no browser on a server: the printed address is enough

@@ -7,8 +7,8 @@ const POLL_MS = 2000, JOB_POLL_MS = 1500;  // how often a running run's page and
 const RETRY_MS = 5000;  // after a failed request: the next try, not the end of following
 // a request worth trying again: the network or the server failed (restarting, busy), not the request itself
 const transient = (e) => !e.status || e.status >= 500;
-const state = { info: null, scan: null, runs: [], run: null, patchEdited: false, patchAsked: 0, plan: null, upload: "",
-                lastPrediction: null, timers: {} };
+const state = { info: null, scan: null, runs: [], run: null, patchEdited: false, patchAsked: 0, plan: null, planFor: null,
+                planning: null, planError: null, upload: "", lastPrediction: null, moreFor: null, timers: {}, following: {} };
 
 // -- helpers -----------------------------------------------------------------------------------------------
 class ApiError extends Error {
@@ -201,7 +201,7 @@ function renderScan(result) {
 
 function prefillTraining(result) {
   if (!result.plan) return;
-  state.plan = result.plan; state.patchEdited = false;
+  state.plan = result.plan; state.patchEdited = false; state.planError = null; state.patchAsked++;  // earlier edits' answers: stale
   result.plan.patch_size.forEach((v, i) => { $("patch-" + i).value = v; });
   $("batch_size").value = result.plan.batch_size;
   $("patch-info").textContent = `poolings ${fmt(result.plan.num_pools)} (auto-configuration)`;
@@ -228,18 +228,33 @@ function trainForm() {
 
 async function patchChanged() {
   const patch = [0, 1, 2].map((i) => num("patch-" + i));
-  if (!state.scan || !state.scan.fingerprint || !patch.every((v) => v)) return;
+  if (!patch.every((v) => v)) return;
+  if (!state.scan || !state.scan.fingerprint) { $("err-patch_size").textContent = NEEDS_SCAN; return; }
   $("err-patch_size").textContent = "";
   // edits in a row ask in a row, and the answers may come back in another order: the last edit's decides
   const asked = ++state.patchAsked;
-  try {
-    const plan = await api("autoconfig", { median_shape: state.scan.fingerprint.median_shape, num_images: state.scan.fingerprint.num_images,
-                                           patch_size: patch, max_dim: num("max_dim") || 128 });
-    if (asked !== state.patchAsked) return;
-    state.plan = plan; state.patchEdited = true;
-    const adjusted = plan.patch_size.some((v, i) => v !== patch[i]);
-    $("patch-info").textContent = `poolings ${fmt(plan.num_pools)}` + (adjusted ? `; will train with ${fmt(plan.patch_size)} (a multiple of the poolings)` : "");
-  } catch (e) { if (asked === state.patchAsked) $("err-patch_size").textContent = e.message; }
+  state.planning = (async () => {
+    try {
+      const plan = await api("autoconfig", { median_shape: state.scan.fingerprint.median_shape, num_images: state.scan.fingerprint.num_images,
+                                             patch_size: patch, max_dim: num("max_dim") || 128 });
+      if (asked !== state.patchAsked) return;
+      state.plan = plan; state.patchEdited = true; state.planFor = patch.join(","); state.planError = null;
+      const adjusted = plan.patch_size.some((v, i) => v !== patch[i]);
+      $("patch-info").textContent = `poolings ${fmt(plan.num_pools)}` + (adjusted ? `; will train with ${fmt(plan.patch_size)} (a multiple of the poolings)` : "");
+    } catch (e) { if (asked === state.patchAsked) { state.planError = e.message; $("err-patch_size").textContent = e.message; } }
+  })();
+  await state.planning;
+}
+const NEEDS_SCAN = "scan the data first: the poolings and the rotation patch follow from the patch size and the data";
+
+// The patch in the fields has a plan (the scan's, or the last edit's answer): else training would take another.
+function patchPlanned() {
+  const typed = [0, 1, 2].map((i) => num("patch-" + i));
+  if (!typed.some((v) => v !== null)) return true;  // empty: preprocessing chooses
+  const planned = state.plan && (state.patchEdited ? state.planFor : state.plan.patch_size.join(","));
+  if (typed.join(",") === planned) return true;
+  $("err-patch_size").textContent = state.planError || (state.scan ? "this patch size has no plan yet: change it again" : NEEDS_SCAN);
+  return false;
 }
 
 async function startTraining(event) {
@@ -248,6 +263,10 @@ async function startTraining(event) {
   const useYaml = $("use-yaml").checked && $("yaml").value.trim();
   $("start").disabled = true;
   try {
+    if (!useYaml) {
+      await state.planning;  // an edit's plan still on its way: the one this form sends
+      if (!patchPlanned()) { say("the patch size needs fixing: see the message next to it"); return; }
+    }
     const result = await api("train", useYaml ? { yaml: $("yaml").value } : { form: trainForm() });
     say(`training ${result.run} started`, true);
     $("name").value = "";
@@ -305,11 +324,13 @@ async function selectRun(id) { state.run = id; await refreshRuns(); }
 async function loadRun(id) {
   let run;
   try { run = await api("runs/" + encodeURIComponent(id)); } catch (e) {
-    if (e.status === 404) return;
+    if (id !== state.run) return;
+    if (e.status === 404) { $("run-detail").hidden = true; say(`run ${id} is gone: ${e.message}`); return; }
     say(e.message);
     if (transient(e)) pollRuns(RETRY_MS);
     return;
   }
+  if (id !== state.run) return;  // another run was opened meanwhile: its own answer shows it
   $("run-detail").hidden = false;
   $("run-title").textContent = run.name && run.name !== run.id ? `${run.id} (${run.name})` : run.id;
   const active = run.status === "running" || run.status === "queued";
@@ -321,7 +342,7 @@ async function loadRun(id) {
   $("run-resume").hidden = !run.resumable;
   $("run-extend").hidden = active || run.status !== "finished";
   $("run-more").parentElement.hidden = $("run-extend").hidden;
-  if (!$("run-more").value && run.epochs) $("run-more").value = run.epochs * 2;
+  if (state.moreFor !== run.id && run.epochs) { $("run-more").value = run.epochs * 2; state.moreFor = run.id; }
   $("run-predict").hidden = !run.has_checkpoint;
   state.runJob = run.job;
   drawChart($("chart-loss"), [series(run.log, "train_loss", "#2f6fdf"), series(run.log, "val_loss", "#e0772f")], {});
@@ -390,11 +411,14 @@ function drawChart(svg, all, opts) {
 }
 
 async function runAction(action) {
+  const buttons = ["run-stop", "run-resume", "run-extend"].map($);
+  if (buttons.some((b) => b.disabled)) return;  // one request at a time: a double click would ask twice
+  buttons.forEach((b) => { b.disabled = true; });
   try {
     if (action === "stop") { await api(`jobs/${encodeURIComponent(state.runJob)}/stop`, {}); say("stopping… (it finishes its current step)", true); }
     if (action === "resume") { await api(`runs/${encodeURIComponent(state.run)}/resume`, {}); say("resumed", true); }
     if (action === "extend") { await api(`runs/${encodeURIComponent(state.run)}/resume`, { epochs: num("run-more") }); say("training further", true); }
-  } catch (e) { say(e.message); }
+  } catch (e) { say(e.message); } finally { buttons.forEach((b) => { b.disabled = false; }); }
   setTimeout(refreshRuns, 500);
 }
 
@@ -438,13 +462,17 @@ function renderPrediction(job) {
 // Poll a job until it ends; ``done`` gets the finished job.
 function followJob(id, line, done) {
   clearTimeout(state.timers["job-" + line.id]);
+  // a tick of the job this line followed before may be on its way: it ends there instead of re-arming
+  const turn = state.following[line.id] = (state.following[line.id] || 0) + 1;
   const tick = async () => {
     let job;
     try { job = await api("jobs/" + encodeURIComponent(id)); } catch (e) {
+      if (turn !== state.following[line.id]) return;
       line.textContent = e.message;
       if (transient(e)) state.timers["job-" + line.id] = setTimeout(tick, RETRY_MS);
       return;
     }
+    if (turn !== state.following[line.id]) return;
     const last = (job.log || []).slice(-1)[0] || "";
     line.replaceChildren(el("span", { class: "status status-" + job.state, text: job.state }), " " + job.title + (job.state === "running" ? " — " + last : job.message ? " — " + job.message : ""));
     if (job.state === "queued" || job.state === "running") state.timers["job-" + line.id] = setTimeout(tick, JOB_POLL_MS);
