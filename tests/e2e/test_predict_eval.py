@@ -221,3 +221,24 @@ def test_fast_on_a_predictor_without_a_fast_mode_is_an_input_error_naming_it():
     with pytest.raises(InputError, match=r"--fast: predictor 'acme/tiles' has no fast mode.*overlap"):
         predictor_overrides(spec, tta=None, overlap=None, fast=True)
     assert predictor_overrides(spec, tta=None, overlap=0.3, fast=None) == {"tta": None, "overlap": 0.3}
+
+
+def test_eval_without_num_classes_reads_the_classes_of_the_whole_dataset(tmp_path):
+    """A file of a three-class set holding only label 2 is class 2, not a binary mask (it was scored as class 1)."""
+    from tests.e2e.conftest import write_tiff
+
+    many = np.zeros(SHAPE, np.uint8)
+    many[2:6, 2:6, 2:6], many[8:12, 8:12, 8:12], many[1:3, 12:16, 12:16] = 1, 2, 3
+    only_two = np.zeros(SHAPE, np.uint8)
+    only_two[4:10, 4:10, 4:10] = 2
+    for side in ("pred", "truth"):
+        write_tiff(tmp_path / side / "many.tif", many)
+        write_tiff(tmp_path / side / "two.tif", only_two)
+    report = evaluate(tmp_path / "pred", tmp_path / "truth")
+    assert report.classes == [1, 2, 3]
+    assert all(row["dice"] == 1.0 for row in report.rows)  # a prediction equal to its truth, class by class
+    wrong = only_two.copy()
+    wrong[wrong == 2] = 1  # the right region under the wrong class
+    write_tiff(tmp_path / "pred" / "two.tif", wrong)
+    rows = {(r["file"], r["class"]): r["dice"] for r in evaluate(tmp_path / "pred", tmp_path / "truth").rows}
+    assert rows[("two", 2)] == 0.0 and rows[("two", 1)] == 0.0 and rows[("many", 2)] == 1.0

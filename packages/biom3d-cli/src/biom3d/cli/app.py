@@ -244,7 +244,7 @@ def predict(
 def evaluate(
     pred: Annotated[Path, typer.Option("--pred", "-p", help="Folder of predicted masks.")],
     truth: Annotated[Path, typer.Option("--truth", "-t", help="Folder of ground-truth masks (paired by name).")],
-    num_classes: Annotated[int | None, typer.Option("--num-classes", "-k", min=1, help="Classes [default: from the labels].")] = None,
+    num_classes: Annotated[int | None, typer.Option("--num-classes", "-k", min=1, help="Classes [default: from the labels of all the files: the largest where a file holds several, else 1].")] = None,
     csv: Annotated[Path | None, typer.Option(help="CSV to write [default: <pred>/eval.csv].")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing CSV.")] = False,
     reader: Annotated[str | None, typer.Option(help="Reader id used for every file it reads [default: by suffix, "

@@ -79,11 +79,11 @@ def evaluate(pred_dir: str | Path, truth_dir: str | Path, *, num_classes: int | 
     if problems:
         raise DataError("predictions and ground truths differ in shape:\n  " + "\n  ".join(problems[:10])
                         + "\nThey must be on the same grid (predictions are written on the input image's grid).")
+    if num_classes is None:
+        num_classes = _classes_found(pairs)
     labelled = [(k, _labels(p, num_classes, f"prediction {k}"), _labels(t, num_classes, f"ground truth {k}"))
                 for k, p, t in pairs]
     multilabel = any(t.ndim == 4 for _, _, t in labelled)
-    if num_classes is None:
-        num_classes = max(int(t.shape[0]) if t.ndim == 4 else int(max(t.max(), p.max())) for _, p, t in labelled) or 1
     report = EvalReport(classes=list(range(1, num_classes + 1)))
     for key, pred, truth in labelled:
         for c in report.classes:
@@ -102,6 +102,23 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     if total == 0:
         return {"dice": 1.0, "iou": 1.0}
     return {"dice": 2 * inter / total, "iou": inter / (total - inter)}
+
+
+def _classes_found(pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> int:
+    """Without --num-classes, the classes of the whole dataset, not of each file: the largest label of the files
+    that hold several (label maps), else 1 (every file binary: 0/1, 0/255). A file of a multi-class set that
+    holds label 2 alone then stays label 2; judged by itself it looked binary and was scored as class 1."""
+    channels = [a.shape[0] for _, p, t in pairs for a in (p, t) if a.ndim == 4]
+    if channels:
+        return max(channels)
+    found = 1
+    for _, pred, truth in pairs:
+        for array in (pred, truth):
+            foreground = np.unique(array)
+            foreground = foreground[foreground > 0]
+            if len(foreground) > 1:
+                found = max(found, int(foreground.max()))
+    return found
 
 
 def _squeeze(array: np.ndarray) -> np.ndarray:
