@@ -162,6 +162,15 @@ def test_run_passes_budget_checkpoint_resume_finetune_and_strict_versions(captur
     assert seen["overrides"] == {"train.epochs": 9} and seen["checkpoint"] is None
 
 
+def test_run_names_the_pipeline_after_the_images_folder_as_preprocess_does(captured, tmp_path):
+    from biom3d.core.config import safe_name
+
+    for folder, name in (("_imgs", "run-_imgs"), ("my images", "my-images")):
+        (tmp_path / folder).mkdir()
+        _invoke(["run", "-i", str(tmp_path / folder), "-m", str(tmp_path / folder), "-k", "1"])
+        assert captured["run"]["config"]["name"] == name == safe_name(folder)
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["CONFIG"], "give no CONFIG"),
     (["--name", "other"], "give no --name or --runs-dir"),

@@ -64,6 +64,11 @@ def test_run_resumes_after_a_kill_during_training_and_skips_finished_stages(data
     again = _biom3d("run", str(config))
     assert again.returncode == 0, again.stderr
     assert "train: done already" in again.stderr and "predict: 0 new mask(s)" in again.stderr
+    # the pipeline folder names its model to `biom3d predict` as well as its run/ does
+    out = _biom3d("predict", str(folder), "--input", str(dataset / "test" / "images"), "--output",
+                  str(tmp_path / "again"))
+    assert out.returncode == 0 and "using its trained run" in out.stderr, out.stderr
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["case0.tif", "case1.tif"]
 
     # a mask corrected in place (same size): the finished stages are another data's, and nothing is replaced
     kept = {name: (folder / name).read_bytes() for name in ("config.yaml", "pipeline.json")}

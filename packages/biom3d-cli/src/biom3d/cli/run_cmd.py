@@ -13,6 +13,7 @@ def run(config: Path | None, *, images: Path | None, masks: Path | None, test_im
         finetune: Path | None = None, checkpoint: str | None = None, strict_versions: bool = False,
         overrides: dict[str, Any]) -> None:
     """``overrides`` are config keys (train.*, autoconfig.*, stack, ...) whose None values were not given."""
+    from biom3d.core.config import safe_name
     from biom3d.core.errors import InputError
     from biom3d.core.stages.run import pipeline_folder, run_pipeline
 
@@ -42,7 +43,7 @@ def run(config: Path | None, *, images: Path | None, masks: Path | None, test_im
             if not (images and masks and "num_classes" in overrides):
                 raise InputError("without a CONFIG, give --images, --masks and --num-classes (or --resume FOLDER)")
             data = {"images": str(images.resolve()), "masks": str(masks.resolve())}
-            raw = {"name": _safe(name or images.resolve().name), "data": data}
+            raw = {"name": name or safe_name(images.resolve().name), "data": data}
             result = run_pipeline(raw, overrides=overrides, **options)
     typer.echo(f"pipeline folder: {result.folder}")
     if result.run_dir:
@@ -52,8 +53,3 @@ def run(config: Path | None, *, images: Path | None, masks: Path | None, test_im
     if result.report is not None:
         typer.echo(result.report.table())
 
-
-def _safe(name: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "biom3d"

@@ -273,6 +273,15 @@ def check_yaml_limits(text: str, *, source: str | None = None) -> None:
         return  # not valid YAML: the loader reports it, with its line
 
 
+def safe_name(text: str) -> str:
+    """A run name (Config.name's pattern) made from a folder's name: other characters become '-', and one that
+    does not start with a letter or digit gets a 'run-' prefix (``_imgs`` -> ``run-_imgs``)."""
+    import re
+
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "biom3d"
+    return cleaned if cleaned[0].isalnum() else "run-" + cleaned
+
+
 # override values that remove their key, so the params model's default applies again, or set it to null
 # (None itself means "not given": a command's flags that were not given are None)
 RESET, NULL = object(), object()

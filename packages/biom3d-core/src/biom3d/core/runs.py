@@ -142,6 +142,15 @@ def require_checkpoint(run_dir: Path, choice: str | None = None) -> Path:
     return checkpoint_files(run_dir, choice)[0]
 
 
+def trained_run(path: str | Path) -> Path:
+    """``path``, or the ``run/`` of the `biom3d run` pipeline folder it names: what predict and export load."""
+    path = Path(path)
+    if not (path / PLUGINS).is_file() and (path / "run" / PLUGINS).is_file():
+        log.info("%s is a `biom3d run` pipeline folder: using its trained run, %s", path, path / "run")
+        return path / "run"
+    return path
+
+
 def load_run_config(run_dir: Path, *, registry=None, overrides: dict[str, Any] | None = None,
                     strict_versions: bool = False) -> Config:
     from biom3d.core.config import load_config

@@ -42,10 +42,11 @@ def export(run_dir: str | Path, formats: Sequence[str], output: str | Path, *, c
     from biom3d.core.atomic import atomic_write
     from biom3d.core.discovery import get_registry
     from biom3d.core.exported import sidecar_path
+    from biom3d.core.runs import trained_run
     from biom3d.export import graph
 
     formats = _formats(formats)
-    run_dir, output = Path(run_dir), Path(output)
+    run_dir, output = trained_run(run_dir), Path(output)
     targets = _targets(formats, output, _run_name(run_dir))
     _refuse_existing(targets, overwrite)  # before anything costly
     registry = registry or get_registry()

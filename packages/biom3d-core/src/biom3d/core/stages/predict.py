@@ -165,6 +165,7 @@ def load_run(run_dir: Path, *, registry, tta: bool | None = None, overlap: float
     from biom3d.core.config import load_config
     from biom3d.core.devices import resolve_device
 
+    run_dir = runs.trained_run(run_dir)
     config = runs.load_run_config(run_dir, registry=registry, strict_versions=strict_versions)
     if tta is not None or overlap is not None or fast is not None:
         changes = predictor_overrides(registry.resolve("predictor", config.predictor.name), tta=tta, overlap=overlap,

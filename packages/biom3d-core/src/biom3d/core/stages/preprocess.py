@@ -31,7 +31,7 @@ from typing import IO, Any
 import numpy as np
 
 from biom3d.core.atomic import atomic_path, atomic_write_text, is_temporary, remove_stale_temporaries
-from biom3d.core.config import AutoConfigSettings, Envelope
+from biom3d.core.config import AutoConfigSettings, Envelope, safe_name
 from biom3d.core.context import RunContext
 from biom3d.core.errors import Biom3dError, DataError, PluginError
 from biom3d.core.folds import make_folds, write_folds
@@ -314,7 +314,7 @@ def _config(images: Path, masks: Path, fingerprint: dict[str, Any], plan: dict[s
 
     shared = {k: plan[k] for k in ("patch_size", "aug_patch_size", "num_pools") if k in plan}
     raw: dict[str, Any] = {
-        "name": _safe_name(name),
+        "name": safe_name(name),
         **({"stack": stack} if stack else {}),
         "num_classes": fingerprint["num_classes"],
         "in_channels": fingerprint["in_channels"],
@@ -347,13 +347,6 @@ def _write_config(path: Path, raw: dict[str, Any], registry) -> None:
 
 def _hash(fingerprint: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _safe_name(name: str) -> str:
-    import re
-
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "biom3d"
-    return cleaned if cleaned[0].isalnum() else "run-" + cleaned
 
 
 def _log_warnings(out: Path, warnings: list[str]) -> None:
