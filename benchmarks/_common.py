@@ -351,7 +351,7 @@ def pools_for(patch: Sequence[int]) -> tuple[int, ...]:
     return auto_config(list(patch)).num_pools
 
 
-def build_model(patch: Sequence[int], *, base: int = 32, cap: int = 320, deep: bool = True, seed: int = 0) -> Any:
+def build_model(patch: Sequence[int], *, base: int = 32, cap: int = 320, deep: bool = False, seed: int = 0) -> Any:
     """unet3d-vgg-deep through the registry, as a run builds it, with auto-configuration's pooling for ``patch``."""
     import torch
 
@@ -365,7 +365,7 @@ def build_model(patch: Sequence[int], *, base: int = 32, cap: int = 320, deep: b
     return get_registry().resolve("model", "unet3d-vgg-deep").build(params, ctx), ctx
 
 
-def build_training(patch: Sequence[int], *, base: int = 32, cap: int = 320, deep: bool = True,
+def build_training(patch: Sequence[int], *, base: int = 32, cap: int = 320, deep: bool = False,
                    seed: int = 0) -> tuple[Any, Any, Any, Any]:
     """:func:`build_model`, its loss (deep-supervision of dice-ce, or dice-ce) and the trainer's default SGD
     (Nesterov, momentum 0.99, lr 0.01, weight decay 3e-5), all resolved like a run does; and the context."""

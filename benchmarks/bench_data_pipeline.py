@@ -8,7 +8,7 @@ Data: 8 synthetic volumes of 128x256x256 (--quick: 4 of 48x96x96), preprocessed 
 (each dataset reads its own format: ours memory-maps .npy, the original re-reads whole TIFFs). Patches 64^3 and
 128^3 (--quick: 32^3 and 48^3), batch 2, both with their default augmentations. Each case is a fresh subprocess:
 ``--warmup`` batches (absorbing the workers' start), then the median patches/s over ``--repeats`` windows of
-8 batches. Training: unet3d-vgg-deep with default widths (32..320) and deep supervision, dice-ce, SGD, batch 2,
+8 batches. Training: unet3d-vgg-deep with default widths (32..320), dice-ce, SGD, batch 2,
 median seconds per step (--quick: 1 step), as patches/s. "loader / train" >= 1 means the loader keeps up with the
 training step. On a CPU-only machine the loader's workers and the step share the same cores, so this is a lower
 bound for the loader (on a GPU, workers run beside the step). Memory: peak of the sampled PSS summed over the

@@ -7,7 +7,7 @@
     python benchmarks/bench_ddp.py --device cuda   # on a GPU machine: 1 GPU, fp32 and the AMP path
 
 Each case is a real ``Builder.train`` (what ``biom3d train`` runs) in fresh processes: the paper's stack
-(unet3d-vgg-deep, widths 32..320, deep supervision, dice-ce, SGD), no validation, data-loader in the training
+(unet3d-vgg-deep, widths 32..320, dice-ce, SGD), no validation, data-loader in the training
 process (``workers: 0``: both sides have 2 cores, extra workers would only compete for them), on a synthetic
 dataset preprocessed by ``biom3d preprocess``. The DDP case runs under ``python -m torch.distributed.run
 --standalone --nproc_per_node=2``: each rank trains on 2 of the 4 patches of a global batch, so one step of either

@@ -6,8 +6,8 @@ there, the workers augment). Issue 15, point 4: the GPU check, in one short run.
     python benchmarks/bench_train_loop.py [--quick] [--device auto] [--patch 64] [--batch 2] [--iters 20]
                                           [--warmup 5] [--workers N]
 
-Each method runs in a fresh subprocess: the paper's network at full width (unet3d-vgg-deep, 32..320, deep
-supervision; --quick: 8..80 at 32^3), deep-supervision dice-ce, the trainer's SGD and its own step
+Each method runs in a fresh subprocess: the paper's network at full width (unet3d-vgg-deep, 32..320, no deep
+supervision as the paper stack; --quick: 8..80 at 32^3), dice-ce, the trainer's SGD and its own step
 (``SegTrainer._step``: mixed precision on CUDA, clipping at 12), the trainer's DataLoader (``SegTrainer._loader``:
 ``train.workers`` default workers, persistent, pinned memory on CUDA). Per iteration, after ``--warmup`` ones:
 

@@ -11,7 +11,7 @@ Ours vs the original, per patch (pooling from auto-configuration for that patch,
 64^3 and 96x112x96, (5, 5, 5) at 128^3), batch 2 of pre-made batches (no data loader), CPU, 2 threads:
 
 * ours: ``SegTrainer._train_epoch`` over one batch per step as ``fit`` sets it up (the paper stack: unet3d-vgg-deep
-  with deep supervision, widths 32..320, deep-supervision dice-ce, SGD Nesterov momentum 0.99, clipping at 12,
+  without deep supervision as the original's default, widths 32..320, dice-ce, SGD Nesterov momentum 0.99, clipping at 12,
   default callbacks with the progress bar);
 * the original: ``benchmarks/orig/train_step.py`` in its venv: its UNet3DVGGDeep (widths 32..320, deep
   supervision off as in its default config; ``--orig-deep`` turns it on), its DiceCEnnUNet loss, its SGD, the

@@ -111,7 +111,7 @@ def test_load_config_reads_yaml_safely_and_resolves_paths(registry, tmp_path):
 def test_config_defaults_match_the_paper():
     cfg = Config()
     assert (cfg.train.optimizer, cfg.train.momentum, cfg.train.nesterov, cfg.train.weight_decay) == ("sgd", 0.99, True, 3e-5)
-    assert cfg.train.scheduler == "cosine"
+    assert cfg.train.scheduler == "poly"  # the original biom3d's (and nnU-Net's)
     # components are the stack's: the bare config names none, so the core names no other distribution's component
     assert cfg.stack is None and cfg.model is None and cfg.metrics is None
 

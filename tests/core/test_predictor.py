@@ -138,3 +138,34 @@ def test_fast_mode_runs_fewer_network_voxels_and_blends_grown_tiles_exactly():
     assert out.shape == ref.shape == (2, 24, 48, 44)
     assert torch.allclose(out, ref, atol=1e-5)
     assert (fast.seen, slow.seen) == (4, 50)  # 1 x 2 x 2 tiles of (24, 32, 32) against 2 x 5 x 5 of 16^3
+
+
+def test_a_2d_run_skips_the_flips_of_its_one_voxel_depth_and_blends_the_same():
+    model = Probe().eval()
+    image = np.random.default_rng(2).random((1, 1, 24, 28)).astype(np.float32)
+    pred = SlidingWindowPredictor((1, 16, 16), overlap=0.5, tta=True)
+    with torch.inference_mode():
+        ours = pred([model], image)
+        seen = model.seen
+        ref = reference_blend(model, image, (1, 16, 16), 0.5, FLIPS)  # all eight: four repeat the other four
+    assert len(pred.flips) == 4 and all(0 not in f for f in pred.flips)
+    assert seen == 4 * len(tile_starts((1, 24, 28), (1, 16, 16), 0.5))
+    assert float((ours - ref).abs().max()) < 1e-4
+
+
+def test_fast_mode_falls_back_to_the_patch_for_a_network_of_one_input_size(caplog):
+    class Fixed(Probe):  # as an ONNX graph of fixed axes, or UNETR: only its patch size goes through
+        def forward(self, x):
+            if tuple(x.shape[2:]) != (8, 8, 8):
+                raise RuntimeError(f"Got: {x.shape[2]} Expected: 8")
+            return super().forward(x)
+
+    image = np.random.default_rng(3).random((1, 20, 20, 20)).astype(np.float32)
+    grown = SlidingWindowPredictor((8, 8, 8), overlap=0.25, tta=False, grow_stride=(4, 4, 4))
+    plain = SlidingWindowPredictor((8, 8, 8), overlap=0.25, tta=False)
+    with torch.inference_mode():
+        ours = grown([Fixed().eval()], image)
+        ref = plain([Probe().eval()], image)
+    assert float((ours - ref).abs().max()) < 1e-5
+    assert "does not take tiles of [16, 16, 16]" in caplog.text and grown.grow_stride is None
+    assert float((grown([Probe().eval()], image) - ref).abs().max()) < 1e-5  # from now on: the patch

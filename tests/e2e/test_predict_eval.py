@@ -98,8 +98,10 @@ def test_eval_pairs_by_name_not_order(tmp_path):
         evaluate(tmp_path / "pred", tmp_path / "truth")
 
 
-def test_2d_images_go_through_the_whole_pipeline(tmp_path):
-    """(H, W) images: preprocessed as (1, 1, H, W), trained with a 1-voxel depth, predicted back as (H, W)."""
+@pytest.mark.parametrize("calibrated", [False, True], ids=["no-spacing", "imagej-spacing"])
+def test_2d_images_go_through_the_whole_pipeline(tmp_path, calibrated):
+    """(H, W) images: preprocessed as (1, 1, H, W), trained with a 1-voxel depth, predicted back as (H, W);
+    a calibrated one's (y, x) spacing gets a z (it failed: two spacing values for three axes)."""
     import tifffile
 
     from biom3d.core.builder import Builder
@@ -114,7 +116,8 @@ def test_2d_images_go_through_the_whole_pipeline(tmp_path):
                 mask[(y - c[0]) ** 2 + (x - c[1]) ** 2 < 36] = 1
             for kind, arr in (("img", (mask * 2 + rng.normal(0, 0.5, mask.shape)).astype(np.float32)), ("msk", mask)):
                 (tmp_path / split / kind).mkdir(parents=True, exist_ok=True)
-                tifffile.imwrite(tmp_path / split / kind / f"c{i}.tif", arr)
+                calibration = {"imagej": True, "resolution": (2.0, 2.0), "metadata": {"unit": "um", "axes": "YX"}}
+                tifffile.imwrite(tmp_path / split / kind / f"c{i}.tif", arr, **(calibration if calibrated else {}))
     prep = preprocess_dataset(tmp_path / "train" / "img", tmp_path / "train" / "msk", tmp_path / "prep",
                               num_classes=1, workers=0, progress=False)
     assert prep.plan["patch_size"][0] == 1 and prep.plan["num_pools"][0] == 0
@@ -123,6 +126,11 @@ def test_2d_images_go_through_the_whole_pipeline(tmp_path):
     run = Builder(prep.config_path, overrides=overrides).train(runs_dir=tmp_path / "runs").run_dir
     written = predict([run], tmp_path / "test" / "img", tmp_path / "pred", progress=False)
     assert tifffile.imread(written[0]).shape == (48, 48)
+    if calibrated:
+        assert prep.fingerprint["spacing"] == [1.0, 0.5, 0.5]
+        with tifffile.TiffFile(written[0]) as tif:  # the mask keeps the image's calibration
+            x = tif.pages[0].tags["XResolution"].value
+            assert x[0] / x[1] == pytest.approx(2.0)
 
 
 def test_multichannel_images_with_multilabel_masks(tmp_path):

@@ -60,6 +60,16 @@ def test_ome_spacing_from_physical_size(io, tmp_path):
     assert image.spacing == pytest.approx((1.5, 0.3, 0.2))
 
 
+def test_an_ome_calibration_without_z_keeps_x_and_y(io, tmp_path):
+    """A microscope's XY calibration alone: Z counts 1 µm (as ImageJ's metadata), X and Y are kept (all were
+    lost: no resampling, masks written uncalibrated)."""
+    tifffile.imwrite(tmp_path / "xy.ome.tif", np.zeros((4, 8, 8), np.uint16), ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2})
+    assert io.read(tmp_path / "xy.ome.tif").spacing == pytest.approx((1.0, 0.2, 0.2))
+    tifffile.imwrite(tmp_path / "none.ome.tif", np.zeros((4, 8, 8), np.uint16), ome=True, metadata={"axes": "ZYX"})
+    assert io.read(tmp_path / "none.ome.tif").spacing is None
+
+
 def test_ome_metadata_is_read_from_a_plain_tif_name(io, tmp_path):
     tifffile.imwrite(
         tmp_path / "a.tif",

@@ -88,3 +88,19 @@ def test_atomic_outputs_get_the_mode_the_umask_gives(tmp_path, umask):
         os.umask(previous)
     for name in ("table.csv", "mask.tif", "last.pt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+def test_cleaning_one_prediction_shards_temporaries_spares_another_shards_file_of_the_same_name(tmp_path):
+    """BIDS-like outputs (sub-01/T1w.nii.gz, sub-02/T1w.nii.gz) predicted by two shards: one starting later
+    removes only its own targets' temporaries, not the one the other shard is writing."""
+    from biom3d.core.atomic import remove_stale_temporaries
+
+    ours, theirs = tmp_path / "sub-01" / "T1w.nii.gz", tmp_path / "sub-02" / "T1w.nii.gz"
+    stale = ours.parent / ".T1w.nii.gz.abcd1234.tmp.nii.gz"
+    writing = theirs.parent / ".T1w.nii.gz.efgh5678.tmp.nii.gz"
+    for path in (stale, writing):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    assert remove_stale_temporaries(tmp_path, targets=[ours]) == 1
+    assert not stale.exists() and writing.exists()
+    assert remove_stale_temporaries(tmp_path, names=["T1w.nii.gz"]) == 1 and not writing.exists()  # by name: both

@@ -68,17 +68,24 @@ def atomic_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
-def remove_stale_temporaries(folder: Path, *, names: Iterable[str] | None = None, recursive: bool = True) -> int:
+def remove_stale_temporaries(folder: Path, *, names: Iterable[str] | None = None,
+                             targets: Iterable[Path] | None = None, recursive: bool = True) -> int:
     """Delete temporaries a killed process left behind under ``folder`` (only names this module makes;
-    with ``names``, only those of these targets); returns how many."""
+    with ``names``, only those of targets so named; with ``targets``, only those of these very files: another
+    process writing ``b/x.nii.gz`` keeps its temporary when this one removes ``a/x.nii.gz``'s); returns how many."""
     wanted = None if names is None else set(names)
+    paths = None if targets is None else {Path(t).absolute() for t in targets}
     count = 0
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     for tmp in folder.rglob(".*.tmp*") if recursive else folder.glob(".*.tmp*"):
         match = _TEMPORARY.match(tmp.name)
-        if match and (wanted is None or match["target"] in wanted) and tmp.is_file() and not tmp.is_symlink():
+        if not match or (wanted is not None and match["target"] not in wanted):
+            continue
+        if paths is not None and (tmp.parent / match["target"]).absolute() not in paths:
+            continue
+        if tmp.is_file() and not tmp.is_symlink():
             tmp.unlink(missing_ok=True)
             count += 1
     return count

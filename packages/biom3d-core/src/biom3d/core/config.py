@@ -73,7 +73,9 @@ class TrainConfig(BaseModel):
     momentum: float = Field(0.99, ge=0, lt=1, description="SGD momentum.")
     nesterov: bool = Field(True, description="Nesterov momentum (SGD).")
     weight_decay: float = Field(3e-5, ge=0, description="Weight decay.")
-    scheduler: Literal["cosine", "poly", "constant"] = Field("cosine", description="Learning-rate schedule.")
+    scheduler: Literal["cosine", "poly", "constant"] = Field(
+        "poly", description="Learning-rate schedule: poly, lr x (1 - epoch/epochs)^0.9 (the original biom3d's and "
+        "nnU-Net's), cosine or constant.")
     grad_clip: float | None = Field(12.0, gt=0, description="Clip the gradient norm to this value (null: off).")
     fold: int = Field(0, ge=0, description="Validation fold from folds.csv.")
     workers: int = Field(2, ge=0, description="Data-loader worker processes.")

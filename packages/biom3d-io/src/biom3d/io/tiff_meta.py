@@ -105,7 +105,9 @@ def imagej_spacing(
 
 
 def ome_spacing(axes: str, ome_xml: str) -> tuple[float, ...] | None:
-    """Spacing from the first image's ``Pixels`` PhysicalSize{X,Y,Z} (default unit µm), or ``None``."""
+    """Spacing from the first image's ``Pixels`` PhysicalSize{X,Y,Z} (default unit µm), or ``None`` when none is
+    given. An axis left out (often Z: a microscope's XY calibration alone) counts 1 µm, as ImageJ's metadata
+    does, so the X and Y ones are kept."""
     pixels = _first_pixels(ome_xml)
     if pixels is None:
         return None
@@ -113,10 +115,12 @@ def ome_spacing(axes: str, ome_xml: str) -> tuple[float, ...] | None:
     for a in spatial_axes(axes):
         value = _as_float(pixels.get(f"PhysicalSize{a}"))
         factor = um_per_unit(pixels.get(f"PhysicalSize{a}Unit", "µm"))
-        if value is None or factor is None or value <= 0:
-            return None
-        spacing.append(value * factor)
-    return tuple(spacing)
+        if value is not None and (factor is None or value <= 0):
+            return None  # a size we cannot read as a length
+        spacing.append(None if value is None else value * factor)
+    if all(v is None for v in spacing):
+        return None
+    return tuple(1.0 if v is None else v for v in spacing)
 
 
 def um_per_unit(unit: str | None) -> float | None:

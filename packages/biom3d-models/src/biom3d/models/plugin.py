@@ -295,7 +295,9 @@ def biom3d_metrics():
 
 
 # -- stacks ---------------------------------------------------------------------------------------------------
-PAPER_MODEL = {"name": "models/unet3d-vgg-deep", "params": {"deep_supervision": True}}
+# The original biom3d's defaults (config_default.py of 0.1.2): one output, no deep supervision (USE_DEEP_SUPERVISION
+# = False; the network can, with the deep-supervision loss), Dice + CE, images resampled with cubic splines
+PAPER_MODEL = {"name": "models/unet3d-vgg-deep", "params": {"deep_supervision": False}}
 
 
 @hookimpl
@@ -303,13 +305,15 @@ def biom3d_stacks():
     yield StackSpec(
         name="paper",
         priority=100,
-        summary="The Biom3d paper's method: dynamic 3D U-Net (VGG, deep supervision), Dice + CE, biom3d-io's "
-        "foreground-biased patch dataset, core's trainer and predictor.",
+        summary="The Biom3d paper's method as the original's defaults run it: dynamic 3D U-Net (VGG encoder), "
+        "Dice + CE, biom3d-io's foreground-biased patch dataset, core's preprocessor (cubic resampling), trainer "
+        "and predictor.",
         extends="core/base",
         components={
+            "preprocessor": {"name": "core/seg-preprocess", "params": {"image_order": 3}},
             "dataset": "io/patch-dataset",  # biom3d-io: the stack is offered as the default only with it installed
             "model": PAPER_MODEL,
-            "loss": {"name": "models/deep-supervision", "params": {"loss": {"name": DEFAULT_INNER_LOSS}}},
+            "loss": DEFAULT_INNER_LOSS,
             "metrics": ["models/dice", "models/iou"],
         },
         small={"model": {"name": PAPER_MODEL["name"], "params": {**PAPER_MODEL["params"], "base_features": 8}}},

@@ -8,6 +8,7 @@ each tile is read from the (padded) input and added back in place.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Iterator, Sequence
 
@@ -16,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from biom3d.core.devices import keep_freed_memory
+
+log = logging.getLogger("biom3d")
 
 FLIPS: tuple[tuple[int, ...], ...] = tuple(c for r in range(4) for c in itertools.combinations((0, 1, 2), r))
 # what a null overlap or tta means, by mode; `fast: true` is the trade `benchmarks/bench_predict.py --fast-run`
@@ -59,6 +62,8 @@ class SlidingWindowPredictor:
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
         self.grow_stride = None if grow_stride is None else tuple(int(s) for s in grow_stride)
         self.window = hann_window(self.patch, device=self.device)
+        # flipping an axis of one voxel (a 2D run's depth) gives the same tile: no forward pass for it
+        self.flips = tuple(f for f in FLIPS if all(self.patch[d] > 1 for d in f)) if tta else ((),)
 
     @torch.inference_mode()
     def __call__(self, models: Sequence[torch.nn.Module] | torch.nn.Module, image) -> torch.Tensor:
@@ -72,10 +77,23 @@ class SlidingWindowPredictor:
             if self.channels_last:
                 m.to(memory_format=torch.channels_last_3d)
         x = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image).float()
+        patch, window = self._tile_for(tuple(x.shape[1:]))
+        if patch != self.patch:
+            try:
+                return self._blend(models, x, patch, window)
+            except Exception as exc:  # a network made for one input size (an ONNX graph, UNETR...), or out of memory
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                log.warning("fast mode: the network does not take tiles of %s (%s: %s); predicting with tiles of its "
+                            "patch %s from now on", list(patch), type(exc).__name__, first, list(self.patch))
+                self.grow_stride = None
+        return self._blend(models, x, self.patch, self.window)
+
+    def _blend(self, models: list[torch.nn.Module], x: torch.Tensor, patch: tuple[int, ...],
+               window: torch.Tensor) -> torch.Tensor:
+        """Tiles of ``patch`` over ``x``, blended with ``window``."""
         shape = tuple(x.shape[1:])
-        patch, window = self._tile_for(shape)
         x, pads = pad_to(x, patch)
-        flips = FLIPS if self.tta else ((),)
+        flips = self.flips
         probs = weights = None
         # tiles whose flips fill one forward pass are processed together
         tiles_per_step = max(1, self.batch_size // len(flips))

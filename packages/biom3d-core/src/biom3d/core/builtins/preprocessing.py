@@ -38,6 +38,22 @@ def build_preprocessor(params, ctx) -> SegPreprocessor:
     return SegPreprocessor(params, ctx)
 
 
+def spacing_3d(image: ImageData, shape: Sequence[int], fingerprint: Mapping[str, Any] | None = None):
+    """``image``'s spacing for its (D, H, W) ``shape``: a flat image's (y, x) gets a z in front, the dataset's
+    (its one slice stays one) or 1; None stays None. Another count of values is refused, naming the file."""
+    spacing = image.spacing
+    if spacing is None:
+        return None
+    spacing = tuple(float(v) for v in spacing)
+    if len(spacing) == len(shape) - 1 and shape[0] == 1:
+        target = (fingerprint or {}).get("spacing")
+        return (float(target[0]) if target else 1.0, *spacing)
+    if len(spacing) != len(shape):
+        raise DataError(f"{image.path}: its spacing {list(spacing)} has {len(spacing)} values for a "
+                        f"{len(shape)}-D image of shape {list(shape)}; fix the file's calibration")
+    return spacing
+
+
 class SegPreprocessor:
     """Implements :class:`biom3d.core.protocols.Preprocessor`; the public steps below it are what the
     protocol methods compose, kept separate for tests and for plugins that reuse a step."""
@@ -52,7 +68,7 @@ class SegPreprocessor:
     def analyse(self, key: str, image: ImageData, mask: ImageData) -> CaseStats:
         array, axis = self.image_array(image)
         labels, warnings = self.mask_array(mask, array.shape[1:])
-        stats = self.stats(key, array, labels, image.spacing, axis, warnings)
+        stats = self.stats(key, array, labels, spacing_3d(image, array.shape[1:]), axis, warnings)
         stats.extra["mask"] = str(mask.path)
         stats.extra["foreground"] = int(np.count_nonzero(labels))
         if not stats.extra["foreground"]:
@@ -83,12 +99,12 @@ class SegPreprocessor:
     def case(self, image: ImageData, mask: ImageData, fingerprint: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         array, _ = self.image_array(image)
         labels, _ = self.mask_array(mask, array.shape[1:])
-        array = self.transform_image(array, image.spacing, fingerprint)
+        array = self.transform_image(array, spacing_3d(image, array.shape[1:], fingerprint), fingerprint)
         return array, self.resample_mask(labels, array.shape[1:], fingerprint)
 
     def image(self, image: ImageData, fingerprint: Mapping[str, Any]) -> np.ndarray:
         array, _ = self.image_array(image, channels=fingerprint.get("in_channels", self.in_channels))
-        return self.transform_image(array, image.spacing, fingerprint)
+        return self.transform_image(array, spacing_3d(image, array.shape[1:], fingerprint), fingerprint)
 
     def restore(self, probs, image: ImageData):
         """Probabilities (C, d, h, w) tensor back to ``image``'s own spatial grid."""

@@ -95,7 +95,7 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
     if existing and not overwrite:
         raise DataError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; pass --overwrite to "
                         "replace them or choose another --output")
-    remove_stale_temporaries(output, names={t.name for _, t in targets})  # what a killed prediction left
+    remove_stale_temporaries(output, targets=[t for _, t in targets])  # what a killed prediction left
     first = runs[0]
     post = first.postprocessors
     written = []
