@@ -146,6 +146,16 @@ def test_spacing_in_millimetres_is_labelled_not_rescaled(io, tmp_path):
     assert io.read(tmp_path / "mask.tif").spacing == pytest.approx((2000.0, 500.0, 500.0))
 
 
+def test_spacing_in_micrometres_becomes_millimetres_in_nifti(io, tmp_path):
+    ref = ImageData(array=None, spacing=(2.0, 0.2, 0.2), origin=(10.0, 0.0, 0.0), meta={"unit": "um"})  # a TIFF's
+    io.write(tmp_path / "mask.nii.gz", volume("uint8"), ref)
+    back = io.read(tmp_path / "mask.nii.gz")
+    assert back.spacing == pytest.approx((0.002, 0.0002, 0.0002)) and back.origin == pytest.approx((0.01, 0.0, 0.0))
+    io.write(tmp_path / "pixels.nii.gz", volume("uint8"), ImageData(array=None, spacing=(2.0, 1.0, 1.0),
+                                                                      meta={"unit": "pixel"}))
+    assert io.read(tmp_path / "pixels.nii.gz").spacing == pytest.approx((2.0, 1.0, 1.0))  # no length: as it is
+
+
 def test_labels_are_narrowed_to_a_type_the_format_stores(io, tmp_path):
     labels = np.arange(4 * 5 * 6, dtype=np.int64).reshape(4, 5, 6) % 7
     io.write(tmp_path / "lab.tif", labels)
