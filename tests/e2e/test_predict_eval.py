@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 
@@ -27,6 +29,15 @@ def test_predict_writes_masks_with_the_input_metadata_and_evaluates(trained, dat
     assert (tmp_path / "eval.csv").read_text().splitlines()[0] == "file,class,dice,iou"
     with pytest.raises(DataError, match="already exist.*--overwrite"):
         predict([trained.run_dir], dataset / "test" / "images", out, progress=False)
+
+
+def test_an_output_folder_inside_the_input_is_not_read_as_input(trained, dataset, tmp_path):
+    images = shutil.copytree(dataset / "test" / "images", tmp_path / "images")
+    first = predict([trained.run_dir], images, images / "pred", progress=False)
+    again = predict([trained.run_dir], images, images / "pred", skip_existing=True, progress=False)
+    assert sorted(p.name for p in first) == ["case0.tif", "case1.tif"] and again == []  # not pred/case0.tif...
+    assert sorted(p.relative_to(images).as_posix() for p in images.rglob("*.tif")) == [
+        "case0.tif", "case1.tif", "pred/case0.tif", "pred/case1.tif"]
 
 
 def test_tta_and_ensemble_change_probabilities_not_the_format(trained, dataset, tmp_path):

@@ -79,6 +79,11 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
     writer_env = _choice(registry, "writer", writer, runs[0].writer)
     root, items = scan_input(Path(inputs), registry, reader_env.name if reader_env else None)
     output = Path(output)
+    out = output.resolve()
+    inside = [i for i in items if out != root.resolve() and Path(i.path).resolve().is_relative_to(out)]
+    if inside:  # --output a folder inside --input: a re-run would predict the last run's masks as images
+        log.info("predict: %d file(s) under the output folder %s are outputs, not inputs", len(inside), output)
+        items = [i for i in items if i not in inside]
     writers = {item.key: _writer_for(registry, item, writer_env) for item in items}
     log.info("predict: reading with %s, writing with %s", ", ".join(sorted({i.reader for i in items})),
              ", ".join(sorted({w.qid for w in writers.values()})))
