@@ -138,4 +138,5 @@ def test_deep_supervision_mismatch_is_a_config_error(prepared, tmp_path):
     from biom3d.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="deep-supervision heads"):
-        Builder(prepared.config_path, overrides={**TINY, "loss": {"name": "dice-ce"}}).train(runs_dir=tmp_path)
+        Builder(prepared.config_path, overrides={**TINY, "model.params.deep_supervision": True,
+                                                 "loss": {"name": "dice-ce"}}).train(runs_dir=tmp_path)
