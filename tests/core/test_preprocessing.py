@@ -123,3 +123,19 @@ def test_foreground_locations_are_capped_and_inside_the_class():
     assert fg["1"].shape == (50, 3) and (mask[tuple(fg["1"].T)] == 1).all()
     assert fg["2"].shape == (3, 3) and (mask[tuple(fg["2"].T)] == 2).all()
     assert np.array_equal(fg["1"], prep.foreground(mask, "case")["1"])  # deterministic per case
+
+
+def test_the_plan_reads_the_stored_images_median_shape_as_the_original_does():
+    """Spacings that vary: the original biom3d auto-configures from the images as stored (preprocess.py's
+    data_fingerprint); nnU-Net from them resampled, here behind plan_from: resampled."""
+    from biom3d.core.builtins.autoconfig import auto_config
+    from biom3d.core.config import AutoConfigSettings
+
+    fingerprint = {"num_images": 40, "median_shape": [30.0, 256.0, 256.0], "original_median_shape": [60.0, 256.0, 256.0]}
+    budget = AutoConfigSettings()
+    stored, resampled = auto_config([60, 256, 256], num_images=40), auto_config([30, 256, 256], num_images=40)
+    assert stored.patch_size != resampled.patch_size  # the two rules differ here
+    assert _prep().plan(fingerprint, budget)["patch_size"] == list(stored.patch_size)
+    assert _prep(plan_from="resampled").plan(fingerprint, budget)["patch_size"] == list(resampled.patch_size)
+    del fingerprint["original_median_shape"]  # a fingerprint of another preprocessor: its median
+    assert _prep().plan(fingerprint, budget)["patch_size"] == list(resampled.patch_size)

@@ -71,6 +71,9 @@ def scan(images: Path, masks: Path, *, num_classes: int = 1, multilabel: bool = 
             result["fingerprint"] = {k: fingerprint.get(k) for k in ("num_images", "median_shape", "spacing",
                                                                      "original_median_shape", "in_channels")}
             result["plan"] = prep.plan(fingerprint, settings)
+            # the shape that plan read, for the page's own plans of an edited patch (another preprocessor: the median)
+            plan_median = getattr(prep, "plan_median", None)
+            result["fingerprint"]["plan_shape"] = plan_median(fingerprint) if plan_median else fingerprint["median_shape"]
         except Biom3dError as exc:
             result["problems"].append(str(exc))
     return result

@@ -38,6 +38,9 @@ class PreprocessParams(Params):
         "'strict': refuse any deviation; 'binarize': every non-background level is foreground (1 class).",
     )
     fg_samples: int = Field(10_000, ge=1, description="Foreground locations stored per class and image.")
+    plan_from: Literal["stored", "resampled"] = Field(
+        "stored", description="Median shape the auto-configuration reads: of the images as stored (the original "
+        "biom3d's rule) or resampled to the median spacing (nnU-Net's); they differ only where spacings vary.")
 
 
 @hookimpl

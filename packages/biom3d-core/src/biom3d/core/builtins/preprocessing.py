@@ -93,8 +93,13 @@ class SegPreprocessor:
         """The paper's auto-configuration from the median shape, its batch capped by the number of images."""
         from biom3d.core.builtins.autoconfig import auto_config
 
-        return auto_config(fingerprint["median_shape"], max_dim=budget.max_dim, max_pool=budget.max_pool,
+        return auto_config(self.plan_median(fingerprint), max_dim=budget.max_dim, max_pool=budget.max_pool,
                            num_images=fingerprint["num_images"], max_batch=budget.max_batch).as_dict()
+
+    def plan_median(self, fingerprint: Mapping[str, Any]) -> list[float]:
+        """The median shape :meth:`plan` reads (``plan_from``): the stored images', as the original biom3d."""
+        stored = fingerprint.get("original_median_shape")
+        return list(stored if self.params.plan_from == "stored" and stored else fingerprint["median_shape"])
 
     def case(self, image: ImageData, mask: ImageData, fingerprint: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         array, _ = self.image_array(image)

@@ -235,7 +235,8 @@ async function patchChanged() {
   const asked = ++state.patchAsked;
   state.planning = (async () => {
     try {
-      const plan = await api("autoconfig", { median_shape: state.scan.fingerprint.median_shape, num_images: state.scan.fingerprint.num_images,
+      const fp = state.scan.fingerprint;  // the shape the scan's plan read
+      const plan = await api("autoconfig", { median_shape: fp.plan_shape || fp.median_shape, num_images: fp.num_images,
                                              patch_size: patch, max_dim: num("max_dim") || 128 });
       if (asked !== state.patchAsked) return;
       state.plan = plan; state.patchEdited = true; state.planFor = patch.join(","); state.planError = null;
