@@ -156,6 +156,15 @@ def test_spacing_in_micrometres_becomes_millimetres_in_nifti(io, tmp_path):
     assert io.read(tmp_path / "pixels.nii.gz").spacing == pytest.approx((2.0, 1.0, 1.0))  # no length: as it is
 
 
+def test_a_multilabel_mask_of_an_uncalibrated_2d_image_is_written_channel_first(io, tmp_path):
+    ref = ImageData(array=np.zeros((8, 10), np.float32), spacing=None, meta={"axes": "YX"})  # a plain 2-D TIFF
+    labels = np.zeros((3, 8, 10), np.uint8)
+    labels[1, 2:4, 2:4] = 1
+    io.write(tmp_path / "mask.tif", labels, ref)
+    back = io.read(tmp_path / "mask.tif")
+    assert back.meta["axes"] == "CYX" and back.array.shape == (3, 8, 10)
+
+
 def test_labels_are_narrowed_to_a_type_the_format_stores(io, tmp_path):
     labels = np.arange(4 * 5 * 6, dtype=np.int64).reshape(4, 5, 6) % 7
     io.write(tmp_path / "lab.tif", labels)

@@ -33,7 +33,7 @@ def channel_first(array: np.ndarray, ref: ImageData | None, path: Path) -> tuple
         if "C" in axes:
             return np.moveaxis(array, axes.index("C"), 0), True
         return array, False
-    spatial = len(ref.spacing) if ref is not None and ref.spacing else min(array.ndim, 3)
+    spatial = _spatial_axes(ref, array.ndim)
     if array.ndim == spatial and spatial in (2, 3):
         return array, False
     if array.ndim == spatial + 1 and spatial in (2, 3):
@@ -42,6 +42,17 @@ def channel_first(array: np.ndarray, ref: ImageData | None, path: Path) -> tuple
         f"cannot write {path.name}: an array of shape {tuple(array.shape)} is neither spatial (D, H, W) nor "
         f"channel-first (C, D, H, W) for a {spatial}-D image. Reshape it before writing."
     )
+
+
+def _spatial_axes(ref: ImageData | None, ndim: int) -> int:
+    """How many spatial axes ``ref`` has: its spacing's, else its stored axes' (a 2-D TIFF's 'YX': a (3, H, W)
+    multi-label mask of it is channel-first, not a Z stack), else up to 3."""
+    if ref is not None and ref.spacing:
+        return len(ref.spacing)
+    axes = ref.meta.get("axes") if ref is not None and isinstance(ref.meta, dict) else None
+    if isinstance(axes, str) and set(axes) <= _LAYOUT_AXES and 2 <= len(axes.replace("C", "")) <= 3:
+        return len(axes.replace("C", ""))
+    return min(ndim, 3)
 
 
 def fit_dtype(array: np.ndarray, allowed: Sequence[str], fmt: str, path: Path) -> np.ndarray:
