@@ -261,3 +261,32 @@ def test_eval_without_num_classes_reads_the_classes_of_the_whole_dataset(tmp_pat
     write_tiff(tmp_path / "pred" / "two.tif", wrong)
     rows = {(r["file"], r["class"]): r["dice"] for r in evaluate(tmp_path / "pred", tmp_path / "truth").rows}
     assert rows[("two", 2)] == 0.0 and rows[("two", 1)] == 0.0 and rows[("many", 2)] == 1.0
+
+
+def test_eval_distances_are_in_the_files_spacing_and_an_empty_prediction_is_left_out(tmp_path):
+    from typer.testing import CliRunner
+
+    from biom3d.cli.app import app
+    from tests.e2e.conftest import write_tiff
+
+    pred, truth = np.zeros(SHAPE, np.uint8), np.zeros(SHAPE, np.uint8)
+    pred[4, 10, 10], truth[6, 10, 10] = 1, 1  # 2 slices apart: 2 x 2.0 um along z
+    write_tiff(tmp_path / "pred" / "near.tif", pred)
+    write_tiff(tmp_path / "truth" / "near.tif", truth)
+    write_tiff(tmp_path / "pred" / "missed.tif", np.zeros(SHAPE, np.uint8))  # the nucleus not found at all
+    write_tiff(tmp_path / "truth" / "missed.tif", truth)
+    report = evaluate(tmp_path / "pred", tmp_path / "truth", distances=True, csv_path=tmp_path / "eval.csv")
+    rows = {r["file"]: r for r in report.rows}
+    assert rows["near"]["hd95"] == pytest.approx(2 * SPACING[0]) and rows["near"]["unit"] == "um"
+    assert np.isnan(rows["missed"]["hd95"]) and rows["missed"]["dice"] == 0.0
+    assert report.mean("hd95") == pytest.approx(4.0) and report.undefined("hd95") == 1  # not a NaN mean
+    assert report.mean("dice") == 0.0  # the missed file still counts in Dice
+    lines = (tmp_path / "eval.csv").read_text().splitlines()
+    assert lines[0] == "file,class,dice,iou,hd95,assd,unit" and lines[1].startswith("missed,1,0.000000,0.000000,nan")
+    assert lines[-1] == "mean,all,0.000000,0.000000,4.000000,4.000000,um"
+    out = CliRunner().invoke(app, ["eval", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth"),
+                                   "--distances"])
+    assert out.exit_code == 0, out.output
+    assert "mean HD95 4.0000  mean ASSD 4.0000  (um; 1 file-class pair(s) with one mask empty left out)" in out.output
+    plain = evaluate(tmp_path / "pred", tmp_path / "truth")  # without --distances: the table as before
+    assert plain.metrics == ("dice", "iou") and "hd95" not in plain.rows[0] and "HD95" not in plain.table()

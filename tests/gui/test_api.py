@@ -254,6 +254,18 @@ def test_predict_with_an_ensemble_then_download_and_evaluate(trained, data, tmp_
     (row,) = job["eval"]["rows"]
     assert row["file"] == "case0" and row["dice"] == pytest.approx(dice, abs=1e-5)
     assert job["eval"]["mean"]["dice"] == pytest.approx(dice, abs=1e-5)
+    assert job["eval"]["unit"] is None and "hd95" not in row  # distances only when asked
+
+    from biom3d.core.surface import surface_distances
+    from tests.e2e.conftest import SPACING
+
+    answer = client.post("/api/eval", json={"pred": str(runs / "predictions" / out), "truth": str(test_masks),
+                                            "distances": True})
+    job = wait_job(client, answer.json()["job"]["id"])
+    (row,) = job["eval"]["rows"]
+    expected = surface_distances(mask > 0, truth, SPACING)  # the fixture's ImageJ spacing, in um
+    assert job["eval"]["unit"] == "um" and row["hd95"] == pytest.approx(expected["hd95"], abs=1e-5)
+    assert job["eval"]["mean"]["assd"] == pytest.approx(expected["assd"], abs=1e-5)
 
 
 def test_predict_refuses_untrained_or_unknown_runs_and_outside_inputs(trained, data):

@@ -184,9 +184,12 @@ def test_a_biologist_trains_predicts_and_downloads_a_mask_in_the_browser(server,
             page.click("button[data-tab='evaluate']")
             assert page.input_value("#eval-pred").startswith(str(runs.resolve() / "predictions"))
             page.fill("#eval-truth", str(data / "test" / "masks"))
+            page.check("#eval-distances")
             page.click("#evaluate")
             page.wait_for_selector("#eval-result table.eval", timeout=120_000)
             shown = float(page.inner_text("#eval-result table.eval tbody tr:first-child td:nth-child(3)"))
+            heads = page.locator("#eval-result table.eval thead th").all_inner_texts()
+            shown_hd95 = page.inner_text("#eval-result table.eval tbody tr:first-child td:nth-child(5)")
             steps.shot("evaluate")
         finally:
             browser.close()
@@ -197,6 +200,11 @@ def test_a_biologist_trains_predicts_and_downloads_a_mask_in_the_browser(server,
     truth = tifffile.imread(data / "test" / "masks" / "case0.tif") > 0
     dice = 2 * np.logical_and(mask > 0, truth).sum() / ((mask > 0).sum() + truth.sum())
     assert shown == pytest.approx(dice, abs=1e-4)  # the table shows the downloaded mask's Dice
+    assert heads == ["file", "class", "Dice", "IoU", "HD95 (um)", "ASSD (um)"]
+    from biom3d.core.surface import surface_distances
+    from tests.e2e.conftest import SPACING
+
+    assert float(shown_hd95) == pytest.approx(surface_distances(mask > 0, truth, SPACING)["hd95"], abs=1e-4)
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [
         "01-data.png", "02-scan-and-preview.png", "03-train-refused.png", "04-training.png", "05-predict.png",
         "06-evaluate.png"]

@@ -20,10 +20,11 @@ def predict(runs: list[Path], input: Path, output: Path, *, shard: str | None = 
 
 
 def evaluate(pred: Path, truth: Path, *, num_classes: int | None, csv: Path | None, overwrite: bool = False,
-             reader: str | None = None) -> None:
+             reader: str | None = None, distances: bool = False) -> None:
     from biom3d.core.stages.evaluate import evaluate as run_eval
 
     csv = csv or pred / "eval.csv"
-    report = run_eval(pred, truth, num_classes=num_classes, csv_path=csv, overwrite=overwrite, reader=reader)
+    report = run_eval(pred, truth, num_classes=num_classes, csv_path=csv, overwrite=overwrite, reader=reader,
+                      distances=distances)
     typer.echo(report.table())
     typer.echo(f"table written to {csv}")

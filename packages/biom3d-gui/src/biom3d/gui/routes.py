@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import tempfile
 import zipfile
 from pathlib import Path
@@ -52,6 +53,7 @@ class EvalRequest(BaseModel):
     pred: str
     truth: str
     num_classes: int | None = None
+    distances: bool = False  # `biom3d eval --distances`: HD95 and ASSD too
 
 
 def add_routes(app: FastAPI, state) -> None:  # noqa: C901  (one closure per route)
@@ -233,6 +235,7 @@ def add_routes(app: FastAPI, state) -> None:  # noqa: C901  (one closure per rou
         csv_path = state.runs_dir / "evaluations" / f"{new_id()}-{pred.name[:40]}.csv"
         argv = state.cli("eval", "--pred", pred, "--truth", truth, "--csv", csv_path)
         argv += ["--num-classes", str(req.num_classes)] if req.num_classes else []
+        argv += ["--distances"] if req.distances else []
         job = jobs.submit("eval", argv, lane="eval", title=f"evaluate {pred.name} against {truth.name}",
                           target={"csv": str(csv_path), "pred": str(pred), "truth": str(truth)})
         return {"job": job.public()}
@@ -260,19 +263,27 @@ def lane(device: str | None) -> str:
 
 
 def read_eval(path: Path) -> dict[str, Any] | None:
-    """eval.csv as {rows: [{file, class, dice, iou}], mean: {dice, iou}}."""
+    """eval.csv as {rows: [{file, class, dice, iou[, hd95, assd]}], mean: {...}, unit}; an undefined distance (one
+    mask empty: "nan" in the CSV) is None, since JSON has no NaN."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError:
         return None
-    rows, mean = [], {}
+    rows, mean, unit = [], {}, None
     for row in csv.DictReader(io.StringIO(text)):
-        values = {"file": row["file"], "class": row["class"], "dice": float(row["dice"]), "iou": float(row["iou"])}
+        metrics = [m for m in ("dice", "iou", "hd95", "assd") if m in row]
+        values = {"file": row["file"], "class": row["class"], **{m: _number(row[m]) for m in metrics}}
+        unit = row.get("unit") or unit
         if row["file"] == "mean" and row["class"] == "all":
-            mean = {"dice": values["dice"], "iou": values["iou"]}
+            mean = {m: values[m] for m in metrics}
         elif row["file"] != "mean":
             rows.append(values)
-    return {"rows": rows, "mean": mean, "csv": str(path)}
+    return {"rows": rows, "mean": mean, "unit": unit, "csv": str(path)}
+
+
+def _number(text: str) -> float | None:
+    value = float(text)
+    return None if math.isnan(value) else value
 
 
 def prediction_files(folder: Path) -> list[dict[str, Any]]:

@@ -1,9 +1,12 @@
 """`biom3d eval`: Dice and IoU between a folder of predictions and a folder of ground truths, paired by
-name (never by sort order), per file, per class and mean; written to a CSV table.
+name (never by sort order), per file, per class and mean; written to a CSV table. With ``distances``, also
+HD95 and ASSD (:mod:`biom3d.core.surface`) in the ground truth's spacing units (the prediction's where the truth
+has none; voxels where neither has).
 
 Masks may be 0/1, 0/255 or label maps (2D or 3D), or 4D multi-label masks. A class absent from both the
-prediction and the truth scores 1 (perfect agreement), so means are never NaN. An existing CSV is the user's:
-it is replaced only when asked (``overwrite``), and that is checked before any mask is read.
+prediction and the truth scores 1 (perfect agreement), so Dice means are never NaN; a distance with one mask
+empty is undefined, left out of its mean and counted. An existing CSV is the user's: it is replaced only when
+asked (``overwrite``), and that is checked before any mask is read.
 """
 
 from __future__ import annotations
@@ -18,47 +21,70 @@ import numpy as np
 from biom3d.core.atomic import atomic_write_text
 from biom3d.core.errors import DataError, InputError
 from biom3d.core.scan import scan_dataset
+from biom3d.core.surface import SURFACE_METRICS, surface_distances
+
+OVERLAP_METRICS = ("dice", "iou")
 
 
 @dataclass
 class EvalReport:
-    rows: list[dict[str, object]] = field(default_factory=list)  # file, class, dice, iou
+    rows: list[dict[str, object]] = field(default_factory=list)  # file, class, then one value per metric
     classes: list[int] = field(default_factory=list)
+    metrics: tuple[str, ...] = OVERLAP_METRICS
+    unit: str | None = None  # of the distances: "um", "mm", "voxel"; several joined by ", "
 
     def mean(self, metric: str, cls: int | None = None) -> float:
-        values = [r[metric] for r in self.rows if cls is None or r["class"] == cls]
+        """Over the defined values (a distance with one mask empty is not)."""
+        values = [v for v in self._values(metric, cls) if not np.isnan(v)]
         return float(np.mean(values)) if values else float("nan")
+
+    def undefined(self, metric: str) -> int:
+        return sum(1 for v in self._values(metric, None) if np.isnan(v))
 
     def table(self) -> str:
         files = sorted({str(r["file"]) for r in self.rows})
         width = max([len(f) for f in files] + [8])
-        head = f"{'file':<{width}}  " + "  ".join(f"dice_{c:<4} iou_{c:<5}" for c in self.classes)
+        head = f"{'file':<{width}}  " + "  ".join(
+            " ".join(f"{f'{m}_{c}':<9}" for m in self.metrics) for c in self.classes)
         lines = [head]
         for f in files:
             by_class = {r["class"]: r for r in self.rows if r["file"] == f}
             lines.append(f"{f:<{width}}  " + "  ".join(
-                f"{by_class[c]['dice']:<9.4f} {by_class[c]['iou']:<9.4f}" for c in self.classes))
+                " ".join(f"{by_class[c][m]:<9.4f}" for m in self.metrics) for c in self.classes))
         lines.append(f"{'mean':<{width}}  " + "  ".join(
-            f"{self.mean('dice', c):<9.4f} {self.mean('iou', c):<9.4f}" for c in self.classes))
+            " ".join(f"{self.mean(m, c):<9.4f}" for m in self.metrics) for c in self.classes))
         lines.append(f"mean Dice {self.mean('dice'):.4f}  mean IoU {self.mean('iou'):.4f}  ({len(files)} files)")
-        return "\n".join(lines)
+        if self.metrics != OVERLAP_METRICS:
+            left_out = self.undefined("hd95")
+            lines.append(f"mean HD95 {self.mean('hd95'):.4f}  mean ASSD {self.mean('assd'):.4f}  ({self.unit}"
+                         + (f"; {left_out} file-class pair(s) with one mask empty left out" if left_out else "")
+                         + ("; the units differ between files, so these means mix them" if "," in (self.unit or "")
+                            else "") + ")")
+        return "\n".join(line.rstrip() for line in lines)
 
     def to_csv(self) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["file", "class", "dice", "iou"])
+        unit = [] if self.metrics == OVERLAP_METRICS else ["unit"]
+        writer.writerow(["file", "class", *self.metrics, *unit])
+        tail = [self.unit] if unit else []
         for r in sorted(self.rows, key=lambda r: (str(r["file"]), r["class"])):
-            writer.writerow([r["file"], r["class"], f"{r['dice']:.6f}", f"{r['iou']:.6f}"])
+            writer.writerow([r["file"], r["class"], *(f"{r[m]:.6f}" for m in self.metrics),
+                             *([r["unit"]] if unit else [])])
         for c in self.classes:
-            writer.writerow(["mean", c, f"{self.mean('dice', c):.6f}", f"{self.mean('iou', c):.6f}"])
-        writer.writerow(["mean", "all", f"{self.mean('dice'):.6f}", f"{self.mean('iou'):.6f}"])
+            writer.writerow(["mean", c, *(f"{self.mean(m, c):.6f}" for m in self.metrics), *tail])
+        writer.writerow(["mean", "all", *(f"{self.mean(m):.6f}" for m in self.metrics), *tail])
         return buf.getvalue()
+
+    def _values(self, metric: str, cls: int | None) -> list[float]:
+        return [float(r[metric]) for r in self.rows if cls is None or r["class"] == cls]
 
 
 def evaluate(pred_dir: str | Path, truth_dir: str | Path, *, num_classes: int | None = None,
              csv_path: str | Path | None = None, overwrite: bool = False, reader: str | None = None,
-             registry=None) -> EvalReport:
-    """``reader`` (the config's ``reader:`` / ``--reader``) reads every file it claims, the others go by suffix."""
+             distances: bool = False, registry=None) -> EvalReport:
+    """``reader`` (the config's ``reader:`` / ``--reader``) reads every file it claims, the others go by suffix.
+    ``distances`` adds HD95 and ASSD to Dice and IoU."""
     from biom3d.core.context import RunContext
     from biom3d.core.discovery import get_registry
 
@@ -68,14 +94,16 @@ def evaluate(pred_dir: str | Path, truth_dir: str | Path, *, num_classes: int | 
     registry = registry or get_registry()
     cases = scan_dataset(Path(pred_dir), Path(truth_dir), registry, names=("prediction", "ground truth"), reader=reader)
     ctx = RunContext()
-    read = lambda item: np.asarray(registry.resolve("reader", item.reader).build({}, ctx)(item.path).array)  # noqa: E731
-    pairs, problems = [], []
+    read = lambda item: registry.resolve("reader", item.reader).build({}, ctx)(item.path)  # noqa: E731
+    pairs, problems, grids = [], [], {}
     for case in cases:
-        pred, truth = _squeeze(read(case.image)), _squeeze(read(case.mask))
+        pred_image, truth_image = read(case.image), read(case.mask)
+        pred, truth = _squeeze(np.asarray(pred_image.array)), _squeeze(np.asarray(truth_image.array))
         if pred.shape != truth.shape:
             problems.append(f"{case.key}: prediction {pred.shape} vs ground truth {truth.shape}")
             continue
         pairs.append((case.key, pred, truth))
+        grids[case.key] = _grid(truth_image, pred_image)
     if problems:
         raise DataError("predictions and ground truths differ in shape:\n  " + "\n  ".join(problems[:10])
                         + "\nThey must be on the same grid (predictions are written on the input image's grid).")
@@ -84,12 +112,19 @@ def evaluate(pred_dir: str | Path, truth_dir: str | Path, *, num_classes: int | 
     labelled = [(k, _labels(p, num_classes, f"prediction {k}"), _labels(t, num_classes, f"ground truth {k}"))
                 for k, p, t in pairs]
     multilabel = any(t.ndim == 4 for _, _, t in labelled)
-    report = EvalReport(classes=list(range(1, num_classes + 1)))
+    report = EvalReport(classes=list(range(1, num_classes + 1)),
+                        metrics=OVERLAP_METRICS + (SURFACE_METRICS if distances else ()))
+    if distances:
+        report.unit = ", ".join(sorted({unit for _, unit in grids.values()}))
     for key, pred, truth in labelled:
+        spacing, unit = grids[key]
         for c in report.classes:
             p = pred[c - 1] > 0 if multilabel else pred == c
             t = truth[c - 1] > 0 if multilabel else truth == c
-            report.rows.append({"file": key, "class": c, **scores(p, t)})
+            row = {"file": key, "class": c, **scores(p, t)}
+            if distances:
+                row.update(surface_distances(p, t, spacing), unit=unit)
+            report.rows.append(row)
     if csv_path is not None:
         atomic_write_text(Path(csv_path), report.to_csv())
     return report
@@ -119,6 +154,14 @@ def _classes_found(pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> int:
             if len(foreground) > 1:
                 found = max(found, int(foreground.max()))
     return found
+
+
+def _grid(truth, pred) -> tuple[tuple[float, ...] | None, str]:
+    """The spacing the distances are measured in, and its unit: the truth's, else the prediction's, else voxels."""
+    for image in (truth, pred):
+        if image.spacing is not None:
+            return tuple(image.spacing), str((image.meta or {}).get("unit") or "spacing units")
+    return None, "voxel"
 
 
 def _squeeze(array: np.ndarray) -> np.ndarray:

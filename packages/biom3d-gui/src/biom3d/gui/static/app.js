@@ -484,7 +484,7 @@ function followJob(id, line, done) {
 
 // -- 5. evaluate ---------------------------------------------------------------------------------------------
 async function evaluate() {
-  const body = { pred: $("eval-pred").value.trim(), truth: $("eval-truth").value.trim() };
+  const body = { pred: $("eval-pred").value.trim(), truth: $("eval-truth").value.trim(), distances: $("eval-distances").checked };
   if (!body.pred || !body.truth) { say("choose the predicted masks and the ground-truth masks"); return; }
   try {
     const result = await api("eval", body);
@@ -494,11 +494,15 @@ async function evaluate() {
 }
 
 function evalTable(report) {
+  const metrics = [["dice", "Dice"], ["iou", "IoU"]];
+  if (report.unit) metrics.push(["hd95", `HD95 (${report.unit})`], ["assd", `ASSD (${report.unit})`]);
+  const shown = (v) => (v === null || v === undefined ? "n/a" : v.toFixed(4)); // a distance with one mask empty
   const rows = report.rows.map((r) => el("tr", {}, el("td", { text: r.file }), el("td", { text: r.class }),
-    el("td", { class: "num", text: r.dice.toFixed(4) }), el("td", { class: "num", text: r.iou.toFixed(4) })));
-  rows.push(el("tr", {}, el("th", { text: "mean" }), el("th", { text: "all" }), el("th", { class: "num", text: report.mean.dice.toFixed(4) }),
-    el("th", { class: "num", text: report.mean.iou.toFixed(4) })));
-  return el("table", { class: "eval" }, el("thead", {}, el("tr", {}, ["file", "class", "Dice", "IoU"].map((h) => el("th", { text: h })))), el("tbody", {}, rows));
+    ...metrics.map(([key]) => el("td", { class: "num", text: shown(r[key]) }))));
+  rows.push(el("tr", {}, el("th", { text: "mean" }), el("th", { text: "all" }),
+    ...metrics.map(([key]) => el("th", { class: "num", text: shown(report.mean[key]) }))));
+  const head = ["file", "class", ...metrics.map(([, title]) => title)];
+  return el("table", { class: "eval" }, el("thead", {}, el("tr", {}, head.map((h) => el("th", { text: h })))), el("tbody", {}, rows));
 }
 
 // -- start ---------------------------------------------------------------------------------------------------
