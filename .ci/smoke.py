@@ -100,7 +100,7 @@ def check_distributions(expected: set[str]) -> None:
     found = installed_biom3d()
     check(set(found) == expected, f"installed biom3d distributions {sorted(found)} != expected {sorted(expected)}")
     for name, dist in found.items():
-        direct = dist.read_text("direct_url.json")
+        direct = dist.read_text("direct_url.json", encoding="utf-8")
         if direct and json.loads(direct).get("dir_info", {}).get("editable"):
             raise AssertionError(f"{name} is an editable install")
     import biom3d.core
@@ -326,7 +326,7 @@ def python_step_by_step(data: dict[str, str], work: Path) -> None:
 
 def _components(run_dir: Path) -> str:
     """Which components the resolved config chose (for the log)."""
-    text = (Path(run_dir) / "config.yaml").read_text()
+    text = (Path(run_dir) / "config.yaml").read_text(encoding="utf-8")
     names = []
     for slot in ("dataset", "model", "loss"):
         m = re.search(rf"^{slot}:\s*\n\s+name:\s*(\S+)", text, re.M)
@@ -367,7 +367,7 @@ def cli_run(data: dict[str, str], work: Path) -> None:
 
     raw = minimal_config(data, work / "runs-cli", "smoke-cli")
     config = work / "minimal.yaml"
-    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    config.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     note(f"{config.name}: {json.dumps(raw)}")
     out = _biom3d("run", str(config))
     folder = work / "runs-cli" / "smoke-cli"
@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
                 smoke.step("cli: biom3d export -> biom3d predict from each export", cli_export, data, work)
 
     if args.summary:
-        args.summary.write_text(json.dumps(smoke.steps, indent=2))
+        args.summary.write_text(json.dumps(smoke.steps, indent=2), encoding="utf-8")
     total = sum(float(s["seconds"]) for s in smoke.steps)
     if smoke.failed:
         print(f"[smoke] FAILED steps ({total:.0f} s): " + "; ".join(smoke.failed), flush=True)

@@ -85,7 +85,7 @@ def run_child(cmd: Sequence[str], *, orig: bool = False, timeout: float | None =
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
     if orig:
         env.pop("PYTHONPATH", None)
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as out, tempfile.TemporaryFile("w+", encoding="utf-8") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env, cwd=str(ROOT))
         sampler = _TreeSampler(proc.pid, sample_every)
@@ -145,18 +145,18 @@ def _tree(pid: int) -> list[int]:
         p = todo.pop()
         pids.append(p)
         with contextlib.suppress(OSError):
-            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text(encoding="utf-8").split()]
     return pids
 
 
 def _pss_kib(pid: int) -> int:
     """Proportional set size: shared pages (forked workers, libraries) counted once across the tree."""
     with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text(encoding="utf-8").splitlines():
             if line.startswith("Pss:"):
                 return int(line.split()[1])
     try:  # no smaps_rollup (old kernel): RSS, which counts shared pages in every process
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+        return int(Path(f"/proc/{pid}/statm").read_text(encoding="utf-8").split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
     except (OSError, IndexError, ValueError):
         return 0
 
@@ -174,7 +174,7 @@ class StepWorker:
         if orig:
             env.pop("PYTHONPATH", None)
         self.cmd = list(cmd)
-        self._err = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by finish or kill)
+        self._err = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 (closed by finish or kill)
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
                                      env=env, cwd=str(ROOT), text=True, encoding="utf-8", errors="replace")
         self._read(READY_TAG)
@@ -243,7 +243,7 @@ def emit(data: dict[str, Any]) -> None:
 def self_peak_mib() -> float:
     """Peak RSS of this process alone since its exec (VmHWM), not counting its workers."""
     with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

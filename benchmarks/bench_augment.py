@@ -281,7 +281,7 @@ def _cpu_seconds(iterator) -> float:
     total = usage.ru_utime + usage.ru_stime
     for worker in getattr(iterator, "_workers", []):  # the DataLoader iterator's worker processes
         with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{worker.pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 

@@ -32,7 +32,7 @@ def main() -> None:
                         "--target", str(site), str(ROOT / "examples" / "biom3d-example")], check=True)
         env = {**os.environ, "PYTHONPATH": str(site)}
         config = Path(tmp) / "config.yaml"
-        config.write_text("num_classes: 1\npatch_size: [32, 64, 64]\nnum_pools: [3, 4, 4]\nmodel: example/tiny-unet\n")
+        config.write_text("num_classes: 1\npatch_size: [32, 64, 64]\nnum_pools: [3, 4, 4]\nmodel: example/tiny-unet\n", encoding="utf-8")
         cases = {
             "python -c pass (reference)": [sys.executable, "-c", "pass"],
             "biom3d --help": [biom3d, "--help"],

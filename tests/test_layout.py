@@ -23,7 +23,7 @@ def test_no_distribution_ships_a_biom3d_init():
 
 def test_each_distribution_declares_its_plugin_and_builds_with_hatchling():
     for pkg in PACKAGES:
-        meta = tomllib.loads((pkg / "pyproject.toml").read_text())
+        meta = tomllib.loads((pkg / "pyproject.toml").read_text(encoding="utf-8"))
         assert meta["build-system"]["build-backend"] == "hatchling.build"
         assert meta["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"] == ["src/biom3d"]
         short = pkg.name.removeprefix("biom3d-")
@@ -36,20 +36,20 @@ def test_each_distribution_declares_its_plugin_and_builds_with_hatchling():
 
 
 def test_torch_is_pinned_in_requirements_and_ranged_in_metadata():
-    reqs = (ROOT / "requirements.txt").read_text().splitlines()
+    reqs = (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines()
     assert "torch==2.13.0" in reqs
     assert [r for r in reqs if r.startswith("-e ")] == [f"-e packages/{p.name}" for p in PACKAGES[1:2] + PACKAGES[2:] + PACKAGES[:1]]
     for pkg in PACKAGES:
-        deps = tomllib.loads((pkg / "pyproject.toml").read_text())["project"]["dependencies"]
+        deps = tomllib.loads((pkg / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
         assert not [d for d in deps if d.startswith("torch") and "==" in d], pkg.name
 
 
 def test_ci_runs_the_readme_test_command():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     commands = [line for line in readme.splitlines() if line.startswith("python3.11 -m venv")]
     test_command = next(c for c in commands if "pytest" in c)
     assert "requirements-dev.txt" in test_command
-    assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
 
 
 CORE = ROOT / "packages" / "biom3d-core" / "src" / "biom3d" / "core"
@@ -94,3 +94,39 @@ def test_core_modules_stay_small_and_no_names_one_letter_apart():
         close = [(a, b) for i, a in enumerate(stems) for b in stems[i + 1:]
                  if len(a) > 3 and difflib.SequenceMatcher(None, a, b).ratio() > 0.9]
         assert close == [], folder
+
+
+TEXT_CALLS = {"read_text", "write_text", "open", "TemporaryFile", "NamedTemporaryFile"}
+
+
+def _text_calls_without_encoding(source: str) -> list[int]:
+    """Lines of text-mode file calls that leave the encoding to the locale: an ASCII locale (as on CI) then
+    fails on the first 'µm' in a README, config or log."""
+    import ast
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call) or any(k.arg in ("encoding", None) for k in node.keywords):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if name not in TEXT_CALLS or (name == "open" and isinstance(func, ast.Attribute)
+                                      and getattr(func.value, "id", "") in ("webbrowser", "Image", "zf", "os")):
+            continue
+        modes = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+        modes += [k.value.value for k in node.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)]
+        mode = next((m for m in modes if set(m) <= set("rwxabt+")), None)
+        binary = mode is not None and "b" in mode
+        temporary_binary = name.endswith("TemporaryFile") and mode is None  # their default mode is "w+b"
+        if not (binary or temporary_binary):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_text_files_are_read_and_written_as_utf8():
+    assert _text_calls_without_encoding('Path("a").read_text()\nopen(p)\nopen(p, "rb")\nopen(p, encoding="utf-8")\n'
+                                        'tempfile.TemporaryFile("w+")\ntempfile.TemporaryFile()\n') == [1, 2, 5]
+    sources = [p for p in ROOT.glob("**/*.py") if not {".venv", "fixtures", "build"} & set(p.relative_to(ROOT).parts)]
+    offenders = {p.relative_to(ROOT).as_posix(): lines for p in sources
+                 if (lines := _text_calls_without_encoding(p.read_text(encoding="utf-8")))}
+    assert offenders == {}, "add encoding='utf-8' (the locale's encoding may be ASCII)"

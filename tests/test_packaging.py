@@ -52,7 +52,7 @@ def _requirements(lines: list[str]) -> set[tuple[str, str, str]]:
 
 
 def _project(dist: str) -> dict:
-    return tomllib.loads((ROOT / "packages" / f"biom3d-{dist}" / "pyproject.toml").read_text())["project"]
+    return tomllib.loads((ROOT / "packages" / f"biom3d-{dist}" / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 
 
 @pytest.mark.parametrize("dist", DISTS)

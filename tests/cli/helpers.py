@@ -30,5 +30,5 @@ def run_cli(args: list[str], tmp_path: Path, *, env: dict[str, str] | None = Non
     proc = subprocess.run(
         [sys.executable, "-c", PROBE, str(out), *args], capture_output=True, text=True, encoding="utf-8", env=full_env, timeout=120
     )
-    modules = set(json.loads(out.read_text())) if out.exists() else set()
+    modules = set(json.loads(out.read_text(encoding="utf-8"))) if out.exists() else set()
     return proc.returncode, proc.stdout, proc.stderr, modules

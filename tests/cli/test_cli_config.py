@@ -16,8 +16,8 @@ metrics: [dice, {name: iou, params: {bogus: 1}}]
 
 
 def test_validate_reports_every_problem_without_torch(tmp_path):
-    (tmp_path / "good.yaml").write_text(GOOD)
-    (tmp_path / "bad.yaml").write_text(BAD)
+    (tmp_path / "good.yaml").write_text(GOOD, encoding="utf-8")
+    (tmp_path / "bad.yaml").write_text(BAD, encoding="utf-8")
     rc, out, err, modules = run_cli(["config", "validate", str(tmp_path / "good.yaml")], tmp_path)
     assert rc == 0, err
     assert "valid (stack models/paper: model models/unet3d-vgg-deep" in out
@@ -32,7 +32,7 @@ def test_validate_reports_every_problem_without_torch(tmp_path):
 
 
 def test_show_resolves_ids_and_defaults(tmp_path):
-    (tmp_path / "good.yaml").write_text(GOOD)
+    (tmp_path / "good.yaml").write_text(GOOD, encoding="utf-8")
     rc, out, err, modules = run_cli(["config", "show", str(tmp_path / "good.yaml")], tmp_path)
     assert rc == 0, err
     shown = yaml.safe_load(out)
@@ -46,7 +46,7 @@ def test_schema_is_valid_json_schema_for_installed_plugins(tmp_path):
 
     rc, out, err, modules = run_cli(["config", "schema", "-o", str(tmp_path / "s.json")], tmp_path)
     assert rc == 0, err
-    schema = json.loads((tmp_path / "s.json").read_text())
+    schema = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(yaml.safe_load(GOOD), schema)
     model_names = {n for d in schema["$defs"].values() if "name" in d.get("properties", {})
@@ -60,7 +60,7 @@ def test_import_original_config(tmp_path):
     assert rc == 0, err
     imported = yaml.safe_load(out)
     assert imported["model"]["name"] == "models/unet3d-vgg-deep" and "note:" in err
-    (tmp_path / "ours.yaml").write_text(GOOD)
+    (tmp_path / "ours.yaml").write_text(GOOD, encoding="utf-8")
     rc, out, err, _ = run_cli(["config", "import", str(tmp_path / "ours.yaml")], tmp_path)
     assert rc == 2 and "not an original biom3d config" in err and "Traceback" not in err
 
@@ -75,23 +75,23 @@ def test_import_original_python_config(tmp_path):
     assert not _heavy(modules)  # parsed, never imported: nothing it names is loaded
     rc, out, err, _ = run_cli(["config", "import", str(legacy / "default_unet.yaml")], tmp_path)
     assert rc == 0, err
-    assert yaml.safe_load(imported.read_text()) == yaml.safe_load(out)  # the YAML the original saved from it
+    assert yaml.safe_load(imported.read_text(encoding="utf-8")) == yaml.safe_load(out)  # the YAML the original saved from it
     rc, out, err, _ = run_cli(["config", "validate", str(imported)], tmp_path)
     assert rc == 0, err
 
 
 def test_import_refuses_a_python_config_that_runs_code(tmp_path):
     marker = tmp_path / "executed"
-    (tmp_path / "evil.py").write_text(f"NUM_CLASSES = 1\n__import__('os').system('touch {marker}')\n")
+    (tmp_path / "evil.py").write_text(f"NUM_CLASSES = 1\n__import__('os').system('touch {marker}')\n", encoding="utf-8")
     rc, out, err, _ = run_cli(["config", "import", str(tmp_path / "evil.py")], tmp_path)
     assert rc == 2 and "Traceback" not in err
     assert f"{tmp_path / 'evil.py'}, line 2: it calls __import__('os').system" in err
     assert not marker.exists()
-    (tmp_path / "broken.py").write_text("NUM_CLASSES = 1\nPATCH_SIZE = [40, 160\n")
+    (tmp_path / "broken.py").write_text("NUM_CLASSES = 1\nPATCH_SIZE = [40, 160\n", encoding="utf-8")
     rc, out, err, _ = run_cli(["config", "import", str(tmp_path / "broken.py")], tmp_path)
     assert rc == 2 and "Traceback" not in err and "broken.py, line 2: not valid Python" in err
 
 def test_newer_schema_version_is_refused(tmp_path):
-    (tmp_path / "new.yaml").write_text("schema_version: 99\n")
+    (tmp_path / "new.yaml").write_text("schema_version: 99\n", encoding="utf-8")
     rc, out, err, _ = run_cli(["config", "validate", str(tmp_path / "new.yaml")], tmp_path)
     assert rc == 2 and "newer than" in err and "pip install -U biom3d-core" in err

@@ -145,7 +145,7 @@ def test_preprocess_train_predict_eval_with_contract_components_only(pipeline, d
         assert len(list((work / "prep" / key).iterdir())) == 4, key
 
     # the run records that every slot came from the contract plugin (core's checkpoint callback aside)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     assert config["stack"] == "contract/all"
     for slot, qid in IDS.items():
         assert config[slot]["name"] == qid, slot
@@ -153,7 +153,7 @@ def test_preprocess_train_predict_eval_with_contract_components_only(pipeline, d
     assert [e["name"] for e in config["postprocessors"]] == ["contract/argmax"]
     assert [e["name"] for e in config["callbacks"]] == ["core/checkpoint", "contract/epoch-file"]
     assert config["patch_size"] == [16, 16, 16] and config["train"]["iters_per_epoch"] == TRAIN["iters_per_epoch"]
-    plugins = json.loads((run_dir / "plugins.json").read_text())
+    plugins = json.loads((run_dir / "plugins.json").read_text(encoding="utf-8"))
     assert plugins["stack"] == "contract/all"
     assert plugins["used"]["contract"]["dist"] == "biom3d-contract"
     assert set(plugins["used"]) == {"contract", "core"}
@@ -163,7 +163,7 @@ def test_preprocess_train_predict_eval_with_contract_components_only(pipeline, d
     assert [h["epoch"] for h in out["history"]] == list(range(TRAIN["epochs"]))
     assert all({"train_loss", "val_loss", "val_dice", "val_dice_1"} <= set(h) for h in out["history"])
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} >= {"last.pt", "best.pt"}
-    lines = [json.loads(x) for x in (run_dir / "contract-epochs.txt").read_text().splitlines()]
+    lines = [json.loads(x) for x in (run_dir / "contract-epochs.txt").read_text(encoding="utf-8").splitlines()]
     assert [x["epoch"] for x in lines] == list(range(TRAIN["epochs"] + 1))  # + the epoch the resume added
     for i, x in enumerate(lines):
         assert x["trainer_epoch"] == x["epoch"] and x["history"] == i + 1
@@ -171,7 +171,7 @@ def test_preprocess_train_predict_eval_with_contract_components_only(pipeline, d
         assert x["monitor"] == "val_dice" and x["monitor_higher"] is True and x["val_sample"] is True
         assert x["run_dir"] == str(run_dir) and x["model"] == "TwoConv"
     # the callback's own state went into core's checkpoint through the trainer's state_dict, and came back
-    end = json.loads((run_dir / "contract-epochs.txt.end").read_text())
+    end = json.loads((run_dir / "contract-epochs.txt.end").read_text(encoding="utf-8"))
     assert end == {"last_epoch": TRAIN["epochs"], "resumed_from": TRAIN["epochs"] - 1}
     assert out["resumed"] == list(range(TRAIN["epochs"] + 1))
 
@@ -195,17 +195,17 @@ def test_biom3d_run_with_core_and_the_contract_plugin_alone(installed, dataset, 
         "data": {"images": str(dataset / "train" / "images"), "masks": str(dataset / "train" / "masks"),
                  "test_images": str(dataset / "test" / "images"), "test_masks": str(dataset / "test" / "masks")},
         "train": TRAIN,
-    }))
+    }), encoding="utf-8")
     # no other plugin loaded: core + this distribution must make a complete stack
     proc = _python(["-m", "biom3d.cli", "run", str(config)], installed, cwd=tmp_path, BIOM3D_PLUGINS="contract")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     folder = runs / "cube"
-    rows = list(csv.reader((folder / "eval.csv").open()))
+    rows = list(csv.reader((folder / "eval.csv").open(encoding="utf-8")))
     assert rows[0] == ["file", "class", "dice", "iou"]
     assert float(next(r for r in rows if r[:2] == ["mean", "all"])[2]) > 0.5, rows
-    run_config = yaml.safe_load((folder / "run" / "config.yaml").read_text())
+    run_config = yaml.safe_load((folder / "run" / "config.yaml").read_text(encoding="utf-8"))
     assert run_config["stack"] == "contract/all" and run_config["model"]["name"] == "contract/two-conv"
-    plugins = json.loads((folder / "run" / "plugins.json").read_text())
+    plugins = json.loads((folder / "run" / "plugins.json").read_text(encoding="utf-8"))
     assert {n for n, p in plugins["installed"].items() if p["state"] == "loaded"} == {"core", "contract"}
     assert sorted(p.name for p in (folder / "predictions").iterdir()) == ["case0.tny", "case1.tny"]
 
@@ -213,7 +213,7 @@ def test_biom3d_run_with_core_and_the_contract_plugin_alone(installed, dataset, 
 def _biom3d_imports(path: Path) -> list[tuple[int, str, str | None]]:
     """(line, module, name) for every import of a ``biom3d`` module (and biom3d strings used as modules)."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name, None) for a in node.names if a.name.split(".")[0] == "biom3d"]
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "biom3d":
@@ -235,7 +235,7 @@ def test_the_distribution_imports_nothing_of_biom3d_but_the_contract():
                 bad.append(f"{path.relative_to(DIST)}:{line}: {module}" + (f" ({name})" if name else ""))
     assert bad == [], "the contract distribution may import only " + ", ".join(sorted(ALLOWED)) + ":\n" + "\n".join(bad)
     # the entry-point module stays light: no torch or numpy at its top level
-    tree = ast.parse((SOURCES / "plugin.py").read_text())
+    tree = ast.parse((SOURCES / "plugin.py").read_text(encoding="utf-8"))
     top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
     top |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
     assert not top & {"torch", "numpy"}, top

@@ -97,10 +97,10 @@ def test_v1_fct_kwargs_envelopes_are_upgraded(registry):
 
 
 def test_load_config_reads_yaml_safely_and_resolves_paths(registry, tmp_path):
-    (tmp_path / "cfg.yaml").write_text("num_classes: 1\ndata: {images: imgs}\nmodel: !!python/object/apply:os.system ['true']\n")
+    (tmp_path / "cfg.yaml").write_text("num_classes: 1\ndata: {images: imgs}\nmodel: !!python/object/apply:os.system ['true']\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "cfg.yaml", registry=registry)
-    (tmp_path / "cfg.yaml").write_text("num_classes: 1\ndata: {images: imgs}\n")
+    (tmp_path / "cfg.yaml").write_text("num_classes: 1\ndata: {images: imgs}\n", encoding="utf-8")
     cfg = load_config(tmp_path / "cfg.yaml", registry=registry, overrides={"train.epochs": 3, "train.lr": None})
     assert cfg.train.epochs == 3 and cfg.train.lr == 1e-2
     assert cfg.path(cfg.data.images) == tmp_path.resolve() / "imgs"

@@ -36,5 +36,5 @@ def test_core_sources_hold_no_first_party_id_or_short_name():
 
 def test_the_check_catches_a_planted_name(tmp_path):
     planted = tmp_path / "x.py"
-    planted.write_text('DEFAULT = {"model": "models/unet3d-vgg-deep", "loss": "dice-ce"}\n')
+    planted.write_text('DEFAULT = {"model": "models/unet3d-vgg-deep", "loss": "dice-ce"}\n', encoding="utf-8")
     assert {"models/unet3d-vgg-deep", "dice-ce"} <= set(_quoted_strings(planted))

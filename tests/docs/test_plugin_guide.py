@@ -237,7 +237,7 @@ def test_the_guide_walk_runs_end_to_end(installed, tmp_path):
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     script = tmp_path / "run.sh"
-    script.write_text(RUN_BLOCK.text)
+    script.write_text(RUN_BLOCK.text, encoding="utf-8")
     proc = subprocess.run(["bash", "-euo", "pipefail", str(script)], capture_output=True, text=True, encoding="utf-8", errors="replace",
                            env=_env(site, DATA=str(data)), cwd=dist, timeout=600)
     took = time.perf_counter() - clock
@@ -245,24 +245,24 @@ def test_the_guide_walk_runs_end_to_end(installed, tmp_path):
                                   f"{proc.stderr[-6000:]}")
     print(f"guide walk: {took:.1f} s")
 
-    config = yaml.safe_load((dist / "config.yaml").read_text())
+    config = yaml.safe_load((dist / "config.yaml").read_text(encoding="utf-8"))
     folder = dist / config["runs_dir"] / config["name"]
     predictions = sorted((folder / "predictions").iterdir())
     assert [p.name for p in predictions] == [f"case{i}.tiny" for i in range(TEST_CASES)]
     assert all(p.read_bytes()[:4] == b"TINY" for p in predictions), "predictions are not .tiny files"
-    rows = (folder / "eval.csv").read_text().splitlines()
+    rows = (folder / "eval.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0] == "file,class,dice,iou" and any(r.startswith("mean,all,") for r in rows), rows
-    lines = [json.loads(x) for x in (folder / "run" / CALLBACK_OUTPUT).read_text().splitlines()]
+    lines = [json.loads(x) for x in (folder / "run" / CALLBACK_OUTPUT).read_text(encoding="utf-8").splitlines()]
     epochs = config["train"]["epochs"]
     assert [x["epoch"] for x in lines] == list(range(epochs)), "callback epochs are counted from 0"
     assert lines[0]["shown_as"] == f"1/{epochs}" and lines[0]["batches"] == config["train"]["iters_per_epoch"]
-    run_config = yaml.safe_load((folder / "run" / "config.yaml").read_text())
+    run_config = yaml.safe_load((folder / "run" / "config.yaml").read_text(encoding="utf-8"))
     assert run_config["stack"] == "tinyseg/tiny" and run_config["model"]["name"] == "tinyseg/tiny-convnet"
     assert run_config["reader"] is None and run_config["writer"] is None  # chosen by suffix
     callbacks = [c["name"] for c in run_config["callbacks"]]
     assert "tinyseg/epoch-log" in callbacks and "core/checkpoint" in callbacks and "core/snapshots" not in callbacks
     assert [p["name"] for p in run_config["postprocessors"]] == ["core/discretize", "tinyseg/min-volume"]
-    plugins = json.loads((folder / "run" / "plugins.json").read_text())
+    plugins = json.loads((folder / "run" / "plugins.json").read_text(encoding="utf-8"))
     assert plugins["used"]["tinyseg"]["dist"] == "biom3d-tinyseg"
     assert {p.name for p in (folder / "run" / "checkpoints").iterdir()} >= {"last.pt", "best.pt"}
     assert [p.name for p in sorted((dist / "preds-npy").iterdir())] == ["case0.npy", "eval.csv"]  # --writer io/npy
@@ -274,7 +274,7 @@ def test_python_blocks_run(installed, tmp_path):
     blocks = [(b.line, b.text) for b in BLOCKS if b.lang == "python" and not b.file and not b.is_pytest]
     assert len(blocks) >= 5
     listing = tmp_path / "blocks.json"
-    listing.write_text(json.dumps(blocks))
+    listing.write_text(json.dumps(blocks), encoding="utf-8")
     proc = _python(["-c", RUN_BLOCKS, str(listing)], site, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
     for b in BLOCKS:  # the file blocks that are modules compile (the end-to-end test imports them)
@@ -294,7 +294,7 @@ def test_pytest_blocks_pass(installed, tmp_path):
         if b.is_pytest:
             path = dist / b.file if b.file else tmp_path / f"test_block_{b.line}.py"
             if not b.file:
-                path.write_text(b.text)
+                path.write_text(b.text, encoding="utf-8")
             targets.append(str(path))
     assert targets, "the guide shows no test using the biom3d_plugins fixture"
     proc = _python(["-m", "pytest", "-q", "-p", "no:cacheprovider", *targets], site, cwd=dist)
@@ -307,6 +307,6 @@ def test_yaml_blocks_are_valid_configs(installed, tmp_path):
     blocks = [(b.line, b.text, "invalid" in b.flags) for b in BLOCKS if b.lang == "yaml" and not b.file]
     assert blocks
     listing = tmp_path / "blocks.json"
-    listing.write_text(json.dumps(blocks))
+    listing.write_text(json.dumps(blocks), encoding="utf-8")
     proc = _python(["-c", VALIDATE_BLOCKS, str(listing)], site, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -77,9 +77,9 @@ def test_a_run_without_checkpoint_is_explained_to_predict(trained, tmp_path):
 
 
 def _recorded(run, plugin: str, version: str):
-    record = json.loads((run / "plugins.json").read_text())
+    record = json.loads((run / "plugins.json").read_text(encoding="utf-8"))
     record["used"][plugin]["version"] = version
-    (run / "plugins.json").write_text(json.dumps(record))
+    (run / "plugins.json").write_text(json.dumps(record), encoding="utf-8")
 
 
 def test_other_plugin_versions_warn_once_each_and_strict_refuses(trained, dataset, tmp_path, caplog):
@@ -127,4 +127,4 @@ def test_a_chosen_reader_settles_a_tie_in_every_stage(dataset, tmp_path):
     assert evaluate(masks, masks, reader="twin/tiff", registry=registry).mean("dice") == 1.0
     prep = preprocess_dataset(dataset / "train" / "images", dataset / "train" / "masks", tmp_path / "prep",
                               num_classes=1, workers=0, progress=False, reader="twin/tiff", registry=registry)
-    assert yaml.safe_load(prep.config_path.read_text())["reader"] == {"name": "twin/tiff", "params": {}}
+    assert yaml.safe_load(prep.config_path.read_text(encoding="utf-8"))["reader"] == {"name": "twin/tiff", "params": {}}

@@ -46,7 +46,7 @@ def test_core_and_monai_train_predict_and_evaluate(monai_only, tmp_path):
     overrides = {k: v for k, v in TINY.items() if k.startswith("train.")}
     overrides["model.params.base_features"] = 4
     result = Builder(prep.config_path, registry=monai_only, overrides=overrides).train(runs_dir=tmp_path / "runs")
-    cfg = (result.run_dir / "config.yaml").read_text()
+    cfg = (result.run_dir / "config.yaml").read_text(encoding="utf-8")
     for qid in ("monai/dyn-unet", "monai/dice-ce-loss", "monai/monai-dataset", "monai/dice-metric"):
         assert qid in cfg
     assert len(result.history) == TINY["train.epochs"] and np.isfinite(result.history[-1]["val_loss"])
@@ -70,6 +70,6 @@ def test_a_hand_written_minimal_config_runs_with_core_and_monai(monai_only, tmp_
                     "test_images": str(tmp_path / "test" / "img"), "test_masks": str(tmp_path / "test" / "msk")}}
     tiny = {k: v for k, v in TINY.items() if k.startswith("train.")}
     result = run_pipeline(raw, overrides=tiny, registry=monai_only, progress=False)
-    record = json.loads((result.run_dir / "plugins.json").read_text())
+    record = json.loads((result.run_dir / "plugins.json").read_text(encoding="utf-8"))
     assert record["stack"] == "monai/dynunet" and set(record["used"]) == {"core", "monai"}
     assert (result.predictions / "c0.nii.gz").is_file() and (result.folder / "eval.csv").is_file()

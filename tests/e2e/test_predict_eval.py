@@ -2,6 +2,7 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 
 from biom3d.core.errors import DataError, PluginError
 from biom3d.core.stages.evaluate import evaluate
@@ -26,7 +27,7 @@ def test_predict_writes_masks_with_the_input_metadata_and_evaluates(trained, dat
     report = evaluate(out, dataset / "test" / "masks", csv_path=tmp_path / "eval.csv")
     assert report.classes == [1] and len(report.rows) == 2
     assert 0.0 <= report.mean("dice") <= 1.0
-    assert (tmp_path / "eval.csv").read_text().splitlines()[0] == "file,class,dice,iou"
+    assert (tmp_path / "eval.csv").read_text(encoding="utf-8").splitlines()[0] == "file,class,dice,iou"
     with pytest.raises(DataError, match="already exist.*--overwrite"):
         predict([trained.run_dir], dataset / "test" / "images", out, progress=False)
 
@@ -57,6 +58,30 @@ def test_tta_and_ensemble_change_probabilities_not_the_format(trained, dataset, 
     assert [p.name for p in written] == ["case1.tif"]
 
 
+def test_an_ensemble_of_runs_that_post_process_differently_warns_and_uses_the_first_runs(trained, dataset, tmp_path,
+                                                                                           caplog):
+    import logging
+
+    def copy(name, postprocessors):
+        run = shutil.copytree(trained.run_dir, tmp_path / name)
+        config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+        config["postprocessors"] = postprocessors
+        (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+        return run
+
+    spelled_out = copy("spelled-out", [{"name": "discretize", "params": {"threshold": 0.5}}])  # the default, written
+    largest = copy("largest", [{"name": "core/discretize"}, {"name": "core/keep-largest"}])
+    image = dataset / "test" / "images" / "case0.tif"
+    with caplog.at_level(logging.WARNING, logger="biom3d"):
+        predict([trained.run_dir, spelled_out], image, tmp_path / "same", tta=False, progress=False)
+        assert not caplog.records  # the same post-processing, however it is written
+        predict([trained.run_dir, largest], image, tmp_path / "mixed", tta=False, progress=False)
+    (record,) = caplog.records
+    assert "core/keep-largest" in record.getMessage() and "uses the first run's" in record.getMessage()
+    mixed, same = (np.asarray(_read(tmp_path / d / "case0.tif").array) for d in ("mixed", "same"))
+    assert np.array_equal(mixed, same)  # the first run's post-processing, not the second's
+
+
 def test_nifti_metadata_round_trip(trained, tmp_path):
     import SimpleITK as sitk
 
@@ -80,9 +105,9 @@ def test_a_run_needing_a_missing_plugin_fails_up_front(trained, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(trained.run_dir, run)
-    record = json.loads((run / "plugins.json").read_text())
+    record = json.loads((run / "plugins.json").read_text(encoding="utf-8"))
     record["used"]["acme"] = {"dist": "biom3d-acme", "version": "0.3.1", "components": ["acme/net"]}
-    (run / "plugins.json").write_text(json.dumps(record))
+    (run / "plugins.json").write_text(json.dumps(record), encoding="utf-8")
     with pytest.raises(PluginError, match=r"plugin 'acme' \(biom3d-acme 0.3.1\) is not installed.*pip install 'biom3d-acme==0.3.1'"):
         predict([run], tmp_path, tmp_path / "out", progress=False)
 
@@ -135,8 +160,10 @@ def test_2d_images_go_through_the_whole_pipeline(tmp_path, calibrated):
     overrides = {"train.epochs": 1, "train.iters_per_epoch": 3, "train.workers": 0, "train.batch_size": 2,
                  "model.params.base_features": 4}
     run = Builder(prep.config_path, overrides=overrides).train(runs_dir=tmp_path / "runs").run_dir
-    written = predict([run], tmp_path / "test" / "img", tmp_path / "pred", progress=False)
+    written = predict([run], tmp_path / "test" / "img", tmp_path / "pred", progress=False,
+                      probabilities=tmp_path / "probs")
     assert tifffile.imread(written[0]).shape == (48, 48)
+    assert np.load(tmp_path / "probs" / "c0.npz")["probabilities"].shape == (2, 48, 48)  # (C, H, W), as the mask
     if calibrated:
         assert prep.fingerprint["spacing"] == [1.0, 0.5, 0.5]
         with tifffile.TiffFile(written[0]) as tif:  # the mask keeps the image's calibration
@@ -281,7 +308,7 @@ def test_eval_distances_are_in_the_files_spacing_and_an_empty_prediction_is_left
     assert np.isnan(rows["missed"]["hd95"]) and rows["missed"]["dice"] == 0.0
     assert report.mean("hd95") == pytest.approx(4.0) and report.undefined("hd95") == 1  # not a NaN mean
     assert report.mean("dice") == 0.0  # the missed file still counts in Dice
-    lines = (tmp_path / "eval.csv").read_text().splitlines()
+    lines = (tmp_path / "eval.csv").read_text(encoding="utf-8").splitlines()
     assert lines[0] == "file,class,dice,iou,hd95,assd,unit" and lines[1].startswith("missed,1,0.000000,0.000000,nan")
     assert lines[-1] == "mean,all,0.000000,0.000000,4.000000,4.000000,um"
     out = CliRunner().invoke(app, ["eval", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth"),

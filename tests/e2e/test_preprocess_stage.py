@@ -21,11 +21,11 @@ def test_outputs_layout_and_config(prepared):
     assert abs(float(image.mean())) < 1e-4 and set(np.unique(mask)) == {0, 1}  # z-scored, 0/255 fixed
     with np.load(out / "fg" / "case0.npz") as fg:
         assert (mask[tuple(fg["1"].T)] == 1).all()
-    fp = json.loads((out / "fingerprint.json").read_text())
+    fp = json.loads((out / "fingerprint.json").read_text(encoding="utf-8"))
     assert fp["spacing"] == [2.0, 0.5, 0.5] and fp["median_shape"] == list(map(float, SHAPE))
-    folds = (out / "folds.csv").read_text().splitlines()
+    folds = (out / "folds.csv").read_text(encoding="utf-8").splitlines()
     assert folds[0] == "filename,fold" and len(folds) == 5 and {r.split(",")[1] for r in folds[1:]} == {"0", "1"}
-    cfg = yaml.safe_load(prepared.config_path.read_text())
+    cfg = yaml.safe_load(prepared.config_path.read_text(encoding="utf-8"))
     assert cfg["patch_size"] == list(prepared.plan["patch_size"]) and cfg["data"]["preprocessed"] == "."
     assert cfg["stack"] == prepared.stack == "models/paper"  # the default stack with every plugin installed
     assert any("relabelled" in w for w in prepared.warnings)
@@ -66,7 +66,7 @@ def test_single_image_is_split_into_train_and_validation(tmp_path):
     root = make_dataset(tmp_path / "one", n_train=1, n_test=0)
     res = preprocess_dataset(root / "train" / "images", root / "train" / "masks", tmp_path / "prep", num_classes=1,
                              workers=0, progress=False)
-    rows = dict(line.split(",") for line in (res.out_dir / "folds.csv").read_text().splitlines()[1:])
+    rows = dict(line.split(",") for line in (res.out_dir / "folds.csv").read_text(encoding="utf-8").splitlines()[1:])
     assert rows == {"case0-train.npy": "1", "case0-val.npy": "0"}
     train = np.load(res.out_dir / "images" / "case0-train.npy")
     val = np.load(res.out_dir / "images" / "case0-val.npy")

@@ -86,12 +86,12 @@ def test_run_flags_reach_the_run_config_the_plan_and_the_fold_split(pipeline):
     assert run_cfg["model"]["params"]["base_features"] == 6
     prep_cfg = yaml.safe_load((folder / "preprocessed" / "config.yaml").read_text(encoding="utf-8"))
     assert prep_cfg["autoconfig"] == run_cfg["autoconfig"] == {"max_dim": 16, "max_pool": 2, "max_batch": 3}
-    median = json.loads((folder / "preprocessed" / "fingerprint.json").read_text())["median_shape"]
+    median = json.loads((folder / "preprocessed" / "fingerprint.json").read_text(encoding="utf-8"))["median_shape"]
     planned = auto_config(median, max_dim=16, max_pool=2)
     assert (tuple(run_cfg["patch_size"]), tuple(run_cfg["num_pools"])) == (planned.patch_size, planned.num_pools)
     default = auto_config(median)
     assert (planned.patch_size, planned.num_pools) != (default.patch_size, default.num_pools)  # the flags counted
-    folds = dict(line.split(",") for line in (folder / "run" / "folds.csv").read_text().splitlines()[1:])
+    folds = dict(line.split(",") for line in (folder / "run" / "folds.csv").read_text(encoding="utf-8").splitlines()[1:])
     assert {k: int(v) for k, v in folds.items()} == make_folds(list(folds), seed=7)  # --seed split the folds
     assert "training UNet on cpu: 1 epochs x 2 iterations, batch 1" in log
     assert f"predict: {folder / 'run'} with checkpoints/last.pt, epoch 1" in log
@@ -102,7 +102,7 @@ def test_run_resume_extends_the_run_and_predicts_again_with_the_chosen_weights(p
     folder, _ = pipeline
     caplog.set_level(logging.INFO, logger="biom3d")
     cli("run", "--resume", folder / "run", "--epochs", "2")  # the run/ inside names its pipeline too
-    epochs = [line.split(",")[0] for line in (folder / "run" / "log.csv").read_text().splitlines()[1:]]
+    epochs = [line.split(",")[0] for line in (folder / "run" / "log.csv").read_text(encoding="utf-8").splitlines()[1:]]
     assert epochs == ["0", "1"]
     assert "train: extending the run" in caplog.text and "preprocess: done already" in caplog.text
     assert "weights changed since the last predictions (last.pt, now best.pt)" in caplog.text
@@ -128,7 +128,7 @@ def test_run_finetune_starts_from_the_run_and_resumes_an_interrupted_one(dataset
     old_cfg = yaml.safe_load((trained.run_dir / "config.yaml").read_text(encoding="utf-8"))
     assert run_cfg["model"] == old_cfg["model"] and run_cfg["patch_size"] == old_cfg["patch_size"]
     assert (folder / "run" / "checkpoints" / "best.pt").is_file() and not (folder / "run.finetuning").exists()
-    state = json.loads((folder / "pipeline.json").read_text())
+    state = json.loads((folder / "pipeline.json").read_text(encoding="utf-8"))
     assert state["train"]["done"] and state["train"]["finetune"] == str(trained.run_dir.resolve())
 
     # as a kill during the fine-tuning leaves it: run.finetuning/<run> with a checkpoint, no run/

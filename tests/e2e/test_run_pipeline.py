@@ -24,7 +24,7 @@ def _config(tmp_path, dataset, epochs):
         "model": {"name": "unet3d-vgg-deep", "params": {"base_features": 4}},
     }
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     return path
 
 
@@ -36,7 +36,7 @@ def _biom3d(*args, timeout=300, cwd=None):
 def test_run_resumes_after_a_kill_during_training_and_skips_finished_stages(dataset, tmp_path):
     masks = shutil.copytree(dataset / "train" / "masks", tmp_path / "masks")  # corrected in place at the end
     config = _config(tmp_path, dataset, epochs=5)
-    config.write_text(config.read_text().replace(str(dataset / "train" / "masks"), str(masks)))
+    config.write_text(config.read_text(encoding="utf-8").replace(str(dataset / "train" / "masks"), str(masks)), encoding="utf-8")
     folder = tmp_path / "runs" / "tiny"
     proc = subprocess.Popen([sys.executable, "-m", "biom3d.cli", "run", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -46,7 +46,7 @@ def test_run_resumes_after_a_kill_during_training_and_skips_finished_stages(data
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (folder / "run" / "checkpoints" / "last.pt").exists(), "training never started"
-    state = json.loads((folder / "pipeline.json").read_text())
+    state = json.loads((folder / "pipeline.json").read_text(encoding="utf-8"))
     assert state["preprocess"]["done"] and "train" not in state
     prep_mtime = (folder / "preprocessed" / "images" / "case0.npy").stat().st_mtime
 
@@ -54,11 +54,11 @@ def test_run_resumes_after_a_kill_during_training_and_skips_finished_stages(data
     assert out.returncode == 0, out.stderr
     assert "preprocess: done already" in out.stderr and "resuming" in out.stderr
     assert (folder / "preprocessed" / "images" / "case0.npy").stat().st_mtime == prep_mtime
-    epochs = [line.split(",")[0] for line in (folder / "run" / "log.csv").read_text().splitlines()[1:]]
+    epochs = [line.split(",")[0] for line in (folder / "run" / "log.csv").read_text(encoding="utf-8").splitlines()[1:]]
     assert epochs == ["0", "1", "2", "3", "4"]
     assert sorted(p.name for p in (folder / "predictions").iterdir()) == ["case0.tif", "case1.tif"]
     assert "mean Dice" in out.stdout and (folder / "eval.csv").is_file()
-    state = json.loads((folder / "pipeline.json").read_text())
+    state = json.loads((folder / "pipeline.json").read_text(encoding="utf-8"))
     assert all(state[s]["done"] for s in ("preprocess", "train", "predict", "eval"))
 
     again = _biom3d("run", str(config))
@@ -90,16 +90,16 @@ def test_run_without_a_config(dataset, tmp_path):
                   "--runs-dir", str(tmp_path), "--name", "quick")
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "quick" / "run" / "checkpoints" / "best.pt").is_file()
-    assert yaml.safe_load((tmp_path / "quick" / "config.yaml").read_text())["num_classes"] == 1
+    assert yaml.safe_load((tmp_path / "quick" / "config.yaml").read_text(encoding="utf-8"))["num_classes"] == 1
 
 
 def test_bad_paths_are_one_paragraph_errors(tmp_path):
-    (tmp_path / "c.yaml").write_text("num_classes: 1\ndata: {images: nowhere, masks: nowhere}\n")
+    (tmp_path / "c.yaml").write_text("num_classes: 1\ndata: {images: nowhere, masks: nowhere}\n", encoding="utf-8")
     out = _biom3d("run", str(tmp_path / "c.yaml"), cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"data.images: {tmp_path / 'nowhere'} does not exist" in out.stderr and "data.masks" in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # no pipeline folder (runs/biom3d) was made
-    (tmp_path / "t.yaml").write_text("num_classes: 1\npatch_size: [16, 16, 16]\ndata: {preprocessed: missing}\n")
+    (tmp_path / "t.yaml").write_text("num_classes: 1\npatch_size: [16, 16, 16]\ndata: {preprocessed: missing}\n", encoding="utf-8")
     out = _biom3d("train", str(tmp_path / "t.yaml"))
     assert out.returncode == 2 and "data.preprocessed" in out.stderr and "Traceback" not in out.stderr
     out = _biom3d("preprocess", "-i", str(tmp_path / "none"), "-m", str(tmp_path / "none"), "-k", "1")

@@ -18,7 +18,7 @@ from tests.e2e.conftest import TINY
 def _log_rows(run_dir):
     if not (run_dir / "log.csv").exists():
         return []
-    with open(run_dir / "log.csv") as f:
+    with open(run_dir / "log.csv", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
@@ -28,13 +28,13 @@ def test_run_folder_is_complete(trained):
                  "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (run / name).is_file(), name
     assert list((run / "snapshots").glob("epoch-*.png"))
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     assert cfg["model"]["name"] == "models/unet3d-vgg-deep" and cfg["model"]["params"]["base_features"] == 4
     assert os.path.isabs(cfg["data"]["preprocessed"])
     rows = _log_rows(run)
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]
     assert {"lr", "train_loss", "val_loss", "val_dice", "val_dice_1", "val_iou", "time"} <= set(rows[0])
-    used = __import__("json").loads((run / "plugins.json").read_text())["used"]
+    used = __import__("json").loads((run / "plugins.json").read_text(encoding="utf-8"))["used"]
     assert used["models"]["dist"] == "biom3d-models" and "models/unet3d-vgg-deep" in used["models"]["components"]
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and {"model", "optimizer", "scaler", "rng", "history"} <= set(state)
@@ -56,12 +56,12 @@ def test_same_seed_same_first_epoch_losses(prepared, tmp_path):
 
 
 def test_resume_after_sigkill_continues_the_same_run(prepared, tmp_path):
-    raw = yaml.safe_load(prepared.config_path.read_text())
+    raw = yaml.safe_load(prepared.config_path.read_text(encoding="utf-8"))
     raw["data"]["preprocessed"] = str(prepared.out_dir)
     from biom3d.core.config import apply_overrides
 
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(apply_overrides(raw, {**TINY, "train.epochs": 6})))
+    config.write_text(yaml.safe_dump(apply_overrides(raw, {**TINY, "train.epochs": 6})), encoding="utf-8")
     cmd = [sys.executable, "-m", "biom3d.cli", "train", str(config), "--runs-dir", str(tmp_path / "runs")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -103,7 +103,7 @@ def test_a_finished_run_can_be_extended(trained, tmp_path):
     shutil.copytree(trained.run_dir, run)
     result = Builder.resume(run, epochs=5)
     assert [h["epoch"] for h in result.history] == [0, 1, 2, 3, 4]
-    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 5
+    assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["train"]["epochs"] == 5
 
 
 def test_finetune_starts_from_trained_weights_and_keeps_the_architecture(trained, prepared, tmp_path, caplog):
@@ -111,8 +111,8 @@ def test_finetune_starts_from_trained_weights_and_keeps_the_architecture(trained
     with caplog.at_level(logging.INFO, logger="biom3d"):
         result = Builder.finetune(trained.run_dir, prepared.config_path, overrides=overrides, runs_dir=tmp_path)
     assert result.run_dir.parent == tmp_path and result.run_dir != trained.run_dir
-    cfg = yaml.safe_load((result.run_dir / "config.yaml").read_text())
-    old = yaml.safe_load((trained.run_dir / "config.yaml").read_text())
+    cfg = yaml.safe_load((result.run_dir / "config.yaml").read_text(encoding="utf-8"))
+    old = yaml.safe_load((trained.run_dir / "config.yaml").read_text(encoding="utf-8"))
     assert cfg["patch_size"] == old["patch_size"] and cfg["model"] == old["model"]
     assert "kept" in caplog.text and "patch_size" in caplog.text
     assert "re-initialised" not in caplog.text  # every trained tensor was loaded

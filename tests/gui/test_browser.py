@@ -222,7 +222,7 @@ def test_late_answers_do_not_show_another_run_or_send_another_patch(server, data
     url, runs = server
     for name, epochs in (("run-a", 4), ("run-b", 6)):  # two finished-looking pipeline folders
         (runs / name).mkdir(parents=True)
-        (runs / name / "config.yaml").write_text(yaml.safe_dump({"name": name, "train": {"epochs": epochs}}))
+        (runs / name / "config.yaml").write_text(yaml.safe_dump({"name": name, "train": {"epochs": epochs}}), encoding="utf-8")
     with playwright_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:

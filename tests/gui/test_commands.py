@@ -63,8 +63,8 @@ def site(tmp_path, monkeypatch) -> Path:
         folder = tmp_path / info
         folder.mkdir()
         dist, version = info.removesuffix(".dist-info").split("-")
-        (folder / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist.replace('_', '-')}\nVersion: {version}\n\n")
-        (folder / "entry_points.txt").write_text(f"[console_scripts]\nx = y:z\n\n[biom3d.cli_commands]\n{entries}")
+        (folder / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist.replace('_', '-')}\nVersion: {version}\n\n", encoding="utf-8")
+        (folder / "entry_points.txt").write_text(f"[console_scripts]\nx = y:z\n\n[biom3d.cli_commands]\n{entries}", encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
     for module in ("fx_cmd_good", "fx_cmd_heavy"):
         monkeypatch.delitem(sys.modules, module, raising=False)

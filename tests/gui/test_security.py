@@ -158,7 +158,7 @@ def test_dot_dot_absolute_paths_outside_and_missing_folders_are_refused(client, 
 def test_a_symbolic_link_out_of_the_shared_folders_is_refused(client, data, tmp_path):
     outside = tmp_path / "secret"
     outside.mkdir()
-    (outside / "key.txt").write_text("x")
+    (outside / "key.txt").write_text("x", encoding="utf-8")
     link = data / "escape"
     os.symlink(outside, link)
     inner = data / "inner-link"

@@ -76,6 +76,6 @@ def test_dicom_prediction_is_written_as_nifti_with_the_series_geometry(io, serie
 def test_folder_without_series_is_a_data_error_naming_it(io, tmp_path):
     empty = tmp_path / "not-dicom"
     empty.mkdir()
-    (empty / "notes.txt").write_text("hello")
+    (empty / "notes.txt").write_text("hello", encoding="utf-8")
     with pytest.raises(DataError, match=r"not-dicom.*no DICOM series"):
         io.read(empty)

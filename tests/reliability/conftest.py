@@ -162,7 +162,7 @@ def confined(tmp_path_factory):
     why = _namespaces_work(work)
     if why:
         pytest.skip(why)
-    (work / "driver.py").write_text(DRIVER)
+    (work / "driver.py").write_text(DRIVER, encoding="utf-8")
 
     def run(cases: list[list[str]], *, tmpfs: dict[Path, int] | None = None, readonly: list[Path] = (),
             fill: list[Path] = ()) -> list[dict]:
@@ -177,12 +177,12 @@ def confined(tmp_path_factory):
             Path(folder).mkdir(parents=True, exist_ok=True)
             steps += [f"mount --bind {folder} {folder}", f"mount -o remount,ro,bind {folder}"]
         spec, result, roots = work / f"cases{n}.json", work / f"result{n}.json", work / f"roots{n}.json"
-        spec.write_text(json.dumps(cases))
-        roots.write_text(json.dumps([str(p) for p in [*tmpfs, *readonly]]))
+        spec.write_text(json.dumps(cases), encoding="utf-8")
+        roots.write_text(json.dumps([str(p) for p in [*tmpfs, *readonly]]), encoding="utf-8")
         steps.append(f"exec {sys.executable} {work / 'driver.py'} {spec} {result} {roots}")
         proc = subprocess.run(["unshare", "-rm", "sh", "-c", " && ".join(steps)], capture_output=True, text=True, encoding="utf-8", errors="replace",
                               timeout=300)
         assert proc.returncode == 0 and result.is_file(), proc.stderr[-3000:]
-        return json.loads(result.read_text())
+        return json.loads(result.read_text(encoding="utf-8"))
 
     return run

@@ -75,7 +75,7 @@ def test_a_preprocess_rerun_removes_the_temporaries_a_kill_left(dataset, prepare
 def test_a_folder_holding_only_a_killed_runs_temporary_is_taken(dataset, tmp_path):
     out = tmp_path / "prep"
     out.mkdir()
-    (out / ".preprocess.json.k1ll3d00.tmp").write_text("{")  # killed while claiming the folder
+    (out / ".preprocess.json.k1ll3d00.tmp").write_text("{", encoding="utf-8")  # killed while claiming the folder
     assert preprocess(dataset, out).processed == 4
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
@@ -118,7 +118,7 @@ def test_a_predict_rerun_removes_its_temporaries_and_nothing_else(dataset, train
     out.mkdir()
     stale, unrelated = out / ".case0.tif.k1ll3d00.tmp", out / ".my-notes.tmp"
     stale.write_bytes(b"half")
-    unrelated.write_text("mine")
+    unrelated.write_text("mine", encoding="utf-8")
     predict([trained.run_dir], dataset / "test" / "images", out, progress=False)
-    assert not stale.exists() and unrelated.read_text() == "mine"
+    assert not stale.exists() and unrelated.read_text(encoding="utf-8") == "mine"
     assert (out / "case0.tif").is_file()

@@ -17,7 +17,7 @@ from tests.reliability.conftest import cli, preprocess
 def test_preprocess_refuses_a_folder_holding_the_users_files(dataset, tmp_path):
     out = tmp_path / "mine"
     (out / "images").mkdir(parents=True)
-    (out / "config.yaml").write_text("my: own config\n")
+    (out / "config.yaml").write_text("my: own config\n", encoding="utf-8")
     mine = np.arange(10.0)
     np.save(out / "images" / "case0.npy", mine)
 
@@ -25,7 +25,7 @@ def test_preprocess_refuses_a_folder_holding_the_users_files(dataset, tmp_path):
                "-k", "1", "-o", str(out), "--workers", "0")
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "--overwrite" in proc.stderr and "config.yaml" in proc.stderr
-    assert (out / "config.yaml").read_text() == "my: own config\n"
+    assert (out / "config.yaml").read_text(encoding="utf-8") == "my: own config\n"
     assert np.array_equal(np.load(out / "images" / "case0.npy"), mine)
     assert sorted(p.name for p in out.rglob("*")) == ["case0.npy", "config.yaml", "images"]  # nothing added
 
@@ -48,27 +48,27 @@ def test_eval_refuses_to_replace_an_existing_csv(dataset, tmp_path):
 
     truth = dataset / "train" / "masks"
     table = tmp_path / "results.csv"
-    table.write_text("my,own,table\n")
+    table.write_text("my,own,table\n", encoding="utf-8")
     with pytest.raises(InputError, match="results.csv already exists.*--overwrite"):
         evaluate(truth, truth, csv_path=table)
-    assert table.read_text() == "my,own,table\n"
+    assert table.read_text(encoding="utf-8") == "my,own,table\n"
 
     proc = cli("eval", "-p", str(truth), "-t", str(truth), "--csv", str(table))
     assert proc.returncode == 2 and "already exists" in proc.stderr and "Traceback" not in proc.stderr
-    assert table.read_text() == "my,own,table\n"
+    assert table.read_text(encoding="utf-8") == "my,own,table\n"
 
     proc = cli("eval", "-p", str(truth), "-t", str(truth), "--csv", str(table), "--overwrite")
     assert proc.returncode == 0, proc.stderr
-    assert table.read_text().splitlines()[0] == "file,class,dice,iou"
+    assert table.read_text(encoding="utf-8").splitlines()[0] == "file,class,dice,iou"
 
 
 def test_config_schema_refuses_to_replace_an_existing_file(tmp_path):
     target = tmp_path / "schema.json"
-    target.write_text("mine\n")
+    target.write_text("mine\n", encoding="utf-8")
     proc = cli("config", "schema", "-o", str(target))
-    assert proc.returncode == 2 and "--overwrite" in proc.stderr and target.read_text() == "mine\n"
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr and target.read_text(encoding="utf-8") == "mine\n"
     assert cli("config", "schema", "-o", str(target), "--overwrite").returncode == 0
-    assert target.read_text().startswith("{")
+    assert target.read_text(encoding="utf-8").startswith("{")
 
 
 # 3 ---------------------------------------------------------------------------------------------------------

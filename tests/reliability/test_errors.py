@@ -112,7 +112,7 @@ def test_channels_are_checked_against_the_run_before_predicting(trained, tmp_pat
     ("MEDIAN_SPACING: 0.5", "MEDIAN_SPACING"),
 ])
 def test_legacy_import_names_the_key_of_a_bad_value(tmp_path, edit, key):
-    (tmp_path / "old.yaml").write_text(LEGACY.read_text() + f"\n{edit}\n")  # a repeated key: the last one wins
+    (tmp_path / "old.yaml").write_text(LEGACY.read_text(encoding="utf-8") + f"\n{edit}\n", encoding="utf-8")  # a repeated key: the last one wins
     proc = cli("config", "import", str(tmp_path / "old.yaml"))
     line = _one_paragraph(proc.stderr)
     assert proc.returncode == 2 and f"{key}: expected" in line, line
@@ -137,7 +137,7 @@ def test_a_100k_deep_yaml_is_refused_not_a_recursion_error(tmp_path):
     from biom3d.core.config import read_yaml
 
     deep = tmp_path / "deep.yaml"
-    deep.write_text("data: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    deep.write_text("data: " + "[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
     for read in (read_yaml, read_legacy_yaml):
         with pytest.raises(ConfigError, match="levels deep"):
             read(deep)
@@ -196,7 +196,7 @@ def _bomb(levels: int) -> str:
 
 @pytest.mark.parametrize("command", [["config", "import"], ["config", "validate"]])
 def test_an_alias_bomb_is_refused_quickly_at_every_yaml_entry_point(tmp_path, command):
-    (tmp_path / "bomb.yaml").write_text(_bomb(10))
+    (tmp_path / "bomb.yaml").write_text(_bomb(10), encoding="utf-8")
     start = time.perf_counter()
     proc = cli(*command, str(tmp_path / "bomb.yaml"), timeout=60)
     assert time.perf_counter() - start < 20

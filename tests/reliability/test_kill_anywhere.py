@@ -93,7 +93,7 @@ def _masks(folder: Path) -> dict[str, np.ndarray]:
 
 def _losses(run_dir: Path) -> list[list[str]]:
     """log.csv without its time column."""
-    rows = [line.split(",") for line in (run_dir / "log.csv").read_text().splitlines()]
+    rows = [line.split(",") for line in (run_dir / "log.csv").read_text(encoding="utf-8").splitlines()]
     keep = [i for i, name in enumerate(rows[0]) if name != "time"]
     return [[row[i] for i in keep] for row in rows]
 
@@ -110,7 +110,7 @@ def test_killed_anywhere_and_rerun_gives_the_uninterrupted_result(tmp_path):
     assert len(expected) == 2
 
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(_config(tmp_path / "killed", data)))
+    config.write_text(yaml.safe_dump(_config(tmp_path / "killed", data)), encoding="utf-8")
     rng = random.Random(SEED)
     stages = [_attempt(config, milestone, rng.uniform(low, high)) for milestone, low, high in KILL_POINTS]
     final = subprocess.run([sys.executable, "-m", "biom3d.cli", "run", str(config)], capture_output=True, text=True, encoding="utf-8", errors="replace",

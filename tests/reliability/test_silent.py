@@ -64,7 +64,7 @@ def test_some_masks_empty_are_named_in_a_warning(tmp_path):
     result = preprocess(data, tmp_path / "out")
     empty = [w for w in result.warnings if "no foreground" in w]
     assert len(empty) == 1 and "case1.tif" in empty[0]
-    assert "no foreground" in (tmp_path / "out" / "preprocess.log").read_text()
+    assert "no foreground" in (tmp_path / "out" / "preprocess.log").read_text(encoding="utf-8")
 
 
 # 10 --------------------------------------------------------------------------------------------------------

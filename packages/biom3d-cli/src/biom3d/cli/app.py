@@ -230,6 +230,10 @@ def predict(
     backend: Annotated[Literal["torch", "onnxruntime"], typer.Option(
         help="Run a run folder's network with PyTorch, or with ONNX Runtime on the CPU (exported in memory and "
              "checked against the network; biom3d-core[onnx]).")] = "torch",
+    probabilities: Annotated[Path | None, typer.Option(
+        "--probabilities", help="Also save each image's probabilities before post-processing in this folder "
+        "(not --output): <name>.npz, float16 (C, [D,] H, W) on the input's grid, for uncertainty or your own "
+        "ensembling; np.load(path)['probabilities'].")] = None,
 ) -> None:
     """Predict masks, written in the input's format and metadata under the same relative names; under torchrun
     (or with --shard I/N) this process predicts its share of the inputs."""
@@ -237,7 +241,8 @@ def predict(
 
     predict_cmd.predict(runs, input, output, tta=tta, overlap=overlap, fast=fast, device=device, checkpoint=checkpoint,
                         overwrite=overwrite, skip_existing=skip_existing, reader=reader, writer=writer,
-                        strict_versions=strict_versions, shard=shard, backend=backend)
+                        strict_versions=strict_versions, shard=shard, backend=backend,
+                        probabilities=probabilities)
 
 
 @app.command("eval")

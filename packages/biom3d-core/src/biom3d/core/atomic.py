@@ -147,7 +147,7 @@ def _discard(tmp: Path | None) -> None:
 def _umask() -> int:
     """The process umask: read from /proc where it exists (no race), else set and restored."""
     with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
     mask = os.umask(0o022)

@@ -38,4 +38,4 @@ def start_time(pid: int) -> str | None:
 
 def _stat_fields(pid: int) -> list[str]:
     """/proc/PID/stat's fields after the command name (which may hold spaces and parentheses)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    return Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[-1].split()

@@ -320,7 +320,7 @@ def _alive(pid: int | None, start: str | None) -> bool:
 def _ignores(pid: int | None, sig: int) -> bool:
     """Whether process ``pid`` ignores ``sig`` (Linux: the SigIgn mask of /proc/PID/status)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
             if line.startswith("SigIgn:"):
                 return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
     except (OSError, ValueError):

@@ -22,6 +22,7 @@ from biom3d.core.atomic import remove_stale_temporaries
 from biom3d.core.config import RESET
 from biom3d.core.errors import DataError, InputError, RunError
 from biom3d.core.scan import Item, scan_input
+from biom3d.core.stages.probabilities import SUFFIX, probabilities_folder, save_probabilities
 
 log = logging.getLogger("biom3d")
 DICOM_OUTPUT_SUFFIX = ".nii.gz"
@@ -44,13 +45,15 @@ class LoadedRun:
     reader: Any = None  # the config's `reader:` Envelope, if any
     writer: Any = None
     epoch: int | None = None  # of the checkpoint, 1-based, when it says
+    postprocessing: tuple[str, ...] = ()  # what ``postprocessors`` are, as "qid {params}", to compare runs
 
 
 def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Path, *, tta: bool | None = None,
             overlap: float | None = None, fast: bool | None = None, device: str = "auto", checkpoint: str | None = None,
             overwrite: bool = False, skip_existing: bool = False, reader: str | None = None,
             writer: str | None = None, strict_versions: bool = False, registry=None,
-            progress: bool = True, backend: str = "torch", shard: tuple[int, int] | None = None) -> list[Path]:
+            progress: bool = True, backend: str = "torch", shard: tuple[int, int] | None = None,
+            probabilities: str | Path | None = None) -> list[Path]:
     """Predict every image under ``inputs`` (a file, a DICOM folder, or a folder of them) into ``output``.
     ``checkpoint`` ("best", "last"; None: best when a run has one) picks each run's weights.
     ``tta``, ``overlap`` and ``fast`` (None: each run's) set the predictor's params; ``fast`` lets the predictor
@@ -61,7 +64,10 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
     ``run_dirs`` may name exports (TorchScript/ONNX file, bioimage.io zip) instead of run folders.
     ``backend`` runs a run folder's network with "torch" or "onnxruntime" (CPU; exported in memory).
     ``shard`` (I, N) predicts part I (from 0) of N of the inputs; under torchrun each rank predicts its share
-    (of that part) on its own device: the shares together are the outputs of one process, byte for byte."""
+    (of that part) on its own device: the shares together are the outputs of one process, byte for byte.
+    ``probabilities`` (a folder) also saves each image's averaged probabilities there, before post-processing,
+    under the same relative name (:func:`~biom3d.core.stages.probabilities.save_probabilities`); a mask and its probabilities are one output for
+    ``overwrite`` and ``skip_existing`` (which writes both again where one is missing)."""
     from tqdm.auto import tqdm
 
     from biom3d.core import distributed
@@ -88,6 +94,12 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
     log.info("predict: reading with %s, writing with %s", ", ".join(sorted({i.reader for i in items})),
              ", ".join(sorted({w.qid for w in writers.values()})))
     targets = [(item, output / output_name(item, writers[item.key].spec)) for item in items]
+    probs_dir = probabilities_folder(probabilities, output, root if root == Path(inputs) else None)
+    probs_of = {item.key: probs_dir / (item.key + SUFFIX) for item in items} if probs_dir else {}
+
+    def outputs(item: Item, target: Path) -> list[Path]:
+        return [target, probs_of[item.key]] if probs_of else [target]
+
     world = distributed.current()
     if shard is not None or world.distributed:  # before skipping: each process keeps the same share on a re-run
         total, targets = len(targets), distributed.shard(targets, shard, world)
@@ -95,12 +107,17 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
         rank = f", rank {world.rank} of {world.size}" if world.distributed else ""
         log.info("predict: %s%s: %d of %d image(s)", part, rank, len(targets), total)
     if skip_existing and not overwrite:
-        targets = [(item, t) for item, t in targets if not t.exists()]
-    existing = [str(t) for _, t in targets if t.exists()]
-    if existing and not overwrite:
+        targets = [(item, t) for item, t in targets if not all(p.exists() for p in outputs(item, t))]
+    existing = [str(p) for item, t in targets for p in outputs(item, t) if p.exists()]
+    if existing and skip_existing and not overwrite:  # a mask without its probabilities (or the reverse)
+        log.info("predict: %d output file(s) of unfinished images are written again, e.g. %s", len(existing),
+                 existing[0])
+    elif existing and not overwrite:
         raise DataError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; pass --overwrite to "
-                        "replace them or choose another --output")
+                        "replace them or choose another --output" + (" / --probabilities" if probs_of else ""))
     remove_stale_temporaries(output, targets=[t for _, t in targets])  # what a killed prediction left
+    if probs_dir is not None:
+        remove_stale_temporaries(probs_dir, targets=[probs_of[item.key] for item, _ in targets])
     first = runs[0]
     post = first.postprocessors
     written = []
@@ -108,10 +125,12 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
         params = reader_env.params if reader_env is not None and reader_env.name == item.reader else {}
         image = registry.resolve("reader", item.reader).build(params, first.context)(item.path)
         mask = predict_image(runs, image)
+        if probs_of:
+            save_probabilities(probs_of[item.key], _to_input_layout(mask, image), image, first.context)
         for step in post:
             mask = step(mask)
         mask = _to_input_layout(mask, image)
-        _build_writer(writers[item.key], writer_env, first.context, overwrite)(target, mask, image)
+        _build_writer(writers[item.key], writer_env, first.context, overwrite or skip_existing)(target, mask, image)
         written.append(target)
     return written
 
@@ -152,12 +171,13 @@ def load_export(path: Path, *, registry, tta: bool | None = None, overlap: float
     params = apply_overrides(envs["predictor"].params, predictor_overrides(predictor, tta=tta, overlap=overlap, fast=fast))
     if model.weights == "onnx" and "channels_last" in predictor.spec.params.model_fields:
         params["channels_last"] = False  # ONNX Runtime takes contiguous arrays: no layout to convert to
-    post = [registry.resolve("postprocessor", e.name).build(e.params, ctx) for e in envs.get("postprocessors", [])]
+    post_envs = envs.get("postprocessors", [])
+    post = [registry.resolve("postprocessor", e.name).build(e.params, ctx) for e in post_envs]
     log.info("predict: %s", model.describe())
     return LoadedRun(path, path, None, model.network,
                      registry.resolve("preprocessor", envs["preprocessor"].name).build(envs["preprocessor"].params, ctx),
                      predictor.build(params, ctx), settings["fingerprint"], ctx,
-                     post, envs.get("reader"), envs.get("writer"))
+                     post, envs.get("reader"), envs.get("writer"), postprocessing=_describe(registry, post_envs))
 
 
 def load_run(run_dir: Path, *, registry, tta: bool | None = None, overlap: float | None = None,
@@ -199,8 +219,8 @@ def load_run(run_dir: Path, *, registry, tta: bool | None = None, overlap: float
         patch = config.predictor.params.get("patch_size") or config.patch_size
         model = onnxruntime_network(model, tuple(patch), config.in_channels, config.model.name)
     return LoadedRun(run_dir, path, builder, model, builder.build("preprocessor"), builder.build("predictor"),
-                     json.loads(fp_path.read_text()), builder.context, builder.build("postprocessors"),
-                     config.reader, config.writer, epoch)
+                     json.loads(fp_path.read_text(encoding="utf-8")), builder.context, builder.build("postprocessors"),
+                     config.reader, config.writer, epoch, _describe(registry, config.postprocessors or []))
 
 
 def predictor_overrides(predictor, *, tta: bool | None, overlap: float | None, fast: bool | None) -> dict[str, Any]:
@@ -328,6 +348,8 @@ def _build_writer(comp, env, ctx, overwrite: bool):
 
 
 def _check_ensemble(runs: Sequence[LoadedRun]) -> None:
+    """Runs whose outputs cannot be averaged are refused; runs that post-process differently are ensembled with
+    a warning, since the averaged probabilities go through the first run's post-processing only."""
     first = runs[0].context
     for run in runs[1:]:
         cfg = run.context
@@ -337,3 +359,17 @@ def _check_ensemble(runs: Sequence[LoadedRun]) -> None:
                 f"({first.num_classes}/{first.multilabel}/{first.in_channels} vs "
                 f"{cfg.num_classes}/{cfg.multilabel}/{cfg.in_channels})"
             )
+        if run.postprocessing != runs[0].postprocessing:
+            log.warning("predict: %s post-processes with [%s], %s with [%s]: the ensemble uses the first run's; "
+                        "give the run whose post-processing you want first", runs[0].run_dir,
+                        ", ".join(runs[0].postprocessing), run.run_dir, ", ".join(run.postprocessing))
+
+
+def _describe(registry, envelopes) -> tuple[str, ...]:
+    """Each post-processor as "qid {params}", its defaults filled in: ``{}`` and the default value are the same."""
+    described = []
+    for env in envelopes:
+        comp = registry.resolve("postprocessor", env.name)
+        params = comp.spec.params.model_validate(env.params).model_dump()
+        described.append(f"{comp.qid} {dict(sorted(params.items()))}")
+    return tuple(described)

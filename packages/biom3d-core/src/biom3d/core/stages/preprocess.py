@@ -263,7 +263,7 @@ def _done(out: Path, key: str, split: bool) -> bool:
     keys = [f"{key}-train", f"{key}-val"] if split else [key]
     for k in keys:
         try:
-            record = json.loads((out / DONE / f"{k}.json").read_text())
+            record = json.loads((out / DONE / f"{k}.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return False  # not finished (or written before records existed): redo it
         for rel, expected in record.items():
@@ -285,7 +285,7 @@ def _claim_output(out: Path, state: dict[str, Any], overwrite: bool) -> None:
         raise DataError(f"{out} is a file, not a folder; choose another --out")
     if not overwrite and marker.is_file():
         try:
-            previous = json.loads(marker.read_text())
+            previous = json.loads(marker.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise DataError(f"{marker} cannot be read as the record of an earlier preprocess ({exc}); choose "
                             "another --out or pass --overwrite to replace the folder's files") from exc

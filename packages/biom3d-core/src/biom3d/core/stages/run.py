@@ -350,7 +350,7 @@ class _State:
         self.reload()
 
     def reload(self) -> None:
-        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.data: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
 
     def is_done(self, stage: str) -> bool:
         return bool(self.data.get(stage, {}).get("done"))
