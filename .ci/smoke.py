@@ -100,7 +100,7 @@ def check_distributions(expected: set[str]) -> None:
     found = installed_biom3d()
     check(set(found) == expected, f"installed biom3d distributions {sorted(found)} != expected {sorted(expected)}")
     for name, dist in found.items():
-        direct = dist.read_text("direct_url.json", encoding="utf-8")
+        direct = dist.read_text("direct_url.json")  # a Distribution decodes UTF-8 itself
         if direct and json.loads(direct).get("dir_info", {}).get("editable"):
             raise AssertionError(f"{name} is an editable install")
     import biom3d.core

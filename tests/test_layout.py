@@ -113,6 +113,8 @@ def _text_calls_without_encoding(source: str) -> list[int]:
         if name not in TEXT_CALLS or (name == "open" and isinstance(func, ast.Attribute)
                                       and getattr(func.value, "id", "") in ("webbrowser", "Image", "zf", "os")):
             continue
+        if (name, len(node.args)) in (("read_text", 1), ("write_text", 2)):
+            continue  # Path's encoding given by position; a Distribution's read_text(name), UTF-8 by itself
         modes = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
         modes += [k.value.value for k in node.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)]
         mode = next((m for m in modes if set(m) <= set("rwxabt+")), None)
@@ -125,7 +127,8 @@ def _text_calls_without_encoding(source: str) -> list[int]:
 
 def test_text_files_are_read_and_written_as_utf8():
     assert _text_calls_without_encoding('Path("a").read_text()\nopen(p)\nopen(p, "rb")\nopen(p, encoding="utf-8")\n'
-                                        'tempfile.TemporaryFile("w+")\ntempfile.TemporaryFile()\n') == [1, 2, 5]
+                                        'tempfile.TemporaryFile("w+")\ntempfile.TemporaryFile()\n'
+                                        'dist.read_text("RECORD")\np.write_text(t)\n') == [1, 2, 5, 8]
     sources = [p for p in ROOT.glob("**/*.py") if not {".venv", "fixtures", "build"} & set(p.relative_to(ROOT).parts)]
     offenders = {p.relative_to(ROOT).as_posix(): lines for p in sources
                  if (lines := _text_calls_without_encoding(p.read_text(encoding="utf-8")))}
