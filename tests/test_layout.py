@@ -1,5 +1,6 @@
 """Repository layout rules that keep the namespace package and the plugin contract working."""
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -132,4 +133,8 @@ def test_text_files_are_read_and_written_as_utf8():
     sources = [p for p in ROOT.glob("**/*.py") if not {".venv", "fixtures", "build"} & set(p.relative_to(ROOT).parts)]
     offenders = {p.relative_to(ROOT).as_posix(): lines for p in sources
                  if (lines := _text_calls_without_encoding(p.read_text(encoding="utf-8")))}
+    for doc in [ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("packages/*/README.md")]:  # copied by users
+        for n, block in enumerate(re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)):
+            if lines := _text_calls_without_encoding(block):
+                offenders[f"{doc.relative_to(ROOT).as_posix()} python block {n + 1}"] = lines
     assert offenders == {}, "add encoding='utf-8' (the locale's encoding may be ASCII)"
