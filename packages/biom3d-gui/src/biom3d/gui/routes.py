@@ -271,7 +271,7 @@ def read_eval(path: Path) -> dict[str, Any] | None:
         return None
     rows, mean, unit = [], {}, None
     for row in csv.DictReader(io.StringIO(text)):
-        metrics = [m for m in ("dice", "iou", "hd95", "assd") if m in row]
+        metrics = [k for k in row if k not in ("file", "class", "unit")]  # the columns `biom3d eval` wrote
         values = {"file": row["file"], "class": row["class"], **{m: _number(row[m]) for m in metrics}}
         unit = row.get("unit") or unit
         if row["file"] == "mean" and row["class"] == "all":

@@ -66,8 +66,9 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
     ``shard`` (I, N) predicts part I (from 0) of N of the inputs; under torchrun each rank predicts its share
     (of that part) on its own device: the shares together are the outputs of one process, byte for byte.
     ``probabilities`` (a folder) also saves each image's averaged probabilities there, before post-processing,
-    under the same relative name (:func:`~biom3d.core.stages.probabilities.save_probabilities`); a mask and its probabilities are one output for
-    ``overwrite`` and ``skip_existing`` (which writes both again where one is missing)."""
+    under the same relative name (:func:`~biom3d.core.stages.probabilities.save_probabilities`); a mask and its
+    probabilities are one output for ``overwrite`` and ``skip_existing`` (which writes both again where one is
+    missing)."""
     from tqdm.auto import tqdm
 
     from biom3d.core import distributed
@@ -108,7 +109,8 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
         log.info("predict: %s%s: %d of %d image(s)", part, rank, len(targets), total)
     if skip_existing and not overwrite:
         targets = [(item, t) for item, t in targets if not all(p.exists() for p in outputs(item, t))]
-    existing = [str(p) for item, t in targets for p in outputs(item, t) if p.exists()]
+    existing = [p for item, t in targets for p in outputs(item, t) if p.exists()]
+    replaceable = set(existing)  # what the check below lets be written again
     if existing and skip_existing and not overwrite:  # a mask without its probabilities (or the reverse)
         log.info("predict: %d output file(s) of unfinished images are written again, e.g. %s", len(existing),
                  existing[0])
@@ -130,7 +132,8 @@ def predict(run_dirs: Sequence[str | Path], inputs: str | Path, output: str | Pa
         for step in post:
             mask = step(mask)
         mask = _to_input_layout(mask, image)
-        _build_writer(writers[item.key], writer_env, first.context, overwrite or skip_existing)(target, mask, image)
+        replace = overwrite or target in replaceable
+        _build_writer(writers[item.key], writer_env, first.context, replace)(target, mask, image)
         written.append(target)
     return written
 

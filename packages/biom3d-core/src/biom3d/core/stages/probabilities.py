@@ -19,20 +19,20 @@ def save_probabilities(path: Path, probs: np.ndarray, image, context) -> None:
     arrays = {"probabilities": probs.astype(np.float16),
               "activation": np.array("sigmoid" if context.multilabel else "softmax"),
               "spacing": np.asarray(image.spacing if image.spacing is not None else (), dtype=np.float64)}
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def probabilities_folder(probabilities: str | Path | None, output: Path, root: Path | None) -> Path | None:
     """The folder to save probabilities in. The masks' folder ``output``, and a folder inside it or inside the
-    input folder ``root`` (None for a single input file), are refused: `biom3d eval` and a later prediction would read the archives there as
-    masks or images, and stop at them as unknown files."""
+    input folder ``root`` (None for a single input file), are refused: `biom3d eval` and a later prediction
+    would read the archives there as masks or images, and stop at them as unknown files."""
     if probabilities is None:
         return None
     folder = Path(probabilities)
     if folder.resolve().is_relative_to(output.resolve()):
-        raise InputError(f"--probabilities {folder} is the --output folder or inside it: choose a folder of its own (e.g. "
-                         f"{output.parent / (output.name + '-probabilities')}), so that the masks' folder holds masks")
+        raise InputError(f"--probabilities {folder} is the --output folder or inside it: choose a folder of its "
+                         f"own (e.g. {output.parent / (output.name + '-probabilities')}), so that the masks' folder "
+                         "holds masks")
     if root is not None and folder.resolve().is_relative_to(root.resolve()):
         raise InputError(f"--probabilities {folder} is inside the input folder {root}: a later prediction would "
                          "read its archives as images; choose a folder outside it")
