@@ -138,7 +138,7 @@ def _predict_child(backend: str):
         from _common import normalized_volume
 
         from biom3d.core.discovery import get_registry
-        from biom3d.core.stages.predict import load_model
+        from biom3d.core.stages.loading import load_model
 
         tmp = Path(spec["tmp"])
         source = {"pytorch": tmp / "run", "torchscript": tmp / "exports" / "bench.pt",

@@ -313,7 +313,8 @@ def fast_mode(run_dir: Path, image_path: Path, mask_path: Path, *, repeats: int)
 
     from biom3d.core.discovery import get_registry
     from biom3d.core.stages.evaluate import scores
-    from biom3d.core.stages.predict import load_run, predict_image
+    from biom3d.core.stages.loading import load_run
+    from biom3d.core.stages.predict import predict_image
 
     torch.set_num_threads(THREADS)
     registry = get_registry()

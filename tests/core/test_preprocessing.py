@@ -58,6 +58,26 @@ def test_mask_corrections_warn():
     assert out.shape == (1, *img_shape)
 
 
+def test_multilabel_masks_are_read_in_the_layout_their_reader_names():
+    rng = np.random.default_rng(0)
+    channels = (rng.random((2, 4, 5, 6)) > 0.5).astype(np.uint8)  # (K, D, H, W)
+    stored = {"ZCYX": np.transpose(channels, (1, 0, 2, 3)),  # ImageJ hyperstack: biom3d's own TIFF masks
+              "ZYXC": np.transpose(channels, (1, 2, 3, 0)),  # NIfTI's fifth dimension
+              "CZYX": channels}
+    for axes, arr in stored.items():
+        out, _ = canonical_mask(arr, (4, 5, 6), 2, True, "auto", "m.tif", axes=axes)
+        assert np.array_equal(out, channels), axes
+    with pytest.raises(DataError, match="no axis of 2 or 3 channels"):  # without axes: channels first or last
+        canonical_mask(stored["ZCYX"], (4, 5, 6), 2, True, "auto", "m.tif")
+
+    flat = channels[:, :1]  # a 2D image's (K, 1, H, W), the stored layouts of which follow
+    for arr, axes in ((flat, None), (flat[:, 0], None), (flat[:, 0], "CYX"), (np.moveaxis(flat[:, 0], 0, -1), "YXC")):
+        out, _ = canonical_mask(arr, (1, 5, 6), 2, True, "auto", "m.tif", axes=axes)
+        assert np.array_equal(out, flat), (arr.shape, axes)
+    labels, _ = canonical_mask(flat[:, 0], (1, 5, 6), 1, False, "auto", "m.tif")  # one-hot, background first
+    assert labels.shape == (1, 5, 6) and np.array_equal(labels[0], flat[1, 0])
+
+
 def test_mask_refusals_name_file_and_values():
     img_shape = (4, 10, 10)
     instances = np.arange(400).reshape(img_shape) % 300

@@ -18,6 +18,12 @@ def test_schema_validates_real_configs(schema, biom3d_plugins):
     jsonschema.validate(raw, schema)
     resolved = validate(raw, registry=biom3d_plugins.registry).model_dump(mode="json")
     jsonschema.validate(resolved, schema)  # a resolved config (as saved in run folders) too
+    # the README's forms: the stack's component with params on top, and a callback taken out of the stack's
+    stack_forms = {"model": {"params": {"base_features": 16}}, "predictor": {"params": {"tta": False}},
+                   "callbacks": ["-snapshots", "early-stopping"]}
+    jsonschema.validate(stack_forms, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"metrics": ["-dice"]}, schema)  # only callbacks are added to the stack's
 
 
 @pytest.mark.parametrize(

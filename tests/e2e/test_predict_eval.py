@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from biom3d.core.errors import DataError, PluginError
-from biom3d.core.stages.evaluate import evaluate
+from biom3d.core.stages.evaluate import evaluate, scores
 from biom3d.core.stages.predict import predict
 from tests.e2e.conftest import SHAPE, SPACING
 
@@ -43,7 +43,8 @@ def test_an_output_folder_inside_the_input_is_not_read_as_input(trained, dataset
 
 def test_tta_and_ensemble_change_probabilities_not_the_format(trained, dataset, tmp_path):
     from biom3d.core.discovery import get_registry
-    from biom3d.core.stages.predict import load_run, predict_image
+    from biom3d.core.stages.loading import load_run
+    from biom3d.core.stages.predict import predict_image
 
     reg = get_registry()
     image = _read(dataset / "test" / "images" / "case0.tif")
@@ -220,7 +221,7 @@ def _old_style_run(trained, tmp_path):
 def test_fast_mode_chooses_its_overlap_and_flips_even_where_the_run_config_names_them(trained, tmp_path):
     from biom3d.core.builtins.predictor import FAST, PLAIN
     from biom3d.core.discovery import get_registry
-    from biom3d.core.stages.predict import load_run
+    from biom3d.core.stages.loading import load_run
 
     reg = get_registry()
     for run in (trained.run_dir, _old_style_run(trained, tmp_path)):
@@ -258,7 +259,7 @@ def test_fast_on_a_predictor_without_a_fast_mode_is_an_input_error_naming_it():
 
     from biom3d.core.errors import InputError
     from biom3d.core.specs import Params
-    from biom3d.core.stages.predict import predictor_overrides
+    from biom3d.core.stages.loading import predictor_overrides
 
     class NoFast(Params):
         overlap: float = 0.5
@@ -317,3 +318,29 @@ def test_eval_distances_are_in_the_files_spacing_and_an_empty_prediction_is_left
     assert "mean HD95 4.0000  mean ASSD 4.0000  (um; 1 file-class pair(s) with one mask empty left out)" in out.output
     plain = evaluate(tmp_path / "pred", tmp_path / "truth")  # without --distances: the table as before
     assert plain.metrics == ("dice", "iou") and "hd95" not in plain.rows[0] and "HD95" not in plain.table()
+
+
+def test_eval_reads_multilabel_masks_in_the_layout_each_writer_stores(tmp_path):
+    """biom3d's TIFF writer stores a multi-label mask as ImageJ's ZCYX, its NIfTI writer as ZYXC: both are scored
+    against a CZYX NumPy truth class by class (they were compared axis for axis: refused, or wrong numbers)."""
+    from biom3d.core.context import RunContext
+    from biom3d.core.discovery import get_registry
+    from biom3d.core.imagedata import ImageData
+
+    rng = np.random.default_rng(0)
+    truth = (rng.random((2, *SHAPE)) > 0.7).astype(np.uint8)
+    pred = truth.copy()
+    pred[1, :4] = 1 - pred[1, :4]  # class 2 wrong on its first four slices
+    registry, ctx = get_registry(), RunContext(num_classes=2, multilabel=True)
+    reference = ImageData(np.zeros(SHAPE, np.float32), spacing=(2.0, 0.5, 0.5))
+    (tmp_path / "truth").mkdir()
+    np.save(tmp_path / "truth" / "a.npy", truth)
+    expected = [scores(pred[k] > 0, truth[k] > 0)["dice"] for k in range(2)]
+    assert expected[0] == 1.0 and expected[1] < 0.9
+    for suffix in (".tif", ".nii.gz"):
+        target = tmp_path / suffix / f"a{suffix}"
+        target.parent.mkdir()
+        registry.writer_for(target).build({}, ctx)(target, pred, reference)
+        report = evaluate(target.parent, tmp_path / "truth")
+        assert report.classes == [1, 2], suffix
+        assert [r["dice"] for r in sorted(report.rows, key=lambda r: r["class"])] == pytest.approx(expected), suffix

@@ -13,7 +13,8 @@ def test_cli_saves_the_probabilities_the_masks_were_made_from(trained, dataset, 
 
     from biom3d.cli.app import app
     from biom3d.core.discovery import get_registry
-    from biom3d.core.stages.predict import load_run, predict_image
+    from biom3d.core.stages.loading import load_run
+    from biom3d.core.stages.predict import predict_image
     from tests.e2e.test_predict_eval import _read
 
     images, probs = dataset / "test" / "images", tmp_path / "probs"

@@ -104,3 +104,15 @@ def test_bad_paths_are_one_paragraph_errors(tmp_path):
     assert out.returncode == 2 and "data.preprocessed" in out.stderr and "Traceback" not in out.stderr
     out = _biom3d("preprocess", "-i", str(tmp_path / "none"), "-m", str(tmp_path / "none"), "-k", "1")
     assert out.returncode == 2 and "does not exist" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_test_images_no_writer_can_write_stop_the_run_before_training(dataset, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "png").mkdir()
+    Image.fromarray(np.zeros((24, 24), np.uint8)).save(tmp_path / "png" / "a.png")  # MONAI reads it, none writes it
+    out = _biom3d("run", "-i", str(dataset / "train" / "images"), "-m", str(dataset / "train" / "masks"), "-k", "1",
+                  "--test-images", str(tmp_path / "png"), "--runs-dir", str(tmp_path / "runs"), "--epochs", "1")
+    assert out.returncode == 2 and "cannot write the prediction of" in out.stderr and "--writer" in out.stderr, out.stderr
+    assert not (tmp_path / "runs").exists()  # it trained, then stopped at the predict stage

@@ -106,6 +106,26 @@ def test_a_finished_run_can_be_extended(trained, tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["train"]["epochs"] == 5
 
 
+def test_fewer_epochs_than_trained_are_refused_and_the_config_kept(trained, tmp_path):
+    from biom3d.core.errors import InputError
+
+    run = tmp_path / "run"
+    shutil.copytree(trained.run_dir, run)
+    before = (run / "config.yaml").read_bytes()
+    with pytest.raises(InputError, match="has trained 3 epochs already; --epochs 2 cannot shorten it"):
+        Builder.resume(run, epochs=2)
+    assert (run / "config.yaml").read_bytes() == before  # it said epochs: 2 for a run of 3
+
+
+def test_finetune_on_images_of_other_channels_is_refused_before_training(trained, prepared, tmp_path):
+    from biom3d.core.errors import InputError
+
+    with pytest.raises(InputError, match=r"trained on images of 1 channel\(s\), the new config's data has 2"):
+        Builder.finetune(trained.run_dir, prepared.config_path, overrides={**TINY, "in_channels": 2},
+                         runs_dir=tmp_path)  # it trained, then failed in the first convolution ("a bug")
+    assert not any(tmp_path.iterdir())
+
+
 def test_finetune_starts_from_trained_weights_and_keeps_the_architecture(trained, prepared, tmp_path, caplog):
     overrides = {**TINY, "train.epochs": 1, "patch_size": [16, 16, 16], "model.params.base_features": 8}
     with caplog.at_level(logging.INFO, logger="biom3d"):

@@ -43,7 +43,8 @@ def reference(run_dir, data, tmp_path_factory) -> tuple[Path, np.ndarray]:
 
 def _probabilities(model_path: Path, image_path: Path) -> np.ndarray:
     from biom3d.core.discovery import get_registry
-    from biom3d.core.stages.predict import load_model, predict_image
+    from biom3d.core.stages.loading import load_model
+    from biom3d.core.stages.predict import predict_image
 
     reg = get_registry()
     model = load_model(model_path, registry=reg, device="cpu")
@@ -75,7 +76,8 @@ def test_a_run_folder_predicts_alike_with_the_onnxruntime_backend(run_dir, data,
 
     from biom3d.cli.app import main
     from biom3d.core.discovery import get_registry
-    from biom3d.core.stages.predict import load_run, predict_image
+    from biom3d.core.stages.loading import load_run
+    from biom3d.core.stages.predict import predict_image
 
     code = main(["predict", str(run_dir), "--input", str(data / "test" / "images"), "--output", str(tmp_path),
                  "--device", "cpu", "--backend", "onnxruntime"])
@@ -165,7 +167,7 @@ def test_exports_are_recorded_and_never_overwritten_without_overwrite(exports, r
 
 def test_an_export_must_come_with_its_sidecar_unchanged(exports, tmp_path):
     from biom3d.core.discovery import get_registry
-    from biom3d.core.stages.predict import load_model
+    from biom3d.core.stages.loading import load_model
 
     reg = get_registry()
     lone = tmp_path / "lone.onnx"

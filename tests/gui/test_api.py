@@ -220,7 +220,8 @@ def test_predict_with_an_ensemble_then_download_and_evaluate(trained, data, tmp_
     assert answer.status_code == 200, answer.text
     job = wait_job(client, answer.json()["job"]["id"])
     assert job["state"] == "done", job["log"]
-    assert "ensemble" in job["title"] and job["argv"][3:6] == ["predict", f"{runs}/{run}/run", f"{runs}/{run}/run"]
+    # a pipeline predicts as its folder: its run/, or the ensemble of its folds when it cross-validated
+    assert "ensemble" in job["title"] and job["argv"][3:6] == ["predict", f"{runs}/{run}", f"{runs}/{run}"]
     assert [f["name"] for f in job["files"]] == ["case0.tif"]
     out = answer.json()["predictions"]
     mask = tifffile.imread(runs / "predictions" / out / "case0.tif")

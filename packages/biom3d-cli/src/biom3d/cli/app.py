@@ -275,6 +275,11 @@ def run(
     test_images: Annotated[Path | None, typer.Option(help="Images to predict after training.")] = None,
     test_masks: Annotated[Path | None, typer.Option(help="Their ground truth, to evaluate.")] = None,
     name: Annotated[str | None, typer.Option(help="Pipeline name [default: the images folder's name].")] = None,
+    cross_validation: Annotated[bool | None, typer.Option(
+        "--cross-validation/--no-cross-validation", "--cv",
+        help="Train one run per fold (folds/fold-K/), score each fold's held-out training images with the run "
+             "that never saw them (cv/eval.csv), and predict the test images with the ensemble of the folds "
+             "[default: cross_validation of the config, false].")] = None,
     stack: opt.Stack = None,
     reader: opt.Reader = None,
     writer: opt.Writer = None,
@@ -312,7 +317,8 @@ def run(
 
         launch(_state["argv"], devices=devices, gpus=gpus)  # replaces this process with torchrun's, for 2+ GPUs
 
-    given = {"stack": stack, "reader": reader, "writer": writer, "num_classes": num_classes}
+    given = {"stack": stack, "reader": reader, "writer": writer, "num_classes": num_classes,
+             "cross_validation": cross_validation}
     overrides = {**opt.set_pairs(set_), **{k: v for k, v in given.items() if v is not None},
                  **opt.overrides(locals(), opt.TRAIN_KEYS), **opt.overrides(locals(), opt.AUTOCONFIG_KEYS)}
     run_cmd.run(config, images=images, masks=masks, test_images=test_images, test_masks=test_masks, name=name,

@@ -46,10 +46,19 @@ def run(config: Path | None, *, images: Path | None, masks: Path | None, test_im
             raw = {"name": name or safe_name(images.resolve().name), "data": data}
             result = run_pipeline(raw, overrides=overrides, **options)
     typer.echo(f"pipeline folder: {result.folder}")
-    if result.run_dir:
+    if result.fold_runs:
+        typer.echo(f"fold runs:       {', '.join(str(r) for r in result.fold_runs)}")
+    elif result.run_dir:
         typer.echo(f"run folder:      {result.run_dir}")
+    if result.cv_report is not None:
+        typer.echo(f"cross-validation ({len(result.fold_runs or [])} folds; each training image predicted by the "
+                   "run that never saw it):")
+        typer.echo(result.cv_report.table())
     if result.predictions:
         typer.echo(f"predictions:     {result.predictions}")
     if result.report is not None:
+        if result.cv_report is not None:
+            typer.echo("test images" + (f" (ensemble of the {len(result.fold_runs)} folds):"
+                                        if result.fold_runs else ":"))
         typer.echo(result.report.table())
 

@@ -99,7 +99,11 @@ class Builder:
             state = None
             if has_checkpoint(run_dir / "checkpoints"):
                 state, path = load_latest(run_dir / "checkpoints")
-                log.info("resuming %s from %s (epoch %d done)", run_dir, path.name, int(state["epoch"]) + 1)
+                done = int(state["epoch"]) + 1
+                if config.train.epochs < done:  # before config.yaml is rewritten: it would say fewer than ran
+                    raise InputError(f"{run_dir} has trained {done} epochs already; --epochs {config.train.epochs} "
+                                     f"cannot shorten it: give more than {done} to extend it, or train a new run")
+                log.info("resuming %s from %s (epoch %d done)", run_dir, path.name, done)
             else:
                 builder._check_trainable()
                 log.warning("%s was stopped before its first checkpoint: training it from the start, in the same "
@@ -124,6 +128,10 @@ class Builder:
         builder = cls(config, registry=registry, overrides=overrides)
         kept = {f: getattr(old, f) for f in ARCHITECTURE_FIELDS}
         kept["model"] = old.model
+        if "in_channels" in builder.config.model_fields_set and builder.config.in_channels != old.in_channels:
+            raise InputError(f"{run_dir} was trained on images of {old.in_channels} channel(s), the new config's data "
+                             f"has {builder.config.in_channels} (in_channels): fine-tuning keeps the network's "
+                             "input layer, so give images with as many channels, or train a new run")
         changed = {k: (getattr(builder.config, k), v) for k, v in kept.items() if getattr(builder.config, k) != v}
         builder.config = builder.config.model_copy(update=kept)
         builder.context = RunContext.from_config(builder.config)

@@ -125,6 +125,10 @@ class Config(BaseModel):
         default_factory=lambda: ["preprocess", "train", "predict", "eval"],
         description="Stages `biom3d run` executes (those without data are skipped).",
     )
+    cross_validation: bool = Field(
+        False, description="`biom3d run` trains one run per fold of folds.csv (folds/fold-K/, validating on fold K), "
+        "predicts each fold's held-out training images with that fold's run and scores them against their masks "
+        "(cv/eval.csv: the cross-validation Dice), and predicts the test images with the ensemble of all folds.")
 
     # values shared by several modules, written once (the run context)
     num_classes: int = Field(1, ge=1, description="Number of foreground classes.")

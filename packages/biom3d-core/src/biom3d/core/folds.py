@@ -39,6 +39,17 @@ def write_folds(path: Path, folds: dict[str, int]) -> None:
 
 def read_folds(path: Path, fold: int) -> tuple[list[str], list[str]]:
     """(training names, validation names) for ``fold``; errors name the file and the valid folds."""
+    table = fold_table(path)
+    available = sorted({f for _, f in table})
+    if fold not in available:
+        raise DataError(f"fold {fold} is not in {path} (folds: {available}); set train.fold / --fold to one of them")
+    train = [n for n, f in table if f != fold]
+    val = [n for n, f in table if f == fold]
+    return train, val
+
+
+def fold_table(path: Path) -> list[tuple[str, int]]:
+    """(name, fold) rows of a folds file; errors name the file."""
     if not path.is_file():
         raise DataError(f"folds file {path} does not exist; run `biom3d preprocess` or set data.folds in the config")
     with path.open(newline="", encoding="utf-8") as f:
@@ -46,12 +57,6 @@ def read_folds(path: Path, fold: int) -> tuple[list[str], list[str]]:
     if not rows or not {"filename", "fold"} <= set(rows[0]):
         raise DataError(f"{path}: expected a CSV with columns 'filename,fold'")
     try:
-        table = [(r["filename"], int(r["fold"])) for r in rows]
+        return [(r["filename"], int(r["fold"])) for r in rows]
     except ValueError as exc:
         raise DataError(f"{path}: fold values must be integers ({exc})") from exc
-    available = sorted({f for _, f in table})
-    if fold not in available:
-        raise DataError(f"fold {fold} is not in {path} (folds: {available}); set train.fold / --fold to one of them")
-    train = [n for n, f in table if f != fold]
-    val = [n for n, f in table if f == fold]
-    return train, val

@@ -28,3 +28,26 @@ class ImageData:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.array.shape)
+
+
+def in_axes_order(array: Any, axes: str, path: Any = None) -> tuple[Any, str, int | None]:
+    """``array`` with the axes its reader named (``meta["axes"]``) put in C, Z, Y, X order, as far as it has
+    them: S (samples) counts as C, singleton T and Q axes are dropped. Returns the array, the axes it now has and
+    where the channel axis was among the kept stored axes (None: no channel axis). Every stage that compares
+    or converts arrays of several files goes through this, so that a ZCYX ImageJ stack, a ZYXC NIfTI and a
+    CZYX NumPy array mean the same."""
+    import numpy as np
+
+    from biom3d.core.errors import DataError
+
+    axes = axes.upper()
+    for extra in "TQ":
+        i = axes.find(extra)
+        if i >= 0 and array.shape[i] == 1:
+            array, axes = array.squeeze(i), axes[:i] + axes[i + 1 :]
+    axes = axes.replace("S", "C")
+    if set(axes) - set("CZYX") or len(set(axes)) != len(axes) or len(axes) != array.ndim:
+        raise DataError(f"{path}: unsupported axes {axes!r} for shape {tuple(array.shape)}; pass --channel-axis")
+    channel = axes.find("C")
+    present = "".join(a for a in "CZYX" if a in axes)
+    return np.transpose(array, [axes.find(a) for a in present]), present, (channel if channel >= 0 else None)

@@ -21,6 +21,8 @@ from biom3d.core.registry import state_phrase
 
 log = logging.getLogger("biom3d")
 CONFIG, PLUGINS, FINGERPRINT, FOLDS = "config.yaml", "plugins.json", "fingerprint.json", "folds.csv"
+# a `biom3d run` pipeline folder: its stages' record, and its trained run (or one per fold, cross-validating)
+PIPELINE, PIPELINE_RUN, PIPELINE_FOLDS = "pipeline.json", "run", "folds"
 
 
 def new_run_dir(runs_dir: Path, name: str) -> Path:
@@ -143,12 +145,52 @@ def require_checkpoint(run_dir: Path, choice: str | None = None) -> Path:
 
 
 def trained_run(path: str | Path) -> Path:
-    """``path``, or the ``run/`` of the `biom3d run` pipeline folder it names: what predict and export load."""
+    """``path``, or the ``run/`` of the `biom3d run` pipeline folder it names: what export loads. A pipeline
+    that cross-validated holds one run per fold: the error names them, so that one can be chosen."""
     path = Path(path)
-    if not (path / PLUGINS).is_file() and (path / "run" / PLUGINS).is_file():
-        log.info("%s is a `biom3d run` pipeline folder: using its trained run, %s", path, path / "run")
-        return path / "run"
-    return path
+    found = pipeline_runs(path)
+    if found is None:
+        return path
+    if len(found) > 1:
+        raise InputError(f"{path} is a cross-validated `biom3d run` pipeline folder with {len(found)} runs, one per "
+                         f"fold ({', '.join(str(r) for r in found)}): give one of them")
+    return found[0]
+
+
+def fold_run(pipeline: Path, fold: int) -> Path:
+    """Where a cross-validating `biom3d run` trains the run that validates on ``fold``."""
+    return Path(pipeline) / PIPELINE_FOLDS / f"fold-{fold}"
+
+
+def fold_runs(pipeline: Path) -> list[Path]:
+    """The fold runs a cross-validating `biom3d run` trained in ``pipeline`` (so far), in fold order."""
+    found = [p for p in (Path(pipeline) / PIPELINE_FOLDS).glob("fold-*") if (p / PLUGINS).is_file()]
+    return sorted(found, key=lambda p: (len(p.name), p.name))  # fold-2 before fold-10
+
+
+def pipeline_runs(path: str | Path) -> list[Path] | None:
+    """The trained runs of the `biom3d run` pipeline folder ``path``: its ``run/``, or under cross-validation
+    its fold runs (``folds/fold-K/``, which `biom3d predict` ensembles); None when ``path`` is no pipeline
+    folder. Where both exist, the last training's record in pipeline.json says which."""
+    path = Path(path)
+    if (path / PLUGINS).is_file():
+        return None  # a run folder
+    single = path / PIPELINE_RUN
+    folds = fold_runs(path)
+    record = _pipeline_record(path).get("train", {})
+    if folds and ("runs" in record or not (single / PLUGINS).is_file()):
+        return folds
+    if (single / PLUGINS).is_file():
+        log.info("%s is a `biom3d run` pipeline folder: using its trained run, %s", path, single)
+        return [single]
+    return None
+
+
+def _pipeline_record(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / PIPELINE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def load_run_config(run_dir: Path, *, registry=None, overrides: dict[str, Any] | None = None,

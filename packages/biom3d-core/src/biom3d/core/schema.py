@@ -20,7 +20,7 @@ def config_schema(registry: Any = None) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for slot, (kind, role) in SLOTS.items():
         comps = [c for c in registry.components(kind) if role is None or role in c.spec.roles]
-        slot_type = _slot_type(kind, comps, registry)
+        slot_type = _slot_type(kind, comps, registry, removable=slot == "callbacks")
         description = Config.model_fields[slot].description
         many = list[slot_type] if slot in ENVELOPE_LISTS else slot_type  # type: ignore[valid-type]
         overrides[slot] = (many | None, Field(None, description=description))  # null: the stack's
@@ -34,7 +34,9 @@ def config_schema(registry: Any = None) -> dict[str, Any]:
     return schema
 
 
-def _slot_type(kind: str, comps: list, registry: Any) -> Any:
+def _slot_type(kind: str, comps: list, registry: Any, *, removable: bool = False) -> Any:
+    """A component's name, a ``{name, params}`` envelope of one, ``{params}`` (the stack's component, whose
+    params are checked once the stack is known) or, where ``removable``, ``-name`` (take the stack's out)."""
     if not comps:
         return dict[str, Any]
     names_taken = _unambiguous_names(kind, registry)
@@ -55,7 +57,11 @@ def _slot_type(kind: str, comps: list, registry: Any) -> Any:
         )
     all_names = tuple(n for comp in comps for n in (comp.qid, *comp.spec.names) if n == comp.qid or n in names_taken)
     union: Any = variants[0] if len(variants) == 1 else Annotated[Union[tuple(variants)], Field(discriminator="name")]  # noqa: UP007
-    return Union[Literal[all_names], union]  # type: ignore[valid-type]  # noqa: UP007 (bare string shorthand)
+    nameless = create_model(f"{kind}__of_the_stack", __config__=ConfigDict(extra="forbid", title="the stack's"),
+                            params=(dict[str, Any], Field(default_factory=dict, description="Params on top of the "
+                                                          "stack's component's.")))
+    shorthands: tuple[str, ...] = all_names + (tuple(f"-{n}" for n in all_names) if removable else ())
+    return Union[Literal[shorthands], union, nameless]  # type: ignore[valid-type]  # noqa: UP007 (bare string shorthand)
 
 
 def _unambiguous_names(kind: str, registry: Any) -> set[str]:

@@ -162,7 +162,7 @@ def _run_name(run_dir: Path) -> str:
 
 
 def _load(run_dir: Path, registry, checkpoint: str | None):
-    from biom3d.core.stages.predict import load_run
+    from biom3d.core.stages.loading import load_run
 
     return load_run(run_dir, registry=registry, device="cpu", checkpoint=checkpoint)
 

@@ -192,7 +192,7 @@ def add_routes(app: FastAPI, state) -> None:  # noqa: C901  (one closure per rou
             info = runs.read_run(runs.run_folder(state.runs_dir, run_id))
             if info is None or not info.has_checkpoint:
                 raise InputError(f"run {run_id!r} has no trained weights yet; train or resume it first")
-            run_dirs.append(info.run_dir)
+            run_dirs.append(info.folder if info.kind == "pipeline" else info.run_dir)  # a pipeline: all its folds
         source = state.roots.check(req.input, what="input")
         if req.checkpoint not in (None, "best", "last"):
             raise InputError("checkpoint: best or last")

@@ -2,8 +2,8 @@
 interrupted runs whoever started them.
 
 Two kinds of folder hold a run: a `biom3d run` pipeline folder (``config.yaml``, ``pipeline.json``, the run
-in ``run/``), which is what the GUI's training starts, and a `biom3d train` run folder (``config.yaml``,
-``plugins.json``). Their state comes from their files alone: finished when every planned epoch is logged and
+in ``run/``, or one run per fold in ``folds/fold-K/`` when it cross-validated), which is what the GUI's
+training starts, and a `biom3d train` run folder (``config.yaml``, ``plugins.json``). Their state comes from their files alone: finished when every planned epoch is logged and
 the weights are written (and, for a pipeline, its train stage is done), else interrupted, and resumable.
 """
 
@@ -92,7 +92,7 @@ def read_run(folder: Path) -> RunInfo | None:
     elif (folder / "preprocess.json").is_file():
         return None  # a `biom3d preprocess` output folder
     else:  # `biom3d run` writes config.yaml first, pipeline.json once a stage is done
-        kind, run_dir = "pipeline", folder / "run"
+        kind, run_dir = "pipeline", _pipeline_run_dir(folder)
     config = read_config(run_dir / "config.yaml") or read_config(folder / "config.yaml") or {}
     rows = read_log(run_dir)
     epochs = (config.get("train") or {}).get("epochs")
@@ -116,6 +116,15 @@ def read_run(folder: Path) -> RunInfo | None:
         snapshots=snapshots, curves=(run_dir / "curves.png").is_file(),
         predictions=str(predictions) if kind == "pipeline" and predictions.is_dir() else None,
     )
+
+
+def _pipeline_run_dir(folder: Path) -> Path:
+    """A pipeline's run/, or when it cross-validates, the fold run trained last: the one whose progress the page
+    shows (the folds train one after the other; predicting with the pipeline folder ensembles them all)."""
+    from biom3d.core.runs import PIPELINE_RUN, pipeline_runs
+
+    found = pipeline_runs(folder)
+    return found[-1] if found else folder / PIPELINE_RUN
 
 
 def read_log(run_dir: Path) -> list[dict[str, float]]:

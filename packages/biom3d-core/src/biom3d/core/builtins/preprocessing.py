@@ -25,7 +25,7 @@ from biom3d.core.builtins.resample import (
     target_shape,
 )
 from biom3d.core.errors import DataError
-from biom3d.core.imagedata import ImageData
+from biom3d.core.imagedata import ImageData, in_axes_order
 from biom3d.core.protocols import CaseStats
 
 log = logging.getLogger("biom3d")
@@ -174,7 +174,7 @@ class SegPreprocessor:
     # -- masks ---------------------------------------------------------------------------------------------
     def mask_array(self, msk: ImageData, image_shape: Sequence[int]) -> tuple[np.ndarray, list[str]]:
         return canonical_mask(np.asarray(msk.array), tuple(image_shape), self.num_classes, self.multilabel,
-                              self.params.mask_fix, msk.path)
+                              self.params.mask_fix, msk.path, axes=msk.meta.get("axes"))
 
     def resample_mask(self, mask: np.ndarray, shape: Sequence[int], fingerprint: Mapping[str, Any]) -> np.ndarray:
         """Resample a canonical mask onto the grid of the processed image (``shape``)."""
@@ -239,31 +239,37 @@ def to_channels_first(arr: np.ndarray, axes: str | None, channel_axis: int | Non
 
 
 def _from_axes(arr: np.ndarray, axes: str, path) -> tuple[np.ndarray, int | None]:
-    for extra in "TQ":  # squeeze singleton time/unknown axes
-        i = axes.find(extra)
-        if i >= 0 and arr.shape[i] == 1:
-            arr, axes = arr.squeeze(i), axes[:i] + axes[i + 1 :]
-    axes = axes.replace("S", "C")
-    if set(axes) - set("CZYX") or len(set(axes)) != len(axes):
-        raise DataError(f"{path}: unsupported axes {axes!r} for shape {tuple(arr.shape)}; pass --channel-axis")
-    channel = axes.find("C")
-    order = [axes.find(a) for a in "CZYX" if a in axes]
-    arr = np.transpose(arr, order)
-    if channel < 0:
+    arr, present, channel = in_axes_order(arr, axes, path)
+    if "C" not in present:
         arr = arr[None]
-    if "Z" not in axes:
+    if "Z" not in present:
         arr = arr[:, None]
-    return arr, (channel if channel >= 0 else None)
+    return arr, channel
 
 
 def canonical_mask(arr: np.ndarray, image_shape: tuple[int, ...], num_classes: int, multilabel: bool,
-                   policy: str, path) -> tuple[np.ndarray, list[str]]:
-    """A (D, H, W) label map or (K, D, H, W) multi-label mask matching ``image_shape``, and what was fixed."""
+                   policy: str, path, *, axes: str | None = None) -> tuple[np.ndarray, list[str]]:
+    """A (D, H, W) label map or (K, D, H, W) multi-label mask matching ``image_shape`` (a 2D image's: (1, H, W)),
+    and what was fixed. ``axes``, when the reader names them, place the channels of a multi-label mask (ImageJ
+    stores ZCYX, NIfTI ZYXC); without them, channels are first or last."""
     warnings: list[str] = []
-    if arr.ndim > 3:
-        arr = arr.reshape([s for s in arr.shape if s != 1] or [1]) if 1 in arr.shape else arr
-    if arr.ndim == 2 and len(image_shape) == 3 and image_shape[0] == 1:
+    flat = len(image_shape) == 3 and image_shape[0] == 1
+    if axes and len(axes) == arr.ndim and "C" in axes.upper().replace("S", "C"):
+        arr, present, _ = in_axes_order(arr, axes, path)
+        if "Z" not in present:
+            arr = arr[:, None]
+        if arr.shape[0] == 1:
+            arr = arr[0]  # a label map with a channel axis of one
+    elif arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    elif arr.ndim == 4 and arr.shape[3] == 1:
+        arr = arr[..., 0]
+    elif arr.ndim > 4 or (arr.ndim == 4 and 1 in arr.shape and not (flat and arr.shape[1] == 1)):
+        arr = arr.reshape([s for s in arr.shape if s != 1] or [1])  # (K, 1, H, W): a 2D image's channels, kept
+    if arr.ndim == 2 and flat:
         arr = arr[None]
+    elif arr.ndim == 3 and flat and arr.shape[0] > 1 and arr.shape[1:] == tuple(image_shape[1:]):
+        arr = arr[:, None]  # (K, H, W) channels of a 2D image
     if not np.issubdtype(arr.dtype, np.number):
         raise DataError(f"mask {path}: pixel type {arr.dtype} is not numeric")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():

@@ -20,6 +20,7 @@ import numpy as np
 
 from biom3d.core.atomic import atomic_write_text
 from biom3d.core.errors import DataError, InputError
+from biom3d.core.imagedata import in_axes_order
 from biom3d.core.scan import scan_dataset
 from biom3d.core.surface import SURFACE_METRICS, surface_distances
 
@@ -98,7 +99,9 @@ def evaluate(pred_dir: str | Path, truth_dir: str | Path, *, num_classes: int | 
     pairs, problems, grids = [], [], {}
     for case in cases:
         pred_image, truth_image = read(case.image), read(case.mask)
-        pred, truth = _squeeze(np.asarray(pred_image.array)), _squeeze(np.asarray(truth_image.array))
+        pred, truth = _channels_first(pred_image), _channels_first(truth_image)
+        if pred.shape != truth.shape and max(pred.ndim, truth.ndim) <= 3 and pred.squeeze().shape == truth.squeeze().shape:
+            pred, truth = pred.squeeze(), truth.squeeze()  # a 2D mask stored as (1, H, W) beside one as (H, W)
         if pred.shape != truth.shape:
             problems.append(f"{case.key}: prediction {pred.shape} vs ground truth {truth.shape}")
             continue
@@ -164,8 +167,20 @@ def _grid(truth, pred) -> tuple[tuple[float, ...] | None, str]:
     return None, "voxel"
 
 
-def _squeeze(array: np.ndarray) -> np.ndarray:
-    return array.squeeze() if array.ndim > 3 and 1 in array.shape else array
+def _channels_first(image) -> np.ndarray:
+    """A label map as stored, or a multi-label mask as (K, D, H, W) (a 2D one: (K, 1, H, W)), whichever axis
+    its file keeps the channels on (the reader's axes: an ImageJ TIFF's ZCYX, a NIfTI's ZYXC; without them,
+    first or last); a channel axis of one is dropped."""
+    array = np.asarray(image.array)
+    axes = (image.meta or {}).get("axes")
+    if axes and len(axes) == array.ndim and "C" in axes.upper().replace("S", "C"):
+        array, present, _ = in_axes_order(array, axes, image.path)
+        if "Z" not in present:
+            array = array[:, None]
+        return array[0] if array.shape[0] == 1 else array
+    if array.ndim == 4 and 1 in (array.shape[0], array.shape[3]):
+        return array[0] if array.shape[0] == 1 else array[..., 0]
+    return array.squeeze() if array.ndim > 4 else array
 
 
 def _labels(array: np.ndarray, num_classes: int | None, what: str) -> np.ndarray:

@@ -8,8 +8,17 @@ Pipeline folder::
 
     config.yaml  pipeline.json (stage states)  preprocessed/  run/ (a run folder)  predictions/  eval.csv
 
-A fine-tuning trains in ``run.finetuning/<name>-<timestamp>/`` (where ``Builder.finetune`` puts a new run) and
-becomes ``run/`` once trained; pipeline.json remembers the run it started from, so a re-run resumes it.
+With ``cross_validation`` (nnU-Net's way of measuring a method on its training data), one run per fold of
+folds.csv replaces ``run/``, and each fold's held-out training images are predicted by the run that never saw
+them::
+
+    folds/fold-0/ ... folds/fold-K/ (run folders)  cv/predictions/  cv/eval.csv (the cross-validation Dice)
+
+and the test images by the ensemble of all folds (as `biom3d predict PIPELINE_FOLDER` then does).
+
+A fine-tuning trains in ``run.finetuning/<name>-<timestamp>/`` (``fold-K.finetuning/`` for a fold; where
+``Builder.finetune`` puts a new run) and becomes ``run/`` once trained; pipeline.json remembers the run it
+started from, so a re-run resumes it.
 
 Under torchrun (or `biom3d run --devices 0,1`) every rank runs the pipeline: rank 0 alone preprocesses, writes
 the folder's files and evaluates while the others wait; all ranks train one model with DDP and predict their
@@ -21,8 +30,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,19 +38,23 @@ import yaml
 
 from biom3d.core.atomic import atomic_write_text, remove_stale_temporaries
 from biom3d.core.config import Config, apply_overrides, read_yaml, validate
-from biom3d.core.errors import ConfigError, InputError, Problem
+from biom3d.core.errors import ConfigError, DataError, InputError, Problem
+from biom3d.core.runs import PIPELINE, PIPELINE_RUN, fold_run, fold_runs
+from biom3d.core.stages.pipeline_steps import PipelineState, predict_stage, train_stage
 
 log = logging.getLogger("biom3d")
 SHARED_FROM_PREPROCESS = ("in_channels", "patch_size", "aug_patch_size", "num_pools", "spacing")
-PIPELINE, FINETUNING = "pipeline.json", "run.finetuning"
+CROSS_VALIDATION = "cv"  # its folder: predictions/ of the held-out images, eval.csv
 
 
 @dataclass
 class PipelineResult:
     folder: Path
-    run_dir: Path | None = None
+    run_dir: Path | None = None  # the trained run; the first fold's under cross-validation
     predictions: Path | None = None
     report: Any = None  # biom3d.core.stages.evaluate.EvalReport
+    fold_runs: list[Path] | None = None  # cross-validation: one run per fold, ensembled on the test images
+    cv_report: Any = None  # the held-out training images, each predicted by the fold run that never saw it
 
 
 def run_pipeline(config: str | Path | dict[str, Any], *, overrides: dict[str, Any] | None = None,
@@ -66,7 +77,8 @@ def run_pipeline(config: str | Path | dict[str, Any], *, overrides: dict[str, An
         raw, base, source = copy.deepcopy(config), Path.cwd(), None
     raw = _absolute_data_paths(apply_overrides(raw, overrides or {}), base)
     cfg = validate(raw, registry=registry, source=str(source) if source else None)  # every error, up front
-    _require_data(cfg, str(source) if source else None)  # before the pipeline folder is made
+    _require_data(cfg, raw, str(source) if source else None)  # before the pipeline folder is made
+    _require_writers(cfg, registry)
     folder = Path(folder).resolve() if folder is not None else Path(cfg.runs_dir).resolve() / cfg.name
     device = distributed.rank_device(cfg.train.device)
     with distributed.session(device, cfg.train.ddp_timeout):
@@ -75,12 +87,32 @@ def run_pipeline(config: str | Path | dict[str, Any], *, overrides: dict[str, An
                        strict_versions=strict_versions)
 
 
-def _require_data(cfg: Config, source: str | None) -> None:
+def _require_data(cfg: Config, raw: dict[str, Any], source: str | None) -> None:
     """The data the stages will read, there: a typo fails now, not once a folder is made and data preprocessed."""
     problems = [Problem(f"data.{key}", f"{value} does not exist; check the path") for key, value
                 in cfg.data.model_dump(exclude={"predictions"}).items() if value and not Path(value).exists()]
+    if cfg.cross_validation:
+        if "fold" in (raw.get("train") or {}):
+            problems.append(Problem("train.fold", "cross-validation trains every fold; leave train.fold (--fold) out, "
+                                    "or set cross_validation: false to train the one fold"))
+        if "train" in cfg.stages and not (cfg.data.images and cfg.data.masks):
+            problems.append(Problem("cross_validation", "scores each fold's held-out training images against "
+                                    "their masks: give data.images and data.masks (the raw training data)"))
     if problems:
         raise ConfigError(problems, source=source)
+
+
+def _require_writers(cfg: Config, registry) -> None:
+    """Every image the pipeline will predict has a writer for its format, or the run stops now, not after
+    training."""
+    from biom3d.core.stages.predict import require_writers
+
+    if "predict" not in cfg.stages:
+        return
+    inputs = [cfg.data.test_images] + ([cfg.data.images] if cfg.cross_validation and "train" in cfg.stages else [])
+    for folder in filter(None, inputs):
+        require_writers(folder, registry=registry, reader=cfg.reader.name if cfg.reader else None,
+                        writer=cfg.writer.name if cfg.writer else None)
 
 
 def _open_folder(folder: Path, raw: dict[str, Any], cfg: Config) -> None:
@@ -94,30 +126,91 @@ def _stages(cfg: Config, raw: dict[str, Any], folder: Path, registry, progress: 
             finetune: str | Path | None, strict_versions: bool) -> PipelineResult:
     from biom3d.core import distributed
 
-    state = _State(folder / PIPELINE)
+    state = PipelineState(folder / PIPELINE)
     result = PipelineResult(folder)
     prep_dir = distributed.run_on_main(lambda: _preprocess(cfg, raw, folder, state, registry, progress), stage=True)
     state.reload()  # what rank 0 recorded, on every rank
-    if "train" in cfg.stages and prep_dir is not None:
-        result.run_dir = _train(raw, prep_dir, folder, state, registry, finetune=finetune,
-                                strict_versions=strict_versions)
-    elif (folder / "run" / "config.yaml").is_file():
-        result.run_dir = folder / "run"
-    if "predict" in cfg.stages and cfg.data.test_images and result.run_dir is not None:
-        result.predictions = _predict(cfg, result.run_dir, folder, state, registry, progress,
-                                      checkpoint=checkpoint, strict_versions=strict_versions)
+    predict_options = {"checkpoint": checkpoint, "strict_versions": strict_versions, "progress": progress}
+    if cfg.cross_validation:
+        held_out = _held_out(cfg, prep_dir, registry) if prep_dir is not None and "train" in cfg.stages else {}
+        result.fold_runs = _cross_validate(cfg, raw, prep_dir, folder, state, registry, held_out,
+                                           finetune=finetune, **predict_options)
+        models = result.fold_runs
+        result.run_dir = models[0] if models else None
+        cv_predictions = folder / CROSS_VALIDATION / "predictions"
+        if "eval" in cfg.stages and models and state.is_done(CROSS_VALIDATION):
+            result.cv_report = distributed.run_on_main(lambda: _evaluate(
+                cfg, cv_predictions, cfg.data.masks, folder / CROSS_VALIDATION / "eval.csv", state,
+                f"{CROSS_VALIDATION}.eval", registry), stage=True)
+    else:
+        if "train" in cfg.stages and prep_dir is not None:
+            result.run_dir = train_stage(raw, prep_dir, folder / PIPELINE_RUN, state, "train", registry,
+                                    finetune=finetune, strict_versions=strict_versions)
+        elif (folder / PIPELINE_RUN / "config.yaml").is_file():
+            result.run_dir = folder / PIPELINE_RUN
+        models = [result.run_dir] if result.run_dir is not None else []
+    if "predict" in cfg.stages and cfg.data.test_images and models:
+        out = Path(cfg.data.predictions) if cfg.data.predictions else folder / "predictions"
+        result.predictions = predict_stage(cfg, models, cfg.data.test_images, out, state, "predict", registry,
+                                      **predict_options)
     if "eval" in cfg.stages and cfg.data.test_masks and result.predictions is not None:
-        result.report = distributed.run_on_main(lambda: _evaluate(cfg, result.predictions, folder, state, registry),
-                                                stage=True)
+        result.report = distributed.run_on_main(lambda: _evaluate(
+            cfg, result.predictions, cfg.data.test_masks, folder / "eval.csv", state, "eval", registry), stage=True)
     return result
 
 
-def _evaluate(cfg: Config, predictions: Path, folder: Path, state, registry):
+def _cross_validate(cfg: Config, raw: dict[str, Any], prep_dir: Path | None, folder: Path, state, registry,
+                    held_out: dict[int, list[str]], *, finetune: str | Path | None, checkpoint: str | None,
+                    strict_versions: bool, progress: bool) -> list[Path]:
+    """Train (or resume, or find) one run per fold, then predict each fold's held-out training images with its
+    own run into cv/predictions/: the runs, in fold order."""
+    if "train" not in cfg.stages or prep_dir is None:
+        return fold_runs(folder)
+    trained = []
+    for i, fold in enumerate(sorted(held_out)):
+        log.info("train: fold %d (%d of %d)", fold, i + 1, len(held_out))
+        fold_raw = apply_overrides(copy.deepcopy(raw), {"train.fold": fold})
+        trained.append(train_stage(fold_raw, prep_dir, fold_run(folder, fold), state, f"train.fold-{fold}", registry,
+                                finetune=finetune, strict_versions=strict_versions))
+    state.done("train", runs=[str(r) for r in trained])
+    if "predict" in cfg.stages:
+        for fold, run_dir in zip(sorted(held_out), trained, strict=True):
+            predict_stage(cfg, [run_dir], cfg.data.images, folder / CROSS_VALIDATION / "predictions", state,
+                     f"{CROSS_VALIDATION}.fold-{fold}", registry, keys=held_out[fold], checkpoint=checkpoint,
+                     strict_versions=strict_versions, progress=progress)
+        state.done(CROSS_VALIDATION, folds=len(trained))
+    return trained
+
+
+def _held_out(cfg: Config, prep_dir: Path, registry) -> dict[int, list[str]]:
+    """Each fold's validation images as case keys of data.images, checked before any training: a fold whose
+    images are not raw training images (one image, split in two by the preprocessor) cannot be scored."""
+    from biom3d.core.folds import fold_table
+    from biom3d.core.scan import scan_input
+
+    path = Path(cfg.data.folds) if cfg.data.folds else prep_dir / "folds.csv"
+    table = fold_table(path)
+    _, items = scan_input(Path(cfg.data.images), registry, cfg.reader.name if cfg.reader else None)
+    raw_keys = {i.key for i in items}
+    held_out: dict[int, list[str]] = {}
+    for name, fold in table:
+        held_out.setdefault(fold, []).append(name.removesuffix(".npy"))
+    unknown = sorted(k for keys in held_out.values() for k in keys if k not in raw_keys)
+    if len(held_out) < 2 or unknown:
+        why = (f"{path} has {len(held_out)} fold" if len(held_out) < 2 else
+               f"{path} names cases that are not images of data.images {cfg.data.images}: {', '.join(unknown[:3])}")
+        raise DataError(f"cross-validation needs two folds or more of whole training images ({why}); a single "
+                        "image is split in two by the preprocessor. Give more training images, or set "
+                        "cross_validation: false")
+    return held_out
+
+
+def _evaluate(cfg: Config, predictions: Path, truths: str, csv_path: Path, state, stage: str, registry):
     from biom3d.core.stages.evaluate import evaluate
 
-    report = evaluate(predictions, cfg.data.test_masks, num_classes=cfg.num_classes, csv_path=folder / "eval.csv",
+    report = evaluate(predictions, truths, num_classes=cfg.num_classes, csv_path=csv_path,
                       overwrite=True, reader=cfg.reader.name if cfg.reader else None, registry=registry)  # its own
-    state.done("eval", mean_dice=report.mean("dice"))
+    state.done(stage, mean_dice=report.mean("dice"))
     return report
 
 
@@ -165,7 +258,7 @@ def _listing(folder: Path) -> dict[str, Any]:
 def _refuse_other_inputs(folder: Path, cfg: Config) -> None:
     """A pipeline folder whose data was preprocessed from other files or settings is refused: skipping its
     finished stages would predict with a model of the other data, and re-running them would replace them."""
-    recorded = _State(folder / PIPELINE).data.get("preprocess", {}).get("inputs")
+    recorded = PipelineState(folder / PIPELINE).data.get("preprocess", {}).get("inputs")
     if not recorded or cfg.data.preprocessed or not (cfg.data.images and cfg.data.masks):
         return  # made before inputs were recorded, or preprocessed elsewhere (train compares that folder)
     changed = _differences(recorded, _inputs(cfg))
@@ -196,142 +289,6 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return changed
 
 
-def _train(raw: dict[str, Any], prep_dir: Path, folder: Path, state, registry, *, finetune: str | Path | None,
-           strict_versions: bool) -> Path:
-    """Train ``run/``, or resume it: an interrupted run continues, a finished one is extended when more
-    epochs are asked for; train settings the config (or the command line) changed since apply on resume."""
-    from biom3d.core import distributed
-    from biom3d.core.builder import Builder
-    from biom3d.core.checkpoints import BEST, has_checkpoint
-
-    run_dir = folder / "run"
-    source = finetune or state.data.get("train", {}).get("finetune")
-    staged = _staged_finetuning(folder)
-    if staged is not None and not has_checkpoint(run_dir / "checkpoints"):
-        log.info("train: resuming the interrupted fine-tuning %s", staged)
-        Builder.resume(staged, registry=registry, overrides=_changed_train(raw, staged),
-                       strict_versions=strict_versions)
-        distributed.run_on_main(lambda: _install(staged, run_dir))
-    elif has_checkpoint(run_dir / "checkpoints"):
-        _refuse_other_preprocessed(run_dir, prep_dir)
-        changed = _changed_train(raw, run_dir)
-        trained = read_yaml(run_dir / "config.yaml").get("train", {}).get("epochs", 0)
-        extend = changed.get("train.epochs", 0) > trained
-        if state.is_done("train") and (run_dir / "checkpoints" / BEST).is_file() and not extend:
-            log.info("train: done already (%s)", run_dir)
-            ignored = sorted(changed) + (["--finetune"] if finetune else [])
-            if ignored:
-                log.warning("train: the trained run keeps its own %s (more epochs extend it; another --name "
-                            "trains a new run)", ", ".join(ignored))
-            return run_dir
-        if extend:
-            log.info("train: extending the run %s to %d epochs", run_dir, changed["train.epochs"])
-        else:
-            log.info("train: resuming the interrupted run %s", run_dir)
-        Builder.resume(run_dir, registry=registry, overrides=changed, strict_versions=strict_versions)
-    elif source is not None:
-        state.note("train", finetune=str(Path(source).resolve()))  # a re-run after a kill resumes it
-        # a kill before its first checkpoint: no run
-        distributed.run_on_main(lambda: shutil.rmtree(folder / FINETUNING, ignore_errors=True))
-        result = Builder.finetune(source, merge_with_preprocessed(raw, prep_dir), registry=registry,
-                                  runs_dir=folder / FINETUNING, strict_versions=strict_versions)
-        distributed.run_on_main(lambda: _install(result.run_dir, run_dir))
-    else:
-        merged = merge_with_preprocessed(raw, prep_dir)
-        Builder(merged, registry=registry).train(run_dir=run_dir)
-    info = {"finetune": str(source)} if source is not None else {}
-    state.done("train", run_dir=str(run_dir), **info)
-    return run_dir
-
-
-def _refuse_other_preprocessed(run_dir: Path, prep_dir: Path) -> None:
-    """data.preprocessed pointed elsewhere since run/ trained: its model is another data's."""
-    ran = (read_yaml(run_dir / "config.yaml").get("data") or {}).get("preprocessed")
-    if ran and Path(ran).resolve() != prep_dir.resolve():
-        raise InputError(f"{run_dir} was trained on {ran}, not on data.preprocessed {prep_dir}: give another --name "
-                         f"to train on it in a new pipeline, or remove {run_dir.parent} to start this one over")
-
-
-def _changed_train(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """The pipeline config's train settings that differ from the run's, as overrides for ``Builder.resume``."""
-    ran = read_yaml(run_dir / "config.yaml").get("train", {})
-    wanted = raw.get("train") or {}
-    return {f"train.{k}": v for k, v in wanted.items() if ran.get(k) != v}
-
-
-def _staged_finetuning(folder: Path) -> Path | None:
-    """The fine-tuning a kill interrupted after its first checkpoint, if any."""
-    from biom3d.core.checkpoints import has_checkpoint
-
-    found = sorted(p for p in (folder / FINETUNING).glob("*") if has_checkpoint(p / "checkpoints"))
-    return found[-1] if found else None
-
-
-def _install(staged: Path, run_dir: Path) -> None:
-    """Make a trained fine-tuning the pipeline's ``run/`` (whose own training, if any, never checkpointed)."""
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    os.replace(staged, run_dir)
-    shutil.rmtree(staged.parent, ignore_errors=True)
-
-
-def _predict(cfg: Config, run_dir: Path, folder: Path, state, registry, progress: bool, *,
-             checkpoint: str | None, strict_versions: bool) -> Path:
-    """Predict the test images, skipping those done already; all of them again when the weights differ from
-    those of the last predictions (another --checkpoint, a run trained further)."""
-    from biom3d.core import distributed
-    from biom3d.core.runs import require_checkpoint
-    from biom3d.core.stages.predict import predict
-
-    out = Path(cfg.data.predictions) if cfg.data.predictions else folder / "predictions"
-    chosen = require_checkpoint(run_dir, checkpoint)
-    stat = chosen.stat()
-    weights = {"file": chosen.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    previous = state.data.get("predict", {}).get("checkpoint")
-    again = previous is not None and previous != weights
-    if again:
-        log.info("predict: the weights changed since the last predictions (%s, now %s): predicting all again",
-                 previous["file"], chosen.name)
-    elif previous is None:
-        state.note("predict", checkpoint=weights)  # a kill now: the re-run keeps what these weights wrote
-    written = predict([run_dir], cfg.data.test_images, out, device=cfg.train.device, checkpoint=checkpoint,
-                      overwrite=again, skip_existing=True, strict_versions=strict_versions, registry=registry,
-                      progress=progress)  # under torchrun, this rank's share
-    distributed.wait_for_all()
-    log.info("predict: %d new mask(s) in %s", sum(distributed.gather(len(written))), out)
-    state.done("predict", folder=str(out), checkpoint=weights)
-    return out
-
-
-def merge_with_preprocessed(raw: dict[str, Any], prep_dir: Path) -> dict[str, Any]:
-    """The user's config completed by what preprocessing found (patch, pooling, spacing...); the user's
-    explicit values win, envelopes naming the same component merge their params."""
-    written = read_yaml(prep_dir / "config.yaml")
-    merged = _deep_merge(written, raw)
-    merged.setdefault("data", {})["preprocessed"] = str(prep_dir.resolve())
-    return merged
-
-
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        old = out.get(key)
-        if isinstance(value, str) and isinstance(old, dict) and "name" in old:
-            value = {"name": value}  # shorthand envelope
-        if isinstance(value, dict) and isinstance(old, dict):
-            if "name" in value and "name" in old and _short(value["name"]) != _short(old["name"]):
-                out[key] = value  # another component: its params do not carry over
-            else:
-                out[key] = _deep_merge(old, value)
-        else:
-            out[key] = value
-    return out
-
-
-def _short(name: str) -> str:
-    return name.rsplit("/", 1)[-1]
-
-
 def _absolute_data_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     data = raw.get("data")
     if isinstance(data, dict):
@@ -341,42 +298,15 @@ def _absolute_data_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     return raw
 
 
-class _State:
-    """pipeline.json: which stages finished, written atomically after each. Every rank keeps the same record
-    (each updates its own copy at the same points); rank 0 alone writes it."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.reload()
-
-    def reload(self) -> None:
-        self.data: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
-
-    def is_done(self, stage: str) -> bool:
-        return bool(self.data.get(stage, {}).get("done"))
-
-    def done(self, stage: str, **info: Any) -> None:
-        self.data[stage] = {"done": True, **info}
-        self._write()
-
-    def note(self, stage: str, **info: Any) -> None:
-        """Record what a stage started with, before it is done."""
-        self.data[stage] = {**self.data.get(stage, {}), "done": False, **info}
-        self._write()
-
-    def _write(self) -> None:
-        from biom3d.core.distributed import is_main
-
-        if is_main():
-            atomic_write_text(self.path, json.dumps(self.data, indent=2))
-
-
 def pipeline_folder(path: str | Path) -> Path:
-    """The pipeline folder ``path`` names (itself, or the one its ``run/`` is in), for `biom3d run --resume`;
-    a training run folder of `biom3d train` is refused with the command that continues it."""
+    """The pipeline folder ``path`` names (itself, or the one its ``run/`` or fold run is in), for `biom3d run
+    --resume`; a training run folder of `biom3d train` is refused with the command that continues it."""
     path = Path(path).resolve()
-    if path.name == "run" and (path / "plugins.json").is_file() and (path.parent / "config.yaml").is_file():
-        path = path.parent
+    if (path / "plugins.json").is_file():
+        for pipeline in (path.parent, path.parent.parent):  # run/, folds/fold-K/
+            if (pipeline / "config.yaml").is_file() and path in (pipeline / PIPELINE_RUN, *fold_runs(pipeline)):
+                path = pipeline
+                break
     if (path / "plugins.json").is_file():
         raise InputError(f"{path} is a training run folder, not a `biom3d run` pipeline folder; continue it with "
                          f"`biom3d train --resume {path}`")

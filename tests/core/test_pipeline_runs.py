@@ -1,0 +1,36 @@
+"""Which trained runs a `biom3d run` pipeline folder names: its run/, or its fold runs once it cross-validated."""
+
+import json
+
+import pytest
+
+from biom3d.core.errors import InputError
+from biom3d.core.runs import fold_run, pipeline_runs, trained_run
+
+
+def _run(folder):
+    folder.mkdir(parents=True)
+    (folder / "plugins.json").write_text("{}", encoding="utf-8")
+    return folder
+
+
+def test_fold_runs_come_in_fold_order_and_one_is_chosen_for_export(tmp_path):
+    folds = [_run(fold_run(tmp_path, k)) for k in (10, 2, 0, 1)]
+    assert pipeline_runs(tmp_path) == [folds[2], folds[3], folds[1], folds[0]]  # fold-2 before fold-10
+    with pytest.raises(InputError, match="4 runs, one per fold"):
+        trained_run(tmp_path)
+    assert trained_run(folds[1]) == folds[1] and pipeline_runs(folds[1]) is None  # a run folder is itself
+
+
+def test_the_last_training_says_which_runs_a_pipeline_holds(tmp_path):
+    single = _run(tmp_path / "run")
+    assert pipeline_runs(tmp_path) == [single] and trained_run(tmp_path) == single
+    fold = _run(fold_run(tmp_path, 0))  # cross-validation started later: run/ stays the model until it is done
+    assert pipeline_runs(tmp_path) == [single]
+    (tmp_path / "pipeline.json").write_text(json.dumps({"train": {"done": True, "runs": [str(fold)]}}),
+                                            encoding="utf-8")
+    assert pipeline_runs(tmp_path) == [fold]
+    (tmp_path / "pipeline.json").write_text(json.dumps({"train": {"done": True, "run_dir": str(single)}}),
+                                            encoding="utf-8")
+    assert pipeline_runs(tmp_path) == [single]  # and back, when a run without it trained last
+    assert pipeline_runs(tmp_path / "nothing") is None
