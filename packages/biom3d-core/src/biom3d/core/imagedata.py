@@ -51,3 +51,17 @@ def in_axes_order(array: Any, axes: str, path: Any = None) -> tuple[Any, str, in
     channel = axes.find("C")
     present = "".join(a for a in "CZYX" if a in axes)
     return np.transpose(array, [axes.find(a) for a in present]), present, (channel if channel >= 0 else None)
+
+
+def mask_channels_first(array: Any, axes: str | None, path: Any = None) -> Any:
+    """A mask's channels first, wherever its file keeps them: by the reader's axes when they name a channel
+    axis (a 2D mask then gets a depth of one: (K, 1, H, W)), else a singleton first or last axis is taken for
+    the channel; a channel axis of one is dropped, so a label map comes back as stored."""
+    if axes and len(axes) == array.ndim and "C" in axes.upper().replace("S", "C"):
+        array, present, _ = in_axes_order(array, axes, path)
+        if "Z" not in present:
+            array = array[:, None]
+        return array[0] if array.shape[0] == 1 else array
+    if array.ndim == 4 and 1 in (array.shape[0], array.shape[3]):
+        return array[0] if array.shape[0] == 1 else array[..., 0]
+    return array

@@ -25,7 +25,7 @@ from biom3d.core.builtins.resample import (
     target_shape,
 )
 from biom3d.core.errors import DataError
-from biom3d.core.imagedata import ImageData, in_axes_order
+from biom3d.core.imagedata import ImageData, in_axes_order, mask_channels_first
 from biom3d.core.protocols import CaseStats
 
 log = logging.getLogger("biom3d")
@@ -254,17 +254,8 @@ def canonical_mask(arr: np.ndarray, image_shape: tuple[int, ...], num_classes: i
     stores ZCYX, NIfTI ZYXC); without them, channels are first or last."""
     warnings: list[str] = []
     flat = len(image_shape) == 3 and image_shape[0] == 1
-    if axes and len(axes) == arr.ndim and "C" in axes.upper().replace("S", "C"):
-        arr, present, _ = in_axes_order(arr, axes, path)
-        if "Z" not in present:
-            arr = arr[:, None]
-        if arr.shape[0] == 1:
-            arr = arr[0]  # a label map with a channel axis of one
-    elif arr.ndim == 4 and arr.shape[0] == 1:
-        arr = arr[0]
-    elif arr.ndim == 4 and arr.shape[3] == 1:
-        arr = arr[..., 0]
-    elif arr.ndim > 4 or (arr.ndim == 4 and 1 in arr.shape and not (flat and arr.shape[1] == 1)):
+    arr = mask_channels_first(arr, axes, path)
+    if arr.ndim > 4 or (arr.ndim == 4 and 1 in arr.shape and not (flat and arr.shape[1] == 1)):
         arr = arr.reshape([s for s in arr.shape if s != 1] or [1])  # (K, 1, H, W): a 2D image's channels, kept
     if arr.ndim == 2 and flat:
         arr = arr[None]

@@ -20,7 +20,7 @@ import numpy as np
 
 from biom3d.core.atomic import atomic_write_text
 from biom3d.core.errors import DataError, InputError
-from biom3d.core.imagedata import in_axes_order
+from biom3d.core.imagedata import mask_channels_first
 from biom3d.core.scan import scan_dataset
 from biom3d.core.surface import SURFACE_METRICS, surface_distances
 
@@ -168,18 +168,8 @@ def _grid(truth, pred) -> tuple[tuple[float, ...] | None, str]:
 
 
 def _channels_first(image) -> np.ndarray:
-    """A label map as stored, or a multi-label mask as (K, D, H, W) (a 2D one: (K, 1, H, W)), whichever axis
-    its file keeps the channels on (the reader's axes: an ImageJ TIFF's ZCYX, a NIfTI's ZYXC; without them,
-    first or last); a channel axis of one is dropped."""
-    array = np.asarray(image.array)
-    axes = (image.meta or {}).get("axes")
-    if axes and len(axes) == array.ndim and "C" in axes.upper().replace("S", "C"):
-        array, present, _ = in_axes_order(array, axes, image.path)
-        if "Z" not in present:
-            array = array[:, None]
-        return array[0] if array.shape[0] == 1 else array
-    if array.ndim == 4 and 1 in (array.shape[0], array.shape[3]):
-        return array[0] if array.shape[0] == 1 else array[..., 0]
+    """A label map as stored, or a multi-label mask as (K, D, H, W) (a 2D one: (K, 1, H, W))."""
+    array = mask_channels_first(np.asarray(image.array), (image.meta or {}).get("axes"), image.path)
     return array.squeeze() if array.ndim > 4 else array
 
 
