@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import numpy as np
@@ -83,7 +84,7 @@ def test_an_ensemble_of_runs_that_post_process_differently_warns_and_uses_the_fi
     assert np.array_equal(mixed, same)  # the first run's post-processing, not the second's
 
 
-def test_nifti_metadata_round_trip(trained, tmp_path):
+def test_nifti_metadata_round_trip(trained, tmp_path, caplog):
     import SimpleITK as sitk
 
     img = sitk.GetImageFromArray(np.random.default_rng(0).random(SHAPE).astype(np.float32))
@@ -92,7 +93,10 @@ def test_nifti_metadata_round_trip(trained, tmp_path):
     img.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, -1))
     (tmp_path / "in" / "sub").mkdir(parents=True)
     sitk.WriteImage(img, str(tmp_path / "in" / "sub" / "vol.nii.gz"))
-    predict([trained.run_dir], tmp_path / "in", tmp_path / "out", tta=False, progress=False)
+    with caplog.at_level("WARNING", logger="biom3d"):
+        predict([trained.run_dir], tmp_path / "in", tmp_path / "out", tta=False, progress=False)
+    # 0.5 x 0.5 x 2 "mm" beside a run trained at 0.5 x 0.5 x 2 µm: micrometres under NIfTI's default unit
+    assert "the values look like µm under the wrong unit and are taken as µm" in caplog.text
     out = sitk.ReadImage(str(tmp_path / "out" / "sub" / "vol.nii.gz"))
     assert out.GetSize() == img.GetSize()
     assert out.GetSpacing() == pytest.approx(img.GetSpacing())
@@ -344,3 +348,24 @@ def test_eval_reads_multilabel_masks_in_the_layout_each_writer_stores(tmp_path):
         report = evaluate(target.parent, tmp_path / "truth")
         assert report.classes == [1, 2], suffix
         assert [r["dice"] for r in sorted(report.rows, key=lambda r: r["class"])] == pytest.approx(expected), suffix
+
+
+def test_a_nifti_in_millimetres_is_predicted_like_the_micron_tiff_it_was_made_from(trained, dataset, tmp_path, caplog):
+    """The run was trained on TIFFs in µm; SimpleITK reads NIfTI in mm. The same voxels must give the same mask,
+    not one resampled 1000-fold."""
+    from biom3d.core.discovery import get_registry
+
+    tiff = dataset / "test" / "images" / "case0.tif"
+    image = _read(tiff)
+    nifti = tmp_path / "in" / "case0.nii.gz"
+    nifti.parent.mkdir()
+    get_registry().writer_for(nifti).build({}, None)(nifti, np.asarray(image.array), image)
+    read_back = _read(nifti)
+    assert read_back.meta["unit"] == "mm" and read_back.spacing == pytest.approx([s / 1000 for s in SPACING])
+    from_tiff = predict([trained.run_dir], tiff, tmp_path / "tif", progress=False)
+    with caplog.at_level("WARNING", logger="biom3d"):
+        from_nifti = predict([trained.run_dir], nifti, tmp_path / "nii", progress=False)
+    assert "no length unit" not in caplog.text
+    expected, got = _read(from_tiff[0]).array, _read(from_nifti[0]).array
+    assert np.asarray(got).shape == SHAPE and np.array_equal(np.asarray(got), np.asarray(expected))
+    assert json.loads((trained.run_dir / "fingerprint.json").read_text(encoding="utf-8"))["spacing_unit"] == "um"

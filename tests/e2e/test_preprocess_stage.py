@@ -7,7 +7,7 @@ import yaml
 
 from biom3d.core.errors import DataError
 from biom3d.core.stages.preprocess import preprocess_dataset
-from tests.e2e.conftest import SHAPE, make_dataset, write_tiff
+from tests.e2e.conftest import SHAPE, blobs, make_dataset, write_tiff
 
 
 def test_outputs_layout_and_config(prepared):
@@ -23,6 +23,7 @@ def test_outputs_layout_and_config(prepared):
         assert (mask[tuple(fg["1"].T)] == 1).all()
     fp = json.loads((out / "fingerprint.json").read_text(encoding="utf-8"))
     assert fp["spacing"] == [2.0, 0.5, 0.5] and fp["median_shape"] == list(map(float, SHAPE))
+    assert fp["spacing_unit"] == "um"  # the TIFF reader's
     folds = (out / "folds.csv").read_text(encoding="utf-8").splitlines()
     assert folds[0] == "filename,fold" and len(folds) == 5 and {r.split(",")[1] for r in folds[1:]} == {"0", "1"}
     cfg = yaml.safe_load(prepared.config_path.read_text(encoding="utf-8"))
@@ -140,3 +141,85 @@ def test_default_stack_follows_what_is_installed():
     # models without io: the paper's stack lacks its dataset, so it is not the default; monai's is
     models_monai = discover(environ={"BIOM3D_PLUGINS": "models,monai"})
     assert choose_stack(models_monai, None).qid == "monai/dynunet"
+
+
+def test_a_training_set_of_micron_tiffs_and_millimetre_niftis_is_resampled_in_one_unit(dataset, tmp_path):
+    """SimpleITK reads NIfTI in mm, tifffile TIFF in µm: the same voxel size must stay the same size."""
+    import shutil
+
+    import SimpleITK as sitk
+    from typer.testing import CliRunner
+
+    from biom3d.cli.app import app
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    for folder, source in ((images, dataset / "train" / "images"), (masks, dataset / "train" / "masks")):
+        folder.mkdir()
+        for name in ("case0", "case1"):
+            shutil.copy(source / f"{name}.tif", folder / f"{name}.tif")
+        for name in ("case2", "case3"):  # the same voxels as NIfTI, 0.002 x 0.0005 x 0.0005 mm
+            nifti = sitk.GetImageFromArray(tifffile.imread(source / f"{name}.tif"))
+            nifti.SetSpacing((0.0005, 0.0005, 0.002))
+            sitk.WriteImage(nifti, str(folder / f"{name}.nii.gz"))
+    out = tmp_path / "prep"
+    result = CliRunner().invoke(app, ["preprocess", "-i", str(images), "-m", str(masks), "-k", "1", "-o", str(out),
+                                      "--workers", "0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "median spacing   2 x 0.5 x 0.5 µm" in result.output
+    fp = json.loads((out / "fingerprint.json").read_text(encoding="utf-8"))
+    assert fp["spacing"] == pytest.approx([2.0, 0.5, 0.5]) and fp["spacing_unit"] == "um"
+    for name in ("case0", "case2"):  # neither shrunk to one voxel nor grown 1000-fold
+        assert np.load(out / "images" / f"{name}.npy").shape == (1, *SHAPE)
+
+
+def _nifti(path, array, spacing_xyz=(0.5, 0.5, 2.0), origin_xyz=(1.0, 2.0, 3.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing_xyz)
+    image.SetOrigin(origin_xyz)
+    image.SetDirection([float(v) for v in direction])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+
+
+def _reoriented_dataset(root, rng):
+    """NIfTI images, and their masks as a tool that stores x reversed writes them: the array flipped along x, the
+    header's x direction negated and its origin moved to the last column, so the labels lie where they did."""
+    truths = {}
+    for i in range(2):
+        mask = blobs(rng)
+        _nifti(root / "images" / f"case{i}.nii.gz", (mask * 2.0 + rng.normal(0, 0.6, SHAPE)).astype(np.float32))
+        _nifti(root / "masks" / f"case{i}.nii.gz", np.ascontiguousarray(mask[:, :, ::-1]),
+               origin_xyz=(1.0 + 0.5 * (SHAPE[2] - 1), 2.0, 3.0), direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1))
+        truths[f"case{i}"] = mask
+    return truths
+
+
+def test_a_mask_stored_in_another_orientation_trains_and_scores_on_its_images_voxels(tmp_path):
+    from biom3d.core.stages.evaluate import evaluate
+
+    truths = _reoriented_dataset(tmp_path, np.random.default_rng(3))
+    result = preprocess_dataset(tmp_path / "images", tmp_path / "masks", tmp_path / "prep", num_classes=1, workers=0,
+                                progress=False)
+    for key, mask in truths.items():
+        np.testing.assert_array_equal(np.load(tmp_path / "prep" / "masks" / f"{key}.npy"), mask)  # not mirrored
+    assert any("another orientation" in w and "flipped along x" in w for w in result.warnings)
+    assert "another orientation" in (tmp_path / "prep" / "preprocess.log").read_text(encoding="utf-8")
+    # a prediction on the image's grid scores 1 against the reoriented truth, not the Dice of a mirror image
+    for key, mask in truths.items():
+        _nifti(tmp_path / "pred" / f"{key}.nii.gz", mask)
+    assert evaluate(tmp_path / "pred", tmp_path / "masks").mean("dice") == pytest.approx(1.0)
+
+
+def test_a_mask_rotated_against_its_image_is_refused_naming_both(tmp_path):
+    rng = np.random.default_rng(4)
+    c, s = np.cos(0.4), np.sin(0.4)
+    for i in range(2):
+        mask = blobs(rng)
+        _nifti(tmp_path / "images" / f"case{i}.nii.gz", mask.astype(np.float32))
+        _nifti(tmp_path / "masks" / f"case{i}.nii.gz", mask, direction=(c, -s, 0, s, c, 0, 0, 0, 1))
+    with pytest.raises(DataError, match=r"mask .*case0.nii.gz: its direction .* rotated against its image's .*"
+                                         r"case0.nii.gz.*Resample"):
+        preprocess_dataset(tmp_path / "images", tmp_path / "masks", tmp_path / "prep", num_classes=1, workers=0,
+                           progress=False)

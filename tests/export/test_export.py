@@ -132,9 +132,14 @@ def test_the_bioimageio_package_validates_and_its_tensors_come_from_the_model(ex
         assert [a.get("id", a["type"]) for a in inp["axes"]] == ["batch", "channel", "z", "y", "x"]
         assert [p["id"] for p in inp["preprocessing"]] == ["ensure_dtype", "zero_mean_unit_variance", "ensure_dtype"]
         assert [a.get("halo") for a in out["axes"][2:]] == [4, 6, 6]  # a quarter of the (16, 24, 24) patch
+        # the run was trained on TIFFs calibrated in µm: the axes say so (scale alone would read as pixels)
+        assert [(a["scale"], a["unit"]) for a in inp["axes"][2:]] == [(2.0, "micrometer"), (0.5, "micrometer"),
+                                                                     (0.5, "micrometer")]
+        assert [a["unit"] for a in out["axes"][2:]] == ["micrometer"] * 3
         assert any(c.get("doi") == "10.1016/j.media.2026.104184" for c in rdf["cite"])
         assert rdf["covers"] and rdf["documentation"]["source"] == "README.md"
         assert "## Validation" in zf.read("README.md").decode("utf-8")
+        assert "resample images to 2 x 0.5 x 0.5 µm (z, y, x)" in zf.read("README.md").decode("utf-8")
         raw = np.load(zf.open(inp["test_tensor"]["source"]))
         expected = np.load(zf.open(out["test_tensor"]["source"]))
         with pytest.warns(DeprecationWarning):  # torch 2.13 deprecates TorchScript; consumers still read it

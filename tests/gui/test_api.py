@@ -41,9 +41,11 @@ def test_scan_reports_files_corrections_fingerprint_and_plan(client, data):
     result = answer.json()
     assert answer.status_code == 200 and result["problems"] == []
     assert [f["key"] for f in result["files"]] == ["case0", "case1", "case2"]
-    assert all(f["shape"] == [16, 24, 24] and f["spacing"] == [2.0, 0.5, 0.5] and f["channels"] == 1 for f in result["files"])
+    assert all(f["shape"] == [16, 24, 24] and f["spacing"] == [2.0, 0.5, 0.5] and f["spacing_unit"] == "µm" and f["channels"] == 1
+               for f in result["files"])
     assert len(result["notes"]) == 3 and "relabelled" in result["notes"][0]  # the 0/255 masks
     assert result["fingerprint"]["median_shape"] == [16.0, 24.0, 24.0] and result["fingerprint"]["num_images"] == 3
+    assert result["fingerprint"]["spacing_unit"] == "µm"
     assert result["plan"] == auto_config([16, 24, 24], num_images=3).as_dict()
     assert result["stack"] == "models/paper"
 

@@ -98,7 +98,7 @@ def test_a_biologist_trains_predicts_and_downloads_a_mask_in_the_browser(server,
             page.click("#scan")
             page.wait_for_selector("#scan-files tbody tr:nth-child(3)")
             summary = page.inner_text("#scan-summary")
-            assert "16 × 24 × 24" in summary and "2 × 0.5 × 0.5" in summary and "patch size" in summary
+            assert "16 × 24 × 24" in summary and "2 × 0.5 × 0.5 µm" in summary and "patch size" in summary
             page.click("#scan-files tbody tr:first-child button")
             expect(page.locator("#data-preview img")).to_have_js_property("naturalWidth", 24)
             steps.shot("scan-and-preview")

@@ -101,3 +101,22 @@ def test_writer_refuses_to_overwrite_unless_asked(registry, tmp_path):
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(target))).sum() == 8
     with pytest.raises(InputError):
         _writer(registry)(tmp_path / "pred.tif", np.zeros((2, 2, 2)), None)
+
+
+def test_a_micron_nifti_reads_in_millimetres_like_simpleitk_and_a_micron_ref_writes_millimetres(registry, reader,
+                                                                                                  tmp_path):
+    import nibabel as nib
+
+    affine = np.diag([0.5, 0.7, 2.0, 1.0])
+    affine[:3, 3] = (10.0, 20.0, 30.0)
+    img = nib.Nifti1Image(np.zeros((6, 5, 4), np.float32), affine)
+    img.header.set_xyzt_units("micron")
+    nib.save(img, tmp_path / "um.nii.gz")
+    image, ref = reader(tmp_path / "um.nii.gz"), sitk.ReadImage(str(tmp_path / "um.nii.gz"))
+    assert image.meta["unit"] == "mm"
+    np.testing.assert_allclose(image.spacing, ref.GetSpacing()[::-1], rtol=1e-6)  # 0.002, 0.0007, 0.0005
+    np.testing.assert_allclose(image.origin, ref.GetOrigin()[::-1], atol=1e-9)
+    tiff_like = ImageData(array=None, spacing=(2.0, 0.7, 0.5), origin=(0.0, 0.0, 0.0), meta={"unit": "um"})
+    _writer(registry)(tmp_path / "pred.nii.gz", np.zeros((4, 5, 6), np.uint8), tiff_like)
+    np.testing.assert_allclose(sitk.ReadImage(str(tmp_path / "pred.nii.gz")).GetSpacing(), (0.0005, 0.0007, 0.002),
+                               rtol=1e-5)

@@ -34,6 +34,7 @@ def preprocess(*, images: Path, masks: Path, num_classes: int, out: Path | None,
 
     from biom3d.core.errors import InputError
     from biom3d.core.stages.preprocess import preprocess_dataset
+    from biom3d.core.units import shown
 
     out = out or Path("preprocessed") / images.resolve().name
     try:
@@ -46,7 +47,8 @@ def preprocess(*, images: Path, masks: Path, num_classes: int, out: Path | None,
     typer.echo(f"{fp['num_images']} case(s): {result.processed} processed, {result.skipped} already done")
     typer.echo(f"stack            {result.stack or 'none (components named in the config)'}")
     typer.echo(f"channels         {fp['in_channels']} (channel axis in the files: {axes})")
-    typer.echo(f"median spacing   {_fmt(fp['spacing']) if fp['spacing'] else 'unknown (no resampling)'}")
+    unit = shown(fp.get("spacing_unit"))
+    typer.echo(f"median spacing   {_fmt(fp['spacing']) + (' ' + unit if unit else '') if fp['spacing'] else 'unknown (no resampling)'}")
     typer.echo(f"median shape     {_fmt(fp['median_shape'])}")
     typer.echo(f"patch size       {_fmt(plan.get('patch_size', []))}  poolings {_fmt(plan.get('num_pools', []))}  "
                f"batch {plan.get('batch_size', '-')}")

@@ -62,9 +62,10 @@ class Writer(Protocol):
 class CaseStats:
     """What one case contributes to the fingerprint; small and picklable (it crosses worker processes).
 
-    ``shape`` is spatial (D, H, W) before resampling, ``spacing`` in the same order (None: unknown). A
-    preprocessor keeps whatever else it needs in ``extra``; ``warnings`` are the corrections it made, which the
-    stage logs and writes to ``preprocess.log``."""
+    ``shape`` is spatial (D, H, W) before resampling, ``spacing`` in the same order (None: unknown) and in
+    ``unit``, the reader's ``meta["unit"]`` (None: not said; the fingerprint converts the others' lengths to one
+    unit). A preprocessor keeps whatever else it needs in ``extra``; ``warnings`` are the corrections it made,
+    which the stage logs and writes to ``preprocess.log``."""
 
     key: str
     shape: tuple[int, ...]
@@ -72,6 +73,7 @@ class CaseStats:
     channels: int
     extra: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    unit: str | None = None
 
 
 @runtime_checkable
@@ -89,7 +91,8 @@ class Preprocessor(Protocol):
 
     def fingerprint(self, stats: Sequence[CaseStats]) -> dict[str, Any]:
         """JSON-serialisable dataset fingerprint holding at least :data:`FINGERPRINT_KEYS`
-        (``median_shape``: spatial, after resampling; ``spacing``: the target spacing or None)."""
+        (``median_shape``: spatial, after resampling; ``spacing``: the target spacing or None, in
+        ``spacing_unit`` when the images named a length unit)."""
         ...
 
     def plan(self, fingerprint: Mapping[str, Any], budget: AutoConfigSettings) -> dict[str, Any]:

@@ -43,6 +43,9 @@ CITATIONS = (
      "hal-04747016 (2024).", {"url": "https://hal.science/hal-04747016"}),
 )
 BIOM3D_URL = "https://github.com/GuillaumeMougeot/biom3d"
+# micrometres per unit -> the unit's name in the bioimage.io spec, for the axes' ``unit``
+_SPACE_UNITS = {1e-6: "picometer", 1e-4: "angstrom", 1e-3: "nanometer", 1.0: "micrometer", 1e3: "millimeter",
+                1e4: "centimeter", 1e6: "meter", 25400.0: "inch"}
 
 
 def package(target: Path, run, wrapper: torch.nn.Module, graphs: dict[str, Any], base: dict[str, Any], *, probe,
@@ -180,10 +183,18 @@ def _write_files(folder: Path, run, wrapper, graphs, sidecar, raw, probs, norm) 
     return files
 
 
+def _space_unit(unit: str | None) -> str | None:
+    """The bioimage.io name of the fingerprint's length unit (its spec spells units out); None: not a length."""
+    from biom3d.core.units import um_per_unit
+
+    return _SPACE_UNITS.get(um_per_unit(unit))
+
+
 def _describe(cfg, base, files, norm, patch, stride, batch, opset, authors, license, predictor):
     from bioimageio.spec.model import v0_5 as bmz
 
     spacing = base["context"].get("spacing") or [1.0, 1.0, 1.0]
+    unit = _space_unit(base["fingerprint"].get("spacing_unit")) if base["context"].get("spacing") else None
     axes_ids = ("z", "y", "x")
     overlap = float(getattr(predictor, "overlap", 0.5))  # a predictor without tiles: the halo of biom3d's default
     if stride is not None:
@@ -192,10 +203,11 @@ def _describe(cfg, base, files, norm, patch, stride, batch, opset, authors, lice
         sizes = list(patch)
     inputs = bmz.InputTensorDescr(
         id=bmz.TensorId("raw"),
-        description=f"{cfg.in_channels}-channel volume at voxel size {' x '.join(f'{v:g}' for v in spacing)} (z, y, x)",
+        description=f"{cfg.in_channels}-channel volume at voxel size {' x '.join(f'{v:g}' for v in spacing)}"
+                    f"{' ' + unit + 's' if unit else ''} (z, y, x)",
         axes=[bmz.BatchAxis(size=batch),
               bmz.ChannelAxis(channel_names=[bmz.Identifier(f"channel{c}") for c in range(cfg.in_channels)]),
-              *[bmz.SpaceInputAxis(id=bmz.AxisId(a), size=s, scale=float(v)) for a, s, v in zip(axes_ids, sizes, spacing, strict=True)]],
+              *[bmz.SpaceInputAxis(id=bmz.AxisId(a), size=s, scale=float(v), unit=unit) for a, s, v in zip(axes_ids, sizes, spacing, strict=True)]],
         test_tensor=bmz.FileDescr(source=files["test_input"]),
         data=bmz.IntervalOrRatioDataDescr(type="float32"),
         preprocessing=_preprocessing(bmz, norm),
@@ -206,8 +218,8 @@ def _describe(cfg, base, files, norm, patch, stride, batch, opset, authors, lice
     for a, p, v in zip(axes_ids, patch, spacing, strict=True):
         halo = int(p * overlap / 2)
         size = bmz.SizeReference(tensor_id=bmz.TensorId("raw"), axis_id=bmz.AxisId(a))
-        out_axes.append(bmz.SpaceOutputAxisWithHalo(id=bmz.AxisId(a), size=size, halo=halo, scale=float(v))
-                        if halo >= 1 else bmz.SpaceOutputAxis(id=bmz.AxisId(a), size=size, scale=float(v)))
+        out_axes.append(bmz.SpaceOutputAxisWithHalo(id=bmz.AxisId(a), size=size, halo=halo, scale=float(v), unit=unit)
+                        if halo >= 1 else bmz.SpaceOutputAxis(id=bmz.AxisId(a), size=size, scale=float(v), unit=unit))
     outputs = bmz.OutputTensorDescr(
         id=bmz.TensorId("probabilities"),
         description=("sigmoid probability per class" if cfg.multilabel else "softmax probability per class"),

@@ -7,12 +7,16 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from biom3d.core.units import shown
+
 
 def readme(run, sidecar: dict[str, Any], norm: dict[str, Any], citations, url: str) -> str:
     cfg = run.builder.config
     ctx, fp, net = sidecar["context"], sidecar["fingerprint"], sidecar["network"]
     spacing = ctx.get("spacing")
-    voxel = " x ".join(f"{v:g}" for v in spacing) if spacing else "the images' own (no spacing was recorded)"
+    unit = shown(fp.get("spacing_unit"))
+    voxel = (" x ".join(f"{v:g}" for v in spacing) + (f" {unit}" if unit else "") if spacing
+             else "the images' own (no spacing was recorded)")
     classes = ", ".join(f"class{k}" for k in range(1, cfg.num_classes + 1))
     outputs = (f"one sigmoid probability per class ({classes})" if cfg.multilabel
                else f"softmax probabilities of background, {classes}")

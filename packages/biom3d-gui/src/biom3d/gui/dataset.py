@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from biom3d.core.errors import Biom3dError
+from biom3d.core.units import shown
 
 
 def scan(images: Path, masks: Path, *, num_classes: int = 1, multilabel: bool = False, stack: str | None = None,
@@ -62,7 +63,7 @@ def scan(images: Path, masks: Path, *, num_classes: int = 1, multilabel: bool = 
         else:
             stats.append(st)
             row.update(shape=list(st.shape), spacing=list(st.spacing) if st.spacing else None,
-                       channels=st.channels, notes=list(st.warnings))
+                       spacing_unit=shown(st.unit), channels=st.channels, notes=list(st.warnings))
             result["notes"] += st.warnings
         result["files"].append(row)
     if stats and not result["problems"]:
@@ -70,6 +71,7 @@ def scan(images: Path, masks: Path, *, num_classes: int = 1, multilabel: bool = 
             fingerprint = prep.fingerprint(stats)
             result["fingerprint"] = {k: fingerprint.get(k) for k in ("num_images", "median_shape", "spacing",
                                                                      "original_median_shape", "in_channels")}
+            result["fingerprint"]["spacing_unit"] = shown(fingerprint.get("spacing_unit"))
             result["plan"] = prep.plan(fingerprint, settings)
             # the shape that plan read, for the page's own plans of an edited patch (another preprocessor: the median)
             plan_median = getattr(prep, "plan_median", None)

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 from biom3d.core.errors import DataError
 from biom3d.core.imagedata import ImageData
+from biom3d.core.units import mm_per_unit
 
 # Pixel types SimpleITK writes to every format we offer (64-bit integers are narrowed: viewers handle them
 # poorly and label masks never need them).
@@ -61,7 +62,7 @@ def data_to_image(array: np.ndarray, has_channel: bool, ref: ImageData | None) -
     if ref is None:
         return image
     dim = image.GetDimension()
-    scale = _mm_per_unit((ref.meta or {}).get("unit") if isinstance(ref.meta, dict) else None)
+    scale = mm_per_unit((ref.meta or {}).get("unit") if isinstance(ref.meta, dict) else None)
     if ref.spacing and len(ref.spacing) == dim:
         image.SetSpacing([float(s) * scale for s in ref.spacing[::-1]])
     if ref.origin and len(ref.origin) == dim:
@@ -70,15 +71,6 @@ def data_to_image(array: np.ndarray, has_channel: bool, ref: ImageData | None) -
     if direction is not None:
         image.SetDirection(direction)
     return image
-
-
-def _mm_per_unit(unit: str | None) -> float:
-    """ITK's lengths are millimetres: a TIFF input's micrometres are converted (0.2 um is 0.0002 mm, not 0.2);
-    a unit we do not know (pixel, none) is kept as it is."""
-    from biom3d.io.tiff_meta import um_per_unit
-
-    um = um_per_unit(unit)
-    return 1.0 if um is None else um / 1000.0
 
 
 def _fit_direction(direction: tuple[float, ...] | None, dim: int) -> tuple[float, ...] | None:

@@ -10,34 +10,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-SPATIAL = "ZYX"
+from biom3d.core.units import clean_unit, um_per_unit
 
-# Length units as ImageJ and OME write them, in micrometres.
-_UM_PER_UNIT = {
-    "pm": 1e-6,
-    "å": 1e-4,
-    "angstrom": 1e-4,
-    "nm": 1e-3,
-    "nanometer": 1e-3,
-    "nanometre": 1e-3,
-    "um": 1.0,
-    "µm": 1.0,
-    "μm": 1.0,
-    "micron": 1.0,
-    "microns": 1.0,
-    "micrometer": 1.0,
-    "micrometre": 1.0,
-    "mm": 1e3,
-    "millimeter": 1e3,
-    "millimetre": 1e3,
-    "cm": 1e4,
-    "centimeter": 1e4,
-    "m": 1e6,
-    "meter": 1e6,
-    "metre": 1e6,
-    "in": 25400.0,
-    "inch": 25400.0,
-}
+SPATIAL = "ZYX"
 
 
 def normalise_axes(axes: str, shape: Sequence[int]) -> tuple[str, tuple[int | slice, ...]]:
@@ -84,11 +59,11 @@ def imagej_spacing(
     Returns ``(spacing, unit)``: spacing in micrometres when the unit is a length, in the file's own units
     (named by ``unit``) otherwise; ``None`` for an uncalibrated file. Missing Z spacing is 1 unit, as in ImageJ.
     """
-    unit = _clean_unit(metadata.get("unit"))
+    unit = clean_unit(metadata.get("unit"))
     per_axis = {
         "X": (_from_resolution(x_resolution), unit),
-        "Y": (_from_resolution(y_resolution), _clean_unit(metadata.get("yunit")) or unit),
-        "Z": (_as_float(metadata.get("spacing")), _clean_unit(metadata.get("zunit")) or unit),
+        "Y": (_from_resolution(y_resolution), clean_unit(metadata.get("yunit")) or unit),
+        "Z": (_as_float(metadata.get("spacing")), clean_unit(metadata.get("zunit")) or unit),
     }
     spatial = spatial_axes(axes)
     values = [per_axis[a][0] for a in spatial]
@@ -123,10 +98,6 @@ def ome_spacing(axes: str, ome_xml: str) -> tuple[float, ...] | None:
     return tuple(1.0 if v is None else v for v in spacing)
 
 
-def um_per_unit(unit: str | None) -> float | None:
-    """Micrometres per ``unit``; ``None`` for 'pixel', empty or unknown units."""
-    unit = _clean_unit(unit)
-    return _UM_PER_UNIT.get(unit.lower()) if unit else None
 
 
 def imagej_write_metadata(spacing: Sequence[float] | None, unit: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -177,8 +148,3 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
-def _clean_unit(unit: Any) -> str | None:
-    if not isinstance(unit, str):
-        return None
-    unit = unit.strip().replace("\\u00B5", "µ").replace("\\u00b5", "µ")
-    return None if unit.lower() in ("", "pixel", "pixels", "px") else unit

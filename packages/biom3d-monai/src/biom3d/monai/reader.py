@@ -41,6 +41,9 @@ FORMATS: dict[str, Format] = {
     ".jpeg": Format("PILReader", True, False),
     ".bmp": Format("PILReader", True, False),
 }
+# NIfTI's xyzt_units space code -> millimetres per unit (0, unknown, is mm as ITK reads it): lengths come out
+# in mm like SimpleITK's, a micron NIfTI's 0.5 as 0.0005, and ``meta["unit"]`` says so.
+_NIFTI_MM_PER_UNIT = {1: 1000.0, 2: 1.0, 3: 1e-3}
 SUFFIXES = tuple(FORMATS)  # what plugin.py announces (kept in sync by a test)
 
 
@@ -72,7 +75,11 @@ class MonaiReader:
         image = ImageData(array=array, path=path, meta={"reader": READER_ID, "monai_reader": fmt.monai_reader})
         spatial = array.ndim if _channel_axis(meta.get("original_channel_dim")) is None else array.ndim - 1
         if fmt.physical and spatial == 3 and affine.shape == (4, 4):
-            image.spacing, image.origin, image.direction = lps_geometry(affine, meta.get("pixdim"))
+            spacing, origin, image.direction = lps_geometry(affine, meta.get("pixdim"))
+            scale = _NIFTI_MM_PER_UNIT.get(int(np.asarray(meta.get("xyzt_units", 0)).item()) & 0x07, 1.0)
+            image.spacing = tuple(s * scale for s in spacing)
+            image.origin = tuple(o * scale + 0.0 for o in origin)
+            image.meta["unit"] = "mm"
             image.meta["affine_ras"] = affine.tolist()
         return image
 

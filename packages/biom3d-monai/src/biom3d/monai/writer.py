@@ -18,6 +18,7 @@ import numpy as np
 from biom3d.core.atomic import atomic_path
 from biom3d.core.errors import InputError
 from biom3d.core.imagedata import ImageData
+from biom3d.core.units import mm_per_unit
 from biom3d.monai.dataparams import SaveImageParams
 
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -64,9 +65,11 @@ class NiftiWriter:
 
 
 def ras_affine(ref: ImageData | None) -> np.ndarray:
-    """The RAS voxel-(x, y, z)-to-world affine of ``ref``'s (D, H, W) spacing/origin and LPS direction."""
-    spacing = _values(ref, "spacing", 3) or (1.0, 1.0, 1.0)
-    origin = _values(ref, "origin", 3) or (0.0, 0.0, 0.0)
+    """The RAS voxel-(x, y, z)-to-world affine of ``ref``'s (D, H, W) spacing/origin and LPS direction, in
+    millimetres (the unit the header names): a TIFF input's micrometres are converted, as SimpleITK's writer does."""
+    scale = mm_per_unit((ref.meta or {}).get("unit")) if ref is not None and isinstance(ref.meta, dict) else 1.0
+    spacing = tuple(s * scale for s in _values(ref, "spacing", 3) or (1.0, 1.0, 1.0))
+    origin = tuple(o * scale for o in _values(ref, "origin", 3) or (0.0, 0.0, 0.0))
     direction = _values(ref, "direction", 9) or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
     affine = np.eye(4)
     lps = np.asarray(direction, dtype=np.float64).reshape(3, 3) @ np.diag(spacing[::-1])

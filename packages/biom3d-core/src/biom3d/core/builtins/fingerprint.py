@@ -6,6 +6,7 @@ images exactly as the training images were.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,8 +15,10 @@ import numpy as np
 from biom3d.core.builtins.resample import target_shape
 from biom3d.core.errors import DataError
 from biom3d.core.protocols import CaseStats
+from biom3d.core.units import convert_spacing, dataset_unit, shown, spacing_near
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2  # 2: spacing_unit (a version-1 fingerprint's spacing is in its images' own units)
+log = logging.getLogger("biom3d")
 
 
 def build_fingerprint(stats: Sequence[CaseStats], *, num_classes: int, multilabel: bool, resample: bool = True) -> dict[str, Any]:
@@ -23,10 +26,12 @@ def build_fingerprint(stats: Sequence[CaseStats], *, num_classes: int, multilabe
     if not stats:
         raise DataError("no images to fingerprint")
     _check_consistency(stats)
-    spacings = [s.spacing for s in stats]
+    unit = dataset_unit(s.unit for s in stats if s.spacing is not None)
+    spacings = _spacings(stats, unit)
     has_spacing = resample and all(sp is not None for sp in spacings)
     spacing = tuple(float(v) for v in np.median(np.array(spacings, dtype=float), axis=0)) if has_spacing else None
-    shapes = np.array([target_shape(s.shape, s.spacing, spacing) if spacing else s.shape for s in stats])
+    shapes = np.array([target_shape(s.shape, sp, spacing) if spacing else s.shape
+                       for s, sp in zip(stats, spacings, strict=True)])
     channels = stats[0].channels
     intensity = []
     for c in range(channels):
@@ -47,9 +52,41 @@ def build_fingerprint(stats: Sequence[CaseStats], *, num_classes: int, multilabe
         "channel_axis": axes,
         "median_shape": [float(v) for v in np.median(shapes, axis=0)],
         "spacing": list(spacing) if spacing else None,
+        "spacing_unit": unit if spacing else None,
         "original_median_shape": [float(v) for v in np.median(np.array([s.shape for s in stats]), axis=0)],
         "intensity": intensity,
     }
+
+
+def _spacings(stats: Sequence[CaseStats], unit: str | None) -> list[tuple[float, ...] | None]:
+    """Every case's spacing in the dataset's ``unit``, a case whose converted spacing lies orders of magnitude
+    from the others' kept as read (:func:`biom3d.core.units.spacing_near`)."""
+    plain = [convert_spacing(s.spacing, s.unit, unit) or s.spacing if s.spacing and unit else s.spacing for s in stats]
+    known = [p for p in plain if p is not None]
+    reference = (tuple(np.median(np.array(known, dtype=float), axis=0))
+                 if known and len({len(p) for p in known}) == 1 else None)
+    return [_in_unit(case, unit, reference) for case in stats]
+
+
+def _in_unit(case: CaseStats, unit: str | None, reference) -> tuple[float, ...] | None:
+    """``case``'s spacing in the dataset's ``unit``; kept as it is, with a warning, when its own unit is not a
+    length (pixels, or a reader that does not say) while the others' are, or looks mislabelled."""
+    if case.spacing is None or unit is None:
+        return case.spacing
+    if convert_spacing(case.spacing, case.unit, unit) is None:
+        log.warning("%s: its spacing %s has no length unit (%s); taken as %s like the other images'", case.key,
+                    list(case.spacing), case.unit or "none given", shown(unit))
+        return case.spacing
+    converted, kept = spacing_near(case.spacing, case.unit, unit, reference)
+    if kept:
+        log.warning("%s: its spacing %s is in %s by its header, orders of magnitude from the other images' %s %s; "
+                    "the values look like %s under the wrong unit and are taken as %s (fix the header if they are "
+                    "not)", case.key, list(case.spacing), case.unit, [float(f"{v:.4g}") for v in reference],
+                    shown(unit), shown(unit), shown(unit))
+    elif converted != tuple(case.spacing):
+        log.info("%s: spacing %s %s is %s %s", case.key, list(case.spacing), shown(case.unit),
+                 [float(f"{v:.6g}") for v in converted], shown(unit))
+    return converted
 
 
 def _check_consistency(stats: Sequence[CaseStats]) -> None:

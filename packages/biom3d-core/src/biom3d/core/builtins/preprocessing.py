@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from biom3d.core.alignment import align_mask
 from biom3d.core.builtins.resample import (
     coarse_axis,
     resample_image,
@@ -24,6 +25,7 @@ from biom3d.core.builtins.resample import (
     resize_probabilities,
     target_shape,
 )
+from biom3d.core.builtins.spacing import spacing_3d
 from biom3d.core.errors import DataError
 from biom3d.core.imagedata import ImageData, in_axes_order, mask_channels_first
 from biom3d.core.protocols import CaseStats
@@ -36,22 +38,6 @@ AUTO_BINARIZE_LEVELS = 4  # K=1 masks with this few levels are thresholded (pape
 
 def build_preprocessor(params, ctx) -> SegPreprocessor:
     return SegPreprocessor(params, ctx)
-
-
-def spacing_3d(image: ImageData, shape: Sequence[int], fingerprint: Mapping[str, Any] | None = None):
-    """``image``'s spacing for its (D, H, W) ``shape``: a flat image's (y, x) gets a z in front, the dataset's
-    (its one slice stays one) or 1; None stays None. Another count of values is refused, naming the file."""
-    spacing = image.spacing
-    if spacing is None:
-        return None
-    spacing = tuple(float(v) for v in spacing)
-    if len(spacing) == len(shape) - 1 and shape[0] == 1:
-        target = (fingerprint or {}).get("spacing")
-        return (float(target[0]) if target else 1.0, *spacing)
-    if len(spacing) != len(shape):
-        raise DataError(f"{image.path}: its spacing {list(spacing)} has {len(spacing)} values for a "
-                        f"{len(shape)}-D image of shape {list(shape)}; fix the file's calibration")
-    return spacing
 
 
 class SegPreprocessor:
@@ -67,8 +53,9 @@ class SegPreprocessor:
     # -- the protocol --------------------------------------------------------------------------------------
     def analyse(self, key: str, image: ImageData, mask: ImageData) -> CaseStats:
         array, axis = self.image_array(image)
-        labels, warnings = self.mask_array(mask, array.shape[1:])
+        labels, warnings = self.mask_array(mask, array.shape[1:], image)
         stats = self.stats(key, array, labels, spacing_3d(image, array.shape[1:]), axis, warnings)
+        stats.unit = stats.unit or (image.meta or {}).get("unit")
         stats.extra["mask"] = str(mask.path)
         stats.extra["foreground"] = int(np.count_nonzero(labels))
         if not stats.extra["foreground"]:
@@ -103,7 +90,7 @@ class SegPreprocessor:
 
     def case(self, image: ImageData, mask: ImageData, fingerprint: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         array, _ = self.image_array(image)
-        labels, _ = self.mask_array(mask, array.shape[1:])
+        labels, _ = self.mask_array(mask, array.shape[1:], image)
         array = self.transform_image(array, spacing_3d(image, array.shape[1:], fingerprint), fingerprint)
         return array, self.resample_mask(labels, array.shape[1:], fingerprint)
 
@@ -172,9 +159,14 @@ class SegPreprocessor:
         return target_shape(shape, spacing, target)
 
     # -- masks ---------------------------------------------------------------------------------------------
-    def mask_array(self, msk: ImageData, image_shape: Sequence[int]) -> tuple[np.ndarray, list[str]]:
-        return canonical_mask(np.asarray(msk.array), tuple(image_shape), self.num_classes, self.multilabel,
-                              self.params.mask_fix, msk.path, axes=msk.meta.get("axes"))
+    def mask_array(self, msk: ImageData, image_shape: Sequence[int],
+                   image: ImageData | None = None) -> tuple[np.ndarray, list[str]]:
+        """The canonical mask, first put in ``image``'s voxel order when their headers say it is stored otherwise
+        (:func:`biom3d.core.alignment.align_mask`)."""
+        array, notes = align_mask(np.asarray(msk.array), msk, image) if image is not None else (msk.array, [])
+        labels, warnings = canonical_mask(np.asarray(array), tuple(image_shape), self.num_classes, self.multilabel,
+                                          self.params.mask_fix, msk.path, axes=msk.meta.get("axes"))
+        return labels, notes + warnings
 
     def resample_mask(self, mask: np.ndarray, shape: Sequence[int], fingerprint: Mapping[str, Any]) -> np.ndarray:
         """Resample a canonical mask onto the grid of the processed image (``shape``)."""

@@ -6,24 +6,28 @@ has none; voxels where neither has).
 Masks may be 0/1, 0/255 or label maps (2D or 3D), or 4D multi-label masks. A class absent from both the
 prediction and the truth scores 1 (perfect agreement), so Dice means are never NaN; a distance with one mask
 empty is undefined, left out of its mean and counted. An existing CSV is the user's: it is replaced only when
-asked (``overwrite``), and that is checked before any mask is read.
+asked (``overwrite``), and that is checked before any mask is read. A ground truth stored in another
+orientation than its prediction (by their headers) is put on the prediction's grid first, as for training.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from biom3d.core.alignment import align_mask
 from biom3d.core.atomic import atomic_write_text
 from biom3d.core.errors import DataError, InputError
 from biom3d.core.imagedata import mask_channels_first
 from biom3d.core.scan import scan_dataset
 from biom3d.core.surface import SURFACE_METRICS, surface_distances
 
+log = logging.getLogger("biom3d")
 OVERLAP_METRICS = ("dice", "iou")
 
 
@@ -99,6 +103,14 @@ def evaluate(pred_dir: str | Path, truth_dir: str | Path, *, num_classes: int | 
     pairs, problems, grids = [], [], {}
     for case in cases:
         pred_image, truth_image = read(case.image), read(case.mask)
+        stored = np.asarray(truth_image.array)
+        aligned, notes = align_mask(stored, truth_image, pred_image, what="ground truth")
+        for note in notes:
+            log.warning(note)
+        reoriented = aligned is not stored
+        if reoriented:  # on the prediction's grid now: its spacing is the one the distances are measured in
+            truth_image = replace(truth_image, array=aligned, spacing=pred_image.spacing,
+                                  meta={**(truth_image.meta or {}), "unit": (pred_image.meta or {}).get("unit")})
         pred, truth = _channels_first(pred_image), _channels_first(truth_image)
         if pred.shape != truth.shape and max(pred.ndim, truth.ndim) <= 3 and pred.squeeze().shape == truth.squeeze().shape:
             pred, truth = pred.squeeze(), truth.squeeze()  # a 2D mask stored as (1, H, W) beside one as (H, W)

@@ -174,10 +174,15 @@ def _check_channels(run: LoadedRun, image, x) -> None:
 
 def _warn_assumptions(run: LoadedRun, image, x) -> None:
     """What prediction assumes about an image unlike the training data, said once per image."""
-    spacing = run.fingerprint.get("spacing")
+    from biom3d.core.units import shown, um_per_unit
+
+    spacing, unit = run.fingerprint.get("spacing"), run.fingerprint.get("spacing_unit")
     if spacing is not None and image.spacing is None:
-        log.warning("%s: no voxel spacing in the file; predicted as if it had the training spacing %s "
-                    "(not resampled)", image.path, " x ".join(f"{v:g}" for v in spacing))
+        log.warning("%s: no voxel spacing in the file; predicted as if it had the training spacing %s %s"
+                    "(not resampled)", image.path, " x ".join(f"{v:g}" for v in spacing), shown(unit) + " " if unit else "")
+    elif spacing is not None and unit and um_per_unit((image.meta or {}).get("unit")) is None:
+        log.warning("%s: its spacing %s has no length unit (%s); taken as %s, the training images' unit",
+                    image.path, list(image.spacing), (image.meta or {}).get("unit") or "none given", shown(unit))
     median = run.fingerprint.get("median_shape") or []
     trained_3d = bool(median) and median[0] > 1
     if trained_3d and int(x.shape[1]) == 1:

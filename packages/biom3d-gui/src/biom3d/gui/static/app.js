@@ -48,7 +48,9 @@ function say(text, ok) {
   state.timers.message = setTimeout(() => { box.hidden = true; }, ok ? 4000 : 12000);
 }
 
-const fmt = (values, sep) => (values || []).map((v) => (typeof v === "number" && !Number.isInteger(v) ? +v.toFixed(3) : v)).join(sep || " × ");
+// four significant digits, not three decimals: a spacing of 0.0005 mm must not show as 0
+const fmt = (values, sep) => (values || []).map((v) => (typeof v === "number" && !Number.isInteger(v) ? +v.toPrecision(4) : v)).join(sep || " × ");
+const withUnit = (values, unit) => fmt(values) + (unit ? ` ${unit}` : "");
 // a number field's value: null when empty, the text itself when it is not a number (the config check says why)
 const num = (id) => { const v = $(id).value.trim(); if (v === "") return null; const n = Number(v); return Number.isNaN(n) ? v : n; };
 const ago = (t) => { const s = Date.now() / 1000 - t; return s < 90 ? "just now" : s < 5400 ? `${Math.round(s / 60)} min ago` : s < 129600 ? `${Math.round(s / 3600)} h ago` : new Date(t * 1000).toLocaleString(); };
@@ -186,14 +188,14 @@ function renderScan(result) {
   const card = (label, value) => el("div", { class: "card" }, el("div", { class: "label", text: label }), el("div", { class: "value", text: value }));
   $("scan-summary").replaceChildren(
     card("images", String(result.files.length)),
-    ...(fp ? [card("median shape", fmt(fp.median_shape)), card("median spacing", fp.spacing ? fmt(fp.spacing) : "unknown")] : []),
+    ...(fp ? [card("median shape", fmt(fp.median_shape)), card("median spacing", fp.spacing ? withUnit(fp.spacing, fp.spacing_unit) : "unknown")] : []),
     ...(plan ? [card("patch size", fmt(plan.patch_size)), card("poolings", fmt(plan.num_pools)), card("batch size", String(plan.batch_size))] : []));
   $("scan-problems").replaceChildren(...result.problems.map((p) => el("li", { text: p })));
   $("scan-notes-box").hidden = !result.notes.length;
   $("scan-notes-title").textContent = `${result.notes.length} correction(s) preprocessing will make`;
   $("scan-notes").replaceChildren(...result.notes.map((n) => el("li", { text: n })));
   $("scan-files").querySelector("tbody").replaceChildren(...result.files.map((f) => el("tr", {},
-    el("td", { text: f.key }), el("td", { text: f.shape ? fmt(f.shape) : "—" }), el("td", { text: f.spacing ? fmt(f.spacing) : "—" }),
+    el("td", { text: f.key }), el("td", { text: f.shape ? fmt(f.shape) : "—" }), el("td", { text: f.spacing ? withUnit(f.spacing, f.spacing_unit) : "—" }),
     el("td", { text: f.channels ?? "—" }), el("td", { class: f.problem ? "error" : "hint", text: f.problem || (f.notes || []).join("; ") }),
     el("td", {}, el("button", { type: "button", onclick: () => showPreview($("data-preview"), f.image, f.mask, f.key) }, "Preview")))));
   $("to-train").disabled = !plan;
