@@ -237,3 +237,24 @@ def test_detached_header_formats_are_written_as_one_file(io, tmp_path):
 def test_unwritable_shapes_are_a_data_error(io, tmp_path):
     with pytest.raises(DataError, match=r"x\.nii\.gz.*shape \(2, 2, 3, 4, 5\)"):
         io.write(tmp_path / "x.nii.gz", np.zeros((2, 2, 3, 4, 5), np.uint8))
+
+
+def test_a_folder_of_detached_headers_scans_as_one_image_each_and_a_stray_data_file_is_named(io, tmp_path):
+    """MetaImage .mhd + .raw and NRRD .nhdr + data, as ITK, 3D Slicer and Fiji write them: the data files belong
+    to their header; one that no header names is still an unknown file."""
+    from biom3d.core.scan import scan_folder
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    arrays = {"case0": volume("uint16"), "case1": volume("float32")}
+    sitk.WriteImage(sitk.GetImageFromArray(arrays["case0"]), str(folder / "case0.mhd"))
+    sitk.WriteImage(sitk.GetImageFromArray(arrays["case1"]), str(folder / "case1.nhdr"))
+    assert sorted(p.name for p in folder.iterdir()) != ["case0.mhd", "case1.nhdr"]  # the data files are beside
+    items = scan_folder(folder, io.registry)
+    assert [(i.key, i.path.name) for i in items] == [("case0", "case0.mhd"), ("case1", "case1.nhdr")]
+    for item in items:
+        np.testing.assert_array_equal(io.read(item.path).array, arrays[item.key])
+    (folder / "stray.raw").write_bytes(b"\0" * 8)
+    with pytest.raises(DataError, match="1 problem") as info:
+        scan_folder(folder, io.registry)
+    assert "stray.raw: no reader" in str(info.value) and "case0.raw" not in str(info.value)

@@ -19,6 +19,8 @@ log = logging.getLogger("biom3d")
 DICOM_SUFFIXES = (".dcm", ".ima")
 NOT_IMAGES = (".csv", ".json", ".txt", ".md", ".log", ".yaml", ".yml", ".pdf", ".html")  # reports beside data
 MAX_LISTED = 10
+HEADER_BYTES = 1 << 16  # MetaImage and NRRD headers are text lines of a few hundred bytes
+DATA_FILE_FIELDS = {".mhd": ("=", ("elementdatafile",)), ".nhdr": (":", ("data file", "datafile"))}
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,11 @@ def scan_folder(folder: Path, registry, *, what: str = "images", reader: str | N
     items: list[Item] = []
     problems: list[str] = []
     seen: dict[str, Path] = {}
-    for path in _entries(folder):
+    entries = list(_entries(folder))
+    detached = detached_data(entries)
+    for path in entries:
+        if path in detached:  # a .mhd's .raw, a .nhdr's data: read with its header
+            continue
         comp, key, why = _choose(path, folder, registry, reader)
         if comp is None:
             problems.append(f"{path.relative_to(folder)}: {why}")
@@ -101,6 +107,30 @@ def scan_input(path: Path, registry, reader: str | None = None) -> tuple[Path, l
             raise DataError(f"{path}: {why}")
         return path.parent, [Item(key, path, comp.qid)]
     return path, scan_folder(path, registry, what="input", reader=reader)
+
+
+def detached_data(paths: list[Path]) -> set[Path]:
+    """The data files that MetaImage (``.mhd``: ``ElementDataFile = case.raw``) and detached NRRD (``.nhdr``:
+    ``data file: case.raw.gz``) headers among ``paths`` name: they are part of their header's image, not images
+    of their own. A header that cannot be read names none (its reader reports it)."""
+    named: set[Path] = set()
+    for path in paths:
+        rule = DATA_FILE_FIELDS.get(path.suffix.lower())
+        if rule is None:
+            continue
+        separator, fields = rule
+        try:
+            with open(path, encoding="latin-1") as f:
+                header = f.read(HEADER_BYTES)
+        except OSError:
+            continue
+        for line in header.splitlines():
+            field, sep, value = line.partition(separator)
+            value = value.strip()
+            # LOCAL: the data follows the header; LIST and %d patterns name many files (left to the reader)
+            if sep and field.strip().lower() in fields and value and value.upper() != "LOCAL" and " " not in value:
+                named.add((path.parent / value).resolve())
+    return {p for p in paths if p.resolve() in named}
 
 
 def _entries(folder: Path, scanned: list[Path] | None = None):
