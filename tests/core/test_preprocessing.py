@@ -18,6 +18,8 @@ from biom3d.core.errors import DataError
         ((5, 2, 6, 7), "ZCYX", (2, 5, 6, 7), 1),
         ((3, 6, 7), "CYX", (3, 1, 6, 7), 0),
         ((1, 5, 1, 6, 7), "TZCYX", (1, 5, 6, 7), 1),
+        ((2, 5, 6, 7), "QQYX", (2, 5, 6, 7), 0),  # a TIFF without metadata: the shape decides, as for NumPy
+        ((5, 6, 7, 3), "QYXQ", (3, 5, 6, 7), 3),
     ],
 )
 def test_channel_axis_detection(shape, axes, expected, axis):

@@ -223,3 +223,18 @@ def test_a_mask_rotated_against_its_image_is_refused_naming_both(tmp_path):
                                          r"case0.nii.gz.*Resample"):
         preprocess_dataset(tmp_path / "images", tmp_path / "masks", tmp_path / "prep", num_classes=1, workers=0,
                            progress=False)
+
+
+def test_a_four_d_tiff_without_metadata_finds_its_channels_by_shape(tmp_path):
+    rng = np.random.default_rng(5)
+    for i in range(2):
+        mask = blobs(rng)
+        image = np.stack([mask * 2.0 + rng.normal(0, 0.5, SHAPE), rng.normal(0, 1, SHAPE)]).astype(np.float32)
+        (tmp_path / "images").mkdir(exist_ok=True)
+        tifffile.imwrite(tmp_path / "images" / f"case{i}.tif", image)  # no ImageJ/OME: tifffile reads QQYX
+        write_tiff(tmp_path / "masks" / f"case{i}.tif", mask)
+    assert tifffile.TiffFile(tmp_path / "images" / "case0.tif").series[0].axes == "QQYX"
+    result = preprocess_dataset(tmp_path / "images", tmp_path / "masks", tmp_path / "prep", num_classes=1, workers=0,
+                                progress=False)
+    assert result.fingerprint["in_channels"] == 2 and result.fingerprint["channel_axis"] == [0]
+    assert np.load(tmp_path / "prep" / "images" / "case0.npy").shape == (2, *SHAPE)

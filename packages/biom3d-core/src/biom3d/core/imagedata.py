@@ -47,7 +47,8 @@ def in_axes_order(array: Any, axes: str, path: Any = None) -> tuple[Any, str, in
             array, axes = array.squeeze(i), axes[:i] + axes[i + 1 :]
     axes = axes.replace("S", "C")
     if set(axes) - set("CZYX") or len(set(axes)) != len(axes) or len(axes) != array.ndim:
-        raise DataError(f"{path}: unsupported axes {axes!r} for shape {tuple(array.shape)}; pass --channel-axis")
+        raise DataError(f"{path}: unsupported axes {axes!r} for shape {tuple(array.shape)}; pass --channel-axis to "
+                        "`biom3d preprocess` or `biom3d run` (preprocessor.params.channel_axis in a config)")
     channel = axes.find("C")
     present = "".join(a for a in "CZYX" if a in axes)
     return np.transpose(array, [axes.find(a) for a in present]), present, (channel if channel >= 0 else None)

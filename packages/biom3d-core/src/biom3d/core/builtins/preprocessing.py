@@ -32,6 +32,7 @@ from biom3d.core.protocols import CaseStats
 
 log = logging.getLogger("biom3d")
 MAX_CHANNELS = 10
+KNOWN_AXES = "CZYXST"  # what in_axes_order places; any other letter is an axis the reader could not name
 INTENSITY_SAMPLES = 10_000
 AUTO_BINARIZE_LEVELS = 4  # K=1 masks with this few levels are thresholded (paper); more is refused
 
@@ -201,7 +202,8 @@ def to_channels_first(arr: np.ndarray, axes: str | None, channel_axis: int | Non
         axis = channel_axis % arr.ndim
         arr = np.moveaxis(arr, axis, 0)
         return (arr[:, None] if arr.ndim == 3 else arr), axis
-    if axes and len(axes) == arr.ndim:
+    # axes a reader could not name (tifffile's Q of a TIFF without metadata) say nothing: the shape decides
+    if axes and len(axes) == arr.ndim and set(axes.upper()) <= set(KNOWN_AXES):
         found = _from_axes(arr, axes.upper(), path)
         if channels == 1 and arr.ndim == 3 and axes.upper().startswith("C") and arr.shape[0] > 1:
             if warn:
@@ -225,8 +227,8 @@ def to_channels_first(arr: np.ndarray, axes: str | None, channel_axis: int | Non
             axis = min(small, key=lambda i: arr.shape[i])
             return np.moveaxis(arr, axis, 0), axis
     raise DataError(
-        f"{path}: cannot tell which axis of shape {tuple(arr.shape)} holds the channels; "
-        "pass --channel-axis (or preprocessor.params.channel_axis)"
+        f"{path}: cannot tell which axis of shape {tuple(arr.shape)} holds the channels; pass --channel-axis to "
+        "`biom3d preprocess` or `biom3d run` (preprocessor.params.channel_axis in a config; predict follows the run's)"
     )
 
 
