@@ -350,6 +350,24 @@ def test_eval_reads_multilabel_masks_in_the_layout_each_writer_stores(tmp_path):
         assert [r["dice"] for r in sorted(report.rows, key=lambda r: r["class"])] == pytest.approx(expected), suffix
 
 
+def test_a_label_map_truth_is_scored_against_a_multilabel_prediction_channel_by_label(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, SHAPE).astype(np.uint8)  # 0, 1, 2
+    pred = np.stack([labels == 1, labels == 2]).astype(np.uint8)
+    pred[0, :3] = 0  # class 1 missed on its first three slices
+    for folder, name, array in (("pred", "a.npy", pred), ("truth", "a.npy", labels)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        np.save(tmp_path / folder / name, array)
+    expected = [scores(pred[0] > 0, labels == 1)["dice"], 1.0]
+    for pred_dir, truth_dir in (("pred", "truth"), ("truth", "pred")):  # either side may be the label map
+        report = evaluate(tmp_path / pred_dir, tmp_path / truth_dir)
+        assert report.classes == [1, 2]
+        assert [r["dice"] for r in sorted(report.rows, key=lambda r: r["class"])] == pytest.approx(expected)
+    np.save(tmp_path / "truth" / "a.npy", np.where(labels == 2, 3, labels).astype(np.uint8))
+    with pytest.raises(DataError, match=r"ground truth .*a.npy holds label 3, but the mask .* has 2 channels"):
+        evaluate(tmp_path / "pred", tmp_path / "truth")
+
+
 def test_a_nifti_in_millimetres_is_predicted_like_the_micron_tiff_it_was_made_from(trained, dataset, tmp_path, caplog):
     """The run was trained on TIFFs in µm; SimpleITK reads NIfTI in mm. The same voxels must give the same mask,
     not one resampled 1000-fold."""

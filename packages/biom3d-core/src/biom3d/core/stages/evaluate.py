@@ -112,6 +112,10 @@ def evaluate(pred_dir: str | Path, truth_dir: str | Path, *, num_classes: int | 
             truth_image = replace(truth_image, array=aligned, spacing=pred_image.spacing,
                                   meta={**(truth_image.meta or {}), "unit": (pred_image.meta or {}).get("unit")})
         pred, truth = _channels_first(pred_image), _channels_first(truth_image)
+        if pred.ndim == 4 and truth.ndim == 3 and pred.shape[1:] == truth.shape:
+            truth = _one_hot(truth, pred.shape[0], f"ground truth {case.mask.path}")
+        elif truth.ndim == 4 and pred.ndim == 3 and truth.shape[1:] == pred.shape:
+            pred = _one_hot(pred, truth.shape[0], f"prediction {case.image.path}")
         if pred.shape != truth.shape and max(pred.ndim, truth.ndim) <= 3 and pred.squeeze().shape == truth.squeeze().shape:
             pred, truth = pred.squeeze(), truth.squeeze()  # a 2D mask stored as (1, H, W) beside one as (H, W)
         if pred.shape != truth.shape:
@@ -183,6 +187,18 @@ def _channels_first(image) -> np.ndarray:
     """A label map as stored, or a multi-label mask as (K, D, H, W) (a 2D one: (K, 1, H, W))."""
     array = mask_channels_first(np.asarray(image.array), (image.meta or {}).get("axes"), image.path)
     return array.squeeze() if array.ndim > 4 else array
+
+
+def _one_hot(labels: np.ndarray, channels: int, what: str) -> np.ndarray:
+    """A label map as the (K, D, H, W) channels of the multi-label mask it is scored against: channel k is label k
+    (any foreground for a single channel, so 0/255 masks count). A label past K would go unscored: refused."""
+    if channels == 1:
+        return (labels > 0)[None].astype(np.uint8)
+    highest = int(labels.max(initial=0))
+    if highest > channels:
+        raise DataError(f"{what} holds label {highest}, but the mask it is scored against has {channels} channels; "
+                        "give label maps of 0..K for K channels")
+    return np.stack([labels == k for k in range(1, channels + 1)]).astype(np.uint8)
 
 
 def _labels(array: np.ndarray, num_classes: int | None, what: str) -> np.ndarray:
