@@ -108,6 +108,17 @@ def test_load_config_reads_yaml_safely_and_resolves_paths(registry, tmp_path):
         load_config(tmp_path / "missing.yaml", registry=registry)
 
 
+def test_a_bad_value_set_on_the_command_line_is_not_blamed_on_the_file(registry, tmp_path):
+    (tmp_path / "cfg.yaml").write_text("num_classes: 1\ntrain: {epochs: two}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "cfg.yaml", registry=registry, overrides={"train.epochz": 5, "train.lr": None})
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"invalid config {tmp_path / 'cfg.yaml'}: 2 problems"
+    assert any(line.startswith("  train.epochz: unknown key") and line.endswith("(set on the command line)")
+               for line in lines)
+    assert any(line.startswith("  train.epochs") and "command line" not in line for line in lines)  # the file's
+
+
 def test_config_defaults_match_the_paper():
     cfg = Config()
     assert (cfg.train.optimizer, cfg.train.momentum, cfg.train.nesterov, cfg.train.weight_decay) == ("sgd", 0.99, True, 3e-5)

@@ -191,9 +191,22 @@ def load_config(path: str | Path, *, registry: Any = None, overrides: dict[str, 
     raw = read_yaml(path)
     if overrides:
         raw = apply_overrides(raw, overrides)
-    cfg = validate(raw, registry=registry, source=str(path))
+    try:
+        cfg = validate(raw, registry=registry, source=str(path))
+    except ConfigError as exc:
+        raise _from_command_line(exc, overrides or {}) from None
     cfg._source = path.resolve()
     return cfg
+
+
+def _from_command_line(exc: ConfigError, overrides: dict[str, Any]) -> ConfigError:
+    """``exc`` with each problem that lies under a key set on the command line (``--set``, ``--epochs``...) saying
+    so: the file named in the error does not hold that value, and the user should not search it there."""
+    given = [k for k, v in overrides.items() if v is not None]
+    under = lambda path, key: path == key or path.startswith((key + ".", key + "["))  # noqa: E731
+    problems = [Problem(p.path, p.message + " (set on the command line)") if any(under(p.path, k) for k in given)
+                else p for p in exc.problems]
+    return ConfigError(problems, source=exc.source)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
