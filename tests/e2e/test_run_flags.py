@@ -56,7 +56,7 @@ def pipeline(dataset, tmp_path_factory):
     logger.setLevel(logging.INFO)
     try:
         cli("run", config, "--name", "flags", "--runs-dir", root, *TRAIN_FLAGS, "--max-dim", "16", "--max-pool", "2",
-            "--max-batch", "3", "--checkpoint", "last", *SET_FLAGS)
+            "--max-batch", "3", "--checkpoint", "last", "--probabilities", root / "probs", *SET_FLAGS)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -96,6 +96,12 @@ def test_run_flags_reach_the_run_config_the_plan_and_the_fold_split(pipeline):
     assert "training UNet on cpu: 1 epochs x 2 iterations, batch 1" in log
     assert f"predict: {folder / 'run'} with checkpoints/last.pt, epoch 1" in log
     assert len(masks(folder / "predictions")) == 2 and (folder / "eval.csv").is_file()
+    # --probabilities: the test images' probabilities beside their masks, on the images' grid
+    assert sorted(p.name for p in (folder.parent / "probs").iterdir()) == ["case0.npz", "case1.npz"]
+    with np.load(folder.parent / "probs" / "case0.npz") as saved:
+        probabilities = saved["probabilities"].astype(np.float32)
+    assert probabilities.shape == (2, *masks(folder / "predictions")["case0.tif"].shape)
+    np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=2e-3)
 
 
 def test_run_resume_extends_the_run_and_predicts_again_with_the_chosen_weights(pipeline, caplog):
@@ -112,6 +118,8 @@ def test_run_resume_extends_the_run_and_predicts_again_with_the_chosen_weights(p
     cli("run", "--resume", folder, "--checkpoint", "last")
     assert "train: done already" in caplog.text and "with checkpoints/last.pt, epoch 2" in caplog.text
     assert "predicting all again" in caplog.text and "predict: 2 new mask(s)" in caplog.text
+    assert yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))["data"]["probabilities"] == str(
+        folder.parent / "probs")  # --resume keeps saving them where the first run did
     caplog.clear()
     cli("run", "--resume", folder, "--checkpoint", "last")
     assert "predict: 0 new mask(s)" in caplog.text  # same weights: the masks stand

@@ -280,6 +280,10 @@ def run(
         help="Train one run per fold (folds/fold-K/), score each fold's held-out training images with the run "
              "that never saw them (cv/eval.csv), and predict the test images with the ensemble of the folds "
              "[default: cross_validation of the config, false].")] = None,
+    probabilities: Annotated[Path | None, typer.Option(
+        "--probabilities", help="Also save each test image's probabilities before post-processing in this folder "
+        "(float16 .npz, as `biom3d predict --probabilities`) [default: data.probabilities of the config, "
+        "none].")] = None,
     stack: opt.Stack = None,
     reader: opt.Reader = None,
     writer: opt.Writer = None,
@@ -321,7 +325,8 @@ def run(
              "cross_validation": cross_validation}
     overrides = {**opt.set_pairs(set_), **{k: v for k, v in given.items() if v is not None},
                  **opt.overrides(locals(), opt.TRAIN_KEYS), **opt.overrides(locals(), opt.AUTOCONFIG_KEYS)}
-    run_cmd.run(config, images=images, masks=masks, test_images=test_images, test_masks=test_masks, name=name,
+    run_cmd.run(config, images=images, masks=masks, test_images=test_images, test_masks=test_masks,
+                probabilities=probabilities, name=name,
                 runs_dir=runs_dir, resume=resume, finetune=finetune, checkpoint=checkpoint,
                 strict_versions=strict_versions, overrides=overrides)
 

@@ -9,8 +9,9 @@ import typer
 
 
 def run(config: Path | None, *, images: Path | None, masks: Path | None, test_images: Path | None,
-        test_masks: Path | None, name: str | None, runs_dir: Path | None, resume: Path | None = None,
-        finetune: Path | None = None, checkpoint: str | None = None, strict_versions: bool = False,
+        test_masks: Path | None, name: str | None, runs_dir: Path | None, probabilities: Path | None = None,
+        resume: Path | None = None, finetune: Path | None = None, checkpoint: str | None = None,
+        strict_versions: bool = False,
         overrides: dict[str, Any]) -> None:
     """``overrides`` are config keys (train.*, autoconfig.*, stack, ...) whose None values were not given."""
     from biom3d.core.config import safe_name
@@ -18,7 +19,8 @@ def run(config: Path | None, *, images: Path | None, masks: Path | None, test_im
     from biom3d.core.stages.run import pipeline_folder, run_pipeline
 
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    for key, path in (("data.test_images", test_images), ("data.test_masks", test_masks)):
+    for key, path in (("data.test_images", test_images), ("data.test_masks", test_masks),
+                      ("data.probabilities", probabilities)):
         if path is not None:
             overrides[key] = str(path.resolve())
     options = {"checkpoint": checkpoint, "finetune": finetune, "strict_versions": strict_versions}

@@ -55,6 +55,9 @@ class DataConfig(BaseModel):
     test_images: str | None = Field(None, description="Folder of images to predict after training (`biom3d run`).")
     test_masks: str | None = Field(None, description="Ground truth for test_images, to evaluate predictions.")
     predictions: str | None = Field(None, description="Where `biom3d run` writes predictions (default: <pipeline folder>/predictions).")
+    probabilities: str | None = Field(None, description="Where `biom3d run` also saves the test images' probabilities "
+                                      "before post-processing (float16 .npz, as `biom3d predict --probabilities`); "
+                                      "none when unset.")
 
 
 class TrainConfig(BaseModel):

@@ -99,10 +99,12 @@ def _install(staged: Path, run_dir: Path) -> None:
 
 
 def predict_stage(cfg: Config, run_dirs: list[Path], inputs: str, out: Path, state, stage: str, registry, *,
-             progress: bool, checkpoint: str | None, strict_versions: bool, keys: list[str] | None = None) -> Path:
+             progress: bool, checkpoint: str | None, strict_versions: bool, keys: list[str] | None = None,
+             probabilities: str | None = None) -> Path:
     """Predict ``inputs`` (those of ``keys``) with ``run_dirs`` (several: their ensemble) into ``out``, skipping
     images done already; all of them again when the weights differ from those of the last predictions (another
-    --checkpoint, a run trained further). ``stage`` is its record in pipeline.json."""
+    --checkpoint, a run trained further). ``stage`` is its record in pipeline.json; ``probabilities`` a folder
+    for the probabilities too."""
     from biom3d.core import distributed
     from biom3d.core.runs import require_checkpoint
     from biom3d.core.stages.predict import predict
@@ -120,7 +122,7 @@ def predict_stage(cfg: Config, run_dirs: list[Path], inputs: str, out: Path, sta
         state.note(stage, checkpoint=weights)  # a kill now: the re-run keeps what these weights wrote
     written = predict(run_dirs, inputs, out, device=cfg.train.device, checkpoint=checkpoint, overwrite=again,
                       skip_existing=True, strict_versions=strict_versions, registry=registry, progress=progress,
-                      keys=keys)  # under torchrun, this rank's share
+                      keys=keys, probabilities=probabilities)  # under torchrun, this rank's share
     distributed.wait_for_all()
     log.info("predict: %d new mask(s) in %s", sum(distributed.gather(len(written))), out)
     state.done(stage, folder=str(out), checkpoint=weights)

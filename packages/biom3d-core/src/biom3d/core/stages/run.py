@@ -90,7 +90,7 @@ def run_pipeline(config: str | Path | dict[str, Any], *, overrides: dict[str, An
 def _require_data(cfg: Config, raw: dict[str, Any], source: str | None) -> None:
     """The data the stages will read, there: a typo fails now, not once a folder is made and data preprocessed."""
     problems = [Problem(f"data.{key}", f"{value} does not exist; check the path") for key, value
-                in cfg.data.model_dump(exclude={"predictions"}).items() if value and not Path(value).exists()]
+                in cfg.data.model_dump(exclude={"predictions", "probabilities"}).items() if value and not Path(value).exists()]
     if cfg.cross_validation:
         if "fold" in (raw.get("train") or {}):
             problems.append(Problem("train.fold", "cross-validation trains every fold; leave train.fold (--fold) out, "
@@ -152,7 +152,7 @@ def _stages(cfg: Config, raw: dict[str, Any], folder: Path, registry, progress: 
     if "predict" in cfg.stages and cfg.data.test_images and models:
         out = Path(cfg.data.predictions) if cfg.data.predictions else folder / "predictions"
         result.predictions = predict_stage(cfg, models, cfg.data.test_images, out, state, "predict", registry,
-                                      **predict_options)
+                                           probabilities=cfg.data.probabilities, **predict_options)
     if "eval" in cfg.stages and cfg.data.test_masks and result.predictions is not None:
         result.report = distributed.run_on_main(lambda: _evaluate(
             cfg, result.predictions, cfg.data.test_masks, folder / "eval.csv", state, "eval", registry), stage=True)
