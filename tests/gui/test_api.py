@@ -188,6 +188,25 @@ def test_a_name_the_server_keeps_for_itself_is_refused(client, data):
         assert answer.status_code == 422 and "folder this server keeps" in _fields(answer)["name"], name
 
 
+def test_the_train_form_starts_a_cross_validation(client, data, tmp_path):
+    import yaml
+
+    from tests.gui.conftest import TINY_FORM
+
+    form = {"name": "cv", "images": str(data / "train" / "images"), "masks": str(data / "train" / "masks"),
+            "num_classes": 1, "cross_validation": True, **TINY_FORM}
+    answer = client.post("/api/train", json={"form": form})
+    assert answer.status_code == 200, answer.text
+    job = wait_job(client, answer.json()["job"]["id"])
+    assert job["state"] == "done", "\n".join(job["log"])
+    folder = tmp_path / "runs" / "cv"
+    assert yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))["cross_validation"] is True
+    assert sorted(p.name for p in (folder / "folds").iterdir()) == ["fold-0", "fold-1"]  # 3 images: 2 folds
+    assert sorted(p.name for p in (folder / "cv" / "predictions").iterdir()) == ["case0.tif", "case1.tif", "case2.tif"]
+    listed = client.get("/api/runs/cv").json()
+    assert listed["status"] == "finished" and listed["kind"] == "pipeline"
+
+
 def test_a_training_that_fails_before_its_folder_exists_stays_listed_with_its_error(client, data):
     answer = client.post("/api/train", json={"form": _form(data, name="nodevice", device="cuda:7")})
     assert answer.status_code == 200, answer.text

@@ -44,6 +44,7 @@ class TrainForm(BaseModel):
     test_masks: str | None = None
     stack: str | None = None
     small: bool = Field(False, description="The stack's CPU-sized components (a narrower network).")
+    cross_validation: bool = Field(False, description="`biom3d run --cross-validation`: one run per fold.")
     epochs: Any = None
     iters_per_epoch: Any = None
     val_iters: Any = None
@@ -76,6 +77,8 @@ def form_config(form: TrainForm, *, runs_dir: Path, registry=None) -> dict[str, 
         raw["autoconfig"] = {"max_dim": form.max_dim}
     if form.small:
         raw.update(small_envelopes(form.stack, registry))
+    if form.cross_validation:
+        raw["cross_validation"] = True
     return raw
 
 

@@ -221,6 +221,7 @@ function trainForm() {
     epochs: num("epochs"), batch_size: num("batch_size"), lr: num("lr"), device: $("device").value || null,
     iters_per_epoch: num("iters_per_epoch"), val_iters: num("val_iters"), workers: num("workers"), max_dim: num("max_dim"),
     test_images: $("test_images").value.trim() || null, test_masks: $("test_masks").value.trim() || null,
+    cross_validation: $("cross_validation").checked,
   };
   if (state.patchEdited && patch.every((v) => v)) {
     form.patch_size = state.plan.patch_size; form.num_pools = state.plan.num_pools; form.aug_patch_size = state.plan.aug_patch_size;
