@@ -108,6 +108,9 @@ def test_zscore_and_ct_normalisation():
     fp = {"intensity": [{"p00_5": 95, "p99_5": 105, "mean": 100, "std": 5}, {"p00_5": -5, "p99_5": 0, "mean": -2, "std": 1}]}
     ct = _prep(norm="ct").normalize(img, fp)
     assert ct[0].min() >= -1 - 1e-6 and ct[0].max() <= 1 + 1e-6 and ct[1].max() <= 2 + 1e-6
+    whole = _prep(zscore_over="image").normalize(img, {})  # the original's: one mean/std over both channels
+    np.testing.assert_allclose(whole, (img - img.mean()) / img.std(), rtol=1e-4, atol=1e-5)
+    assert whole[0].mean() > 0.9 and whole[1].mean() < -0.9  # the channels keep their offset
 
 
 def test_resampling_to_the_median_spacing():

@@ -160,3 +160,21 @@ def test_deep_supervision_mismatch_is_a_config_error(prepared, tmp_path):
     with pytest.raises(ConfigError, match="deep-supervision heads"):
         Builder(prepared.config_path, overrides={**TINY, "model.params.deep_supervision": True,
                                                  "loss": {"name": "dice-ce"}}).train(runs_dir=tmp_path)
+
+
+def test_the_paper_stack_keeps_the_best_checkpoint_by_validation_loss_as_the_original(trained):
+    from types import SimpleNamespace
+
+    from biom3d.core.builtins.plugin import TrainerParams
+    from biom3d.core.builtins.trainer import SegTrainer
+
+    cfg = yaml.safe_load((trained.run_dir / "config.yaml").read_text(encoding="utf-8"))
+    assert cfg["trainer"]["params"]["monitor"] == "loss"
+    losses = [h["val_loss"] for h in trained.history]
+    best = torch.load(trained.run_dir / "checkpoints" / "best.pt", weights_only=True)["epoch"]
+    assert best == losses.index(min(losses))
+    job = SimpleNamespace(train=SimpleNamespace(val_iters=1), metrics=[("dice", None, True)])
+    assert SegTrainer(TrainerParams(monitor="loss"), None)._monitor(job) == ("val_loss", False)
+    assert SegTrainer(TrainerParams(), None)._monitor(job) == ("val_dice", True)  # core's default: the metric
+    job.train.val_iters = 0
+    assert SegTrainer(TrainerParams(), None)._monitor(job) == ("train_loss", False)

@@ -441,6 +441,14 @@ def test_the_batched_and_the_per_sample_resampling_agree():
     floor = image[3].amin(dim=(1, 2, 3)).view(2, 1, 1, 1)
     padded = outs[0][0][3] == floor  # outside the crop: the image's per-channel minimum, label 0
     assert padded.all(0).sum() > 20 and not outs[0][1][3, 0][padded[0]].any()
+    zero_fill = torch.tensor([False, False, False, True])  # pad: zero, as the original's rotations pad
+    for per_sample in (True, False):
+        out = (torch.zeros(4, 2, *patch), torch.zeros(4, 1, *patch, dtype=torch.int64))
+        batch_ops.affine_resample(image, labels, samples, matrix, centre, *out, per_sample=per_sample,
+                                  zero_fill=zero_fill)
+        assert (out[0][3][:, padded[0]] == 0).all()
+        assert torch.allclose(out[0][3][:, ~padded[0]], outs[0][0][3][:, ~padded[0]], atol=1e-4)
+        assert torch.allclose(out[0][2], outs[0][0][2], atol=1e-4)  # an item not marked keeps the minimum
 
 
 @pytest.mark.parametrize("shape", [(2, 23, 17, 30), (1, 1, 8, 6), (1, 2, 3, 4), (1, 5, 1, 7), (2, 4, 6, 1),

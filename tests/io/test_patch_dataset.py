@@ -73,34 +73,73 @@ def test_the_foreground_items_of_a_batch_hold_foreground(data_dir):
     assert all(bool(ds[i]["mask"].any()) for i in range(1, 60, 2))  # batch 2: one patch per batch on foreground
 
 
-def test_foreground_crops_are_clamped_into_the_volume():
+def test_foreground_crops_are_centred_on_their_voxel_or_clamped_into_the_volume():
     fg = {"1": np.array([[0, 0, 47]]), "2": np.zeros((0, 3), int)}  # an empty class is never drawn
-    assert crop_start((24, 48, 48), (8, 16, 16), fg, None) == [0, 0, 32]
+    assert crop_start((24, 48, 48), (8, 16, 16), fg, None) == [-4, -8, 39]  # the original's: past the border
+    assert crop_start((24, 48, 48), (8, 16, 16), fg, None, inside=True) == [0, 0, 32]
     # an axis smaller than the crop: the crop holds the whole axis
-    assert crop_start((5, 48, 48), (8, 16, 16), {"1": np.array([[0, 20, 20]])}, None) == [-3, 12, 12]
-    assert crop_start((5, 48, 48), (8, 16, 16), {"1": np.array([[4, 20, 20]])}, None) == [0, 12, 12]
+    assert crop_start((5, 48, 48), (8, 16, 16), {"1": np.array([[0, 20, 20]])}, None, inside=True) == [-3, 12, 12]
+    assert crop_start((5, 48, 48), (8, 16, 16), {"1": np.array([[4, 20, 20]])}, None, inside=True) == [0, 12, 12]
+    # without foreground, the original draws the crop's centre anywhere in the volume
+    gen = torch.Generator().manual_seed(0)
+    starts = np.array([crop_start((24, 48, 48), (8, 16, 16), None, gen) for _ in range(2000)])
+    assert (starts.min(0) == [-4, -8, -8]).all() and (starts.max(0) == [19, 39, 39]).all()
 
 
-def test_a_volume_larger_than_the_patch_is_never_padded(data_dir, monkeypatch):
-    data = _data(data_dir, p_rotate=0.0)
+def _original_crop(image, center, size):
+    """The original biom3d's centered_crop then centered_pad (semseg_patch_fast.py), written out again here."""
+    start = np.asarray(center) - np.asarray(size) // 2
+    end = start + np.asarray(size)
+    start = np.maximum(0, start)
+    crop = image[(slice(None), *(slice(a, b) for a, b in zip(start, end, strict=True)))]
+    before = (np.asarray(size) - np.asarray(crop.shape[1:])) // 2
+    after = np.asarray(size) - np.asarray(crop.shape[1:]) - before
+    return np.pad(crop, [(0, 0), *zip(before, after, strict=True)], constant_values=0)
+
+
+def test_a_centred_crop_is_the_originals_cut_off_and_zero_padded_in_the_middle(data_dir):
+    data = _data(data_dir, augment=False)
+    ds = data.train_dataset(4)
+    image = np.load(data_dir / "images" / "big.npy")
+    for center in ([0, 0, 47], [3, 20, 0], [5, 11, 30], [1, 47, 2]):
+        start = [c - p // 2 for c, p in zip(center, PATCH, strict=True)]
+        for size in (PATCH, (12, 23, 23)):  # the patch, and a rotation's enlarged crop around the same voxel
+            got, _ = ds.read("big.npy", start, size)
+            np.testing.assert_array_equal(got.numpy(), _original_crop(image, center, size))
+    assert data.augmenter is None and _data(data_dir).augmenter.rotate.transforms[0].default_pad_value == 0
+
+
+def test_a_centred_validation_item_marks_the_part_of_the_volume_it_holds(data_dir):
+    ds = _data(data_dir).val_dataset(6)
+    raw = np.load(data_dir / "images" / "val.npy")
+    for i in range(6):
+        item = ds[i]
+        valid = item["valid"][0].numpy()
+        window = item["image"].numpy()
+        assert np.isin(window[0][valid], raw[0]).all() and (window[:, ~valid] == 0).all()
+        assert not item["mask"][~item["valid"][0]].any()
+
+
+def test_a_volume_larger_than_the_patch_is_never_padded_inside(data_dir, monkeypatch):
+    data = _data(data_dir, p_rotate=0.0, crop="inside", pad="minimum")
     data.train_names = ["big.npy"]  # foreground at the border, where unclamped crops would leave the volume
     monkeypatch.setattr(data.store, "background", lambda name: pytest.fail(f"{name} was padded"))
     ds = data.train_dataset(40)
     torch.manual_seed(1)
     assert all(bool(ds[i]["mask"].any()) for i in range(1, 40, 2))
-    val = _data(data_dir)
+    val = _data(data_dir, crop="inside", pad="minimum")
     val.val_names = ["big.npy"]
     monkeypatch.setattr(val.store, "background", lambda name: pytest.fail(f"{name} was padded"))
     assert all(bool(val.val_dataset(6)[i]["valid"].all()) for i in range(6))
 
 
 def test_a_rotation_reads_the_patch_box_grown_on_both_sides(data_dir, monkeypatch):
-    data = _data(data_dir, augment=False)
+    data = _data(data_dir, augment=False, crop="inside", pad="minimum")
     data.train_names = ["big.npy"]
     plain = data.train_dataset(8)
     torch.manual_seed(2)
     expected = [plain[i]["image"] for i in range(8)]
-    rotated = _data(data_dir, p_rotate=1.0).train_dataset(8)
+    rotated = _data(data_dir, p_rotate=1.0, crop="inside", pad="minimum").train_dataset(8)
     rotated.names = ["big.npy"]
     seen = []
 
@@ -116,10 +155,10 @@ def test_a_rotation_reads_the_patch_box_grown_on_both_sides(data_dir, monkeypatc
     assert rotated.augmenter.rotate.transforms[1].cropping == (2, 2, 3, 4, 3, 4)
 
 
-def test_padding_is_the_volumes_per_channel_minimum(data_dir):
+def test_pad_minimum_is_the_volumes_per_channel_minimum(data_dir):
     raw = np.load(data_dir / "images" / "small.npy")
     raw_mask = np.load(data_dir / "masks" / "small.npy")
-    ds = _data(data_dir, augment=False).train_dataset(4)
+    ds = _data(data_dir, augment=False, crop="inside", pad="minimum").train_dataset(4)
     ds.names = ["small.npy"]
     torch.manual_seed(0)
     for i in range(4):
@@ -132,7 +171,7 @@ def test_padding_is_the_volumes_per_channel_minimum(data_dir):
 
 
 def test_validation_items_mark_the_voxels_inside_the_volume(data_dir):
-    ds = _data(data_dir).val_dataset(6)
+    ds = _data(data_dir, crop="inside", pad="minimum").val_dataset(6)
     raw, raw_1 = np.load(data_dir / "images" / "val.npy")
     for i in range(6):
         item = ds[i]

@@ -86,11 +86,14 @@ def test_the_paper_stack_names_this_plugin_and_io_and_extends_core(registry):
 
     paper = registry.resolve("stack", "models/paper")
     envelopes = stack_envelopes(registry, paper)
-    # the original biom3d's defaults (config_default.py, 0.1.2): no deep supervision, Dice + CE, cubic resampling
+    # the original biom3d's defaults (config_default.py, 0.1.2): no deep supervision, Dice + CE, cubic resampling,
+    # one z-score over all channels, the best checkpoint by validation loss
     assert envelopes["model"] == {"name": "models/unet3d-vgg-deep", "params": {"deep_supervision": False}}
     assert envelopes["loss"] == "models/dice-ce"
-    assert envelopes["preprocessor"] == {"name": "core/seg-preprocess", "params": {"image_order": 3}}
-    assert envelopes["trainer"] == "core/seg-trainer"  # from core/base
+    assert envelopes["preprocessor"] == {"name": "core/seg-preprocess",
+                                         "params": {"image_order": 3, "zscore_over": "image"}}
+    assert envelopes["trainer"] == {"name": "core/seg-trainer", "params": {"monitor": "loss"}}
+    assert envelopes["predictor"] == "core/sliding-window"  # from core/base
     # without biom3d-io in this registry the stack is incomplete, and says what is missing
     assert [m.split(":")[0] for m in missing_components(registry, paper)] == ["dataset"]
     small = stack_envelopes(registry, paper, small=True)["model"]

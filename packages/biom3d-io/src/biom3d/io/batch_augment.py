@@ -78,7 +78,8 @@ class BatchAugmentData(PatchData):
         collate = CropCollate(self.patch, self.rot_crop, self.augmenter if self.in_workers else None,
                               raw=self.augmenter is not None and not self.in_workers, multilabel=self.ctx.multilabel)
         return CropDataset(self.store, self.train_names, length, self.patch, self.rot_crop, self._sampler(), None,
-                           multilabel=self.ctx.multilabel, seed=None, p_rotate=p_rotate, collate=collate)
+                           multilabel=self.ctx.multilabel, seed=None, p_rotate=p_rotate, collate=collate,
+                           **self.border())
 
     @torch.no_grad()
     def on_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -317,7 +318,8 @@ class BatchAugmenter:
         rows = moved.nonzero().flatten()
         turn = rotation_matrices(d.angles[rows] * d.rotate[rows, None])  # the identity for scaled-only ones
         matrix = turn @ torch.diag_embed(diagonal[rows])  # exactly diagonal where unrotated
-        batch_ops.resample(image, labels, rows.to(device), matrix, centre, out_image, out_labels)
+        zero = d.rotate.to(device) if self.params.pad == "zero" else None  # a rotation pads as the crop (TorchIO's)
+        batch_ops.resample(image, labels, rows.to(device), matrix, centre, out_image, out_labels, zero_fill=zero)
 
     # -- intensity, in TorchIO's order (anisotropy is spatial there, but the labels keep still) ----------------------
     def _intensity(self, x: torch.Tensor, d: Draw, noise: torch.Generator) -> torch.Tensor:

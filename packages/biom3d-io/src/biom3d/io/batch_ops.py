@@ -24,30 +24,33 @@ TRUNCATE = 4.0
 
 def resample(image: torch.Tensor, labels: torch.Tensor, samples: torch.Tensor, matrix: torch.Tensor,
              centre: Sequence[float], out_image: torch.Tensor, out_labels: torch.Tensor, *,
-             batched: bool | None = None) -> None:
+             batched: bool | None = None, zero_fill: torch.Tensor | None = None) -> None:
     """:func:`affine_resample` of batch items ``samples``, each the way its device does it fastest. ``batched``
     (default: off a CPU): one ``grid_sample`` for them all (on a GPU a few large kernels beat about fifteen small
     ones per sample). Else one sample at a time: a diagonal map (scalings and flips) separably by
-    :func:`axis_resample`, the others through :func:`planar_trilinear`. Both ways give the same result."""
+    :func:`axis_resample`, the others through :func:`planar_trilinear`. Both ways give the same result.
+    ``zero_fill`` (bool per batch item): those pad with 0 past the input, not the minimum."""
     if image.device.type != "cpu" if batched is None else batched:
-        affine_resample(image, labels, samples, matrix, centre, out_image, out_labels, per_sample=False)
+        affine_resample(image, labels, samples, matrix, centre, out_image, out_labels, per_sample=False,
+                        zero_fill=zero_fill)
         return
     factors = matrix.diagonal(dim1=1, dim2=2)
     diagonal = (matrix == torch.diag_embed(factors)).flatten(1).all(1)
     if diagonal.any():
-        axis_resample(image, labels, samples[diagonal].tolist(), factors[diagonal], centre, out_image, out_labels)
+        axis_resample(image, labels, samples[diagonal].tolist(), factors[diagonal], centre, out_image, out_labels,
+                      zero_fill=zero_fill)
     if not diagonal.all():
         affine_resample(image, labels, samples[~diagonal], matrix[~diagonal], centre, out_image, out_labels,
-                        per_sample=True)
+                        per_sample=True, zero_fill=zero_fill)
 
 
 def affine_resample(image: torch.Tensor, labels: torch.Tensor, samples: torch.Tensor, matrix: torch.Tensor,
                     centre: Sequence[float], out_image: torch.Tensor, out_labels: torch.Tensor, *,
-                    per_sample: bool | None = None) -> None:
+                    per_sample: bool | None = None, zero_fill: torch.Tensor | None = None) -> None:
     """Resample batch items ``samples`` into ``out_*[samples]`` (patch-sized, smaller than the inputs): output
     voxel ``i`` reads input voxel ``centre + matrix @ (i - (patch - 1) / 2)``, trilinear for the image, nearest
     for the labels (so no label value is ever made up). Outside the input the image takes its per-channel
-    minimum (TorchIO's ``default_pad_value='minimum'``), the labels 0.
+    minimum (TorchIO's ``default_pad_value='minimum'``), or 0 for the items ``zero_fill`` marks; the labels 0.
 
     ``image`` float (B, C, *in), ``labels`` any dtype (B, K, *in; ``out_labels`` may have another: the values are
     small integers), ``matrix`` (n, 3, 3) in voxel units. The labels are gathered at the rounded points (what
@@ -68,7 +71,8 @@ def affine_resample(image: torch.Tensor, labels: torch.Tensor, samples: torch.Te
             else:  # a background crop stays background: no gather
                 out_labels[b].zero_()
             if leaving[j]:
-                _pad_outside(out_image[b:b + 1], out_labels[b:b + 1], points[j:j + 1], spatial, image[b:b + 1])
+                _pad_outside(out_image[b:b + 1], out_labels[b:b + 1], points[j:j + 1], spatial, image[b:b + 1],
+                             None if zero_fill is None else zero_fill[b:b + 1])
         return
     source, source_labels = image.index_select(0, samples), labels.index_select(0, samples)
     out = F.grid_sample(source, _grid(points, patch, spatial), mode="bilinear", padding_mode="border",
@@ -76,7 +80,7 @@ def affine_resample(image: torch.Tensor, labels: torch.Tensor, samples: torch.Te
     n, k = source_labels.shape[:2]
     picked = source_labels.reshape(n, k, -1).gather(2, index.view(n, 1, -1).expand(n, k, -1)).view(n, k, *patch)
     if any(leaving):
-        _pad_outside(out, picked, points, spatial, source)
+        _pad_outside(out, picked, points, spatial, source, None if zero_fill is None else zero_fill[samples])
     out_image.index_copy_(0, samples, out)
     out_labels.index_copy_(0, samples, picked.to(out_labels.dtype))
 
@@ -179,15 +183,17 @@ def _leaves(matrix: torch.Tensor, patch: Sequence[int], centre: Sequence[float],
 
 
 def _pad_outside(out: torch.Tensor, picked: torch.Tensor, points: torch.Tensor, spatial: Sequence[int],
-                 source: torch.Tensor) -> None:
+                 source: torch.Tensor, zero: torch.Tensor | None = None) -> None:
     """TorchIO's padding where a point left the input (beyond half a voxel past its edge, where ``grid_sample``'s
-    grid leaves [-1, 1]): the image's per-channel minimum, label 0. In place."""
+    grid leaves [-1, 1]): the image's per-channel minimum (0 for the items ``zero`` marks), label 0. In place."""
     outside = None
     for axis, n in enumerate(spatial):
         along = _beyond(points[:, axis], n)
         outside = along if outside is None else outside.logical_or_(along)
     outside = outside.view(len(points), 1, *out.shape[2:])
     floor = source.amin(dim=(2, 3, 4), keepdim=True)
+    if zero is not None:
+        floor = torch.where(zero.view(-1, 1, 1, 1, 1).to(floor.device), torch.zeros_like(floor), floor)
     out.copy_(torch.where(outside, floor, out))
     picked.masked_fill_(outside, 0)
 
@@ -211,7 +217,8 @@ def along_axis(x: torch.Tensor, matrices: torch.Tensor, axis: int) -> torch.Tens
 
 
 def axis_resample(image: torch.Tensor, labels: torch.Tensor, samples: Sequence[int], factors: torch.Tensor,
-                  centre: Sequence[float], out_image: torch.Tensor, out_labels: torch.Tensor) -> None:
+                  centre: Sequence[float], out_image: torch.Tensor, out_labels: torch.Tensor, *,
+                  zero_fill: torch.Tensor | None = None) -> None:
     """:func:`affine_resample` for diagonal matrices ``diag(factors[j])`` (scalings and flips): the same values,
     separably. Trilinear weights are products of 1D ones, so the image goes through three 1D linear maps per
     sample (:func:`along_axis`, the border clamp folded into the matrices) and the labels through three index
@@ -230,7 +237,8 @@ def axis_resample(image: torch.Tensor, labels: torch.Tensor, samples: Sequence[i
         out = [_beyond(c, n) for c, n in zip(coords, spatial, strict=True)]  # on the host
         if any(bool(o.any()) for o in out):
             outside = (out[0].view(-1, 1, 1) | out[1].view(1, -1, 1) | out[2].view(1, 1, -1)).to(device)
-            x = torch.where(outside, image[b:b + 1].amin(dim=(2, 3, 4), keepdim=True), x)
+            fill = 0.0 if zero_fill is not None and bool(zero_fill[b]) else image[b:b + 1].amin(dim=(2, 3, 4), keepdim=True)
+            x = torch.where(outside, fill, x)
             picked = picked.masked_fill(outside, 0)
         out_image[b].copy_(x[0])
         out_labels[b].copy_(picked)

@@ -4,6 +4,8 @@ The defaults are the original biom3d's SegPatchFast, the paper's training pipeli
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RANGES = ("scales", "anisotropy_downsampling", "blur_std", "noise_std", "log_gamma")
@@ -16,6 +18,20 @@ class PatchDatasetParams(BaseModel):
         0.33, ge=0, le=1,
         description="Foreground share of each batch: of a batch of B patches, the last B - round(B * (1 - fg_rate)) "
                     "are centred on a foreground voxel (the original's rule: batch 2 -> 1 of 2, batch 4 -> 1 of 4).",
+    )
+    crop: Literal["centred", "inside"] = Field(
+        "centred",
+        description="Where a patch lies: 'centred' on its drawn voxel (a foreground voxel, else any voxel) and cut "
+                    "off by the volume's border, the part inside placed in the middle of the patch and the rest "
+                    "padded (the original's centered_crop + centered_pad: border voxels are trained on as often as "
+                    "central ones, as the sliding window predicts them); 'inside': moved into the volume wherever "
+                    "the volume is larger than the patch, padded only where it is smaller.",
+    )
+    pad: Literal["zero", "minimum"] = Field(
+        "zero",
+        description="What the image is padded with past the volume, and a rotation past its crop: 'zero' (the "
+                    "original's, the z-scored mean, which the predictor's tiles are padded with too) or 'minimum' "
+                    "(the volume's per-channel minimum, its background). Masks are padded with 0.",
     )
     augment: bool = Field(True, description="Augment training patches (the transforms below).")
     p_rotate: float = Field(

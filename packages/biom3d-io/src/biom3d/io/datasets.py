@@ -4,14 +4,16 @@ foreground oversampling, a rotation-aware enlarged crop and the original biom3d'
 Sampling (what to crop) and augmenting (what to do with the crop) are separate classes: ``io/batch-augment``
 (batch_augment.py) reuses the sampling, and augments whole batches on the training device while workers only crop.
 
-The patch box stays inside the volume on every axis where the volume is at least as large as the patch; only
-where it is smaller is the crop padded, the image with the volume's background (its per-channel minimum: zero
-is the z-scored *mean* and would look like tissue), the mask with 0. A rotation reads the patch box grown on
-both sides to ``aug_patch_size``; that margin may leave the volume near its borders (background-padded too),
-but a foreground voxel stays in the patch box, so the rotation rarely turns it out of the patch. (Keeping the
-enlarged box itself inside the volume would push the voxel off-centre: with foreground spread uniformly, a
-rotated 64^3 patch of a 128^3 volume would then lose it about 70% of the time, against 5% so.) Validation items carry ``"valid"``, a bool
-``(1, *patch)`` tensor that is False on padding, so validation measures the image only.
+By default a patch is placed as the original places it (``crop: centred``): centred on its drawn voxel, cut off
+by the volume's border, the part inside put in the middle of the patch and the rest padded with zero (``pad:
+zero``, the z-scored mean, as the original and the predictor's tiles). ``crop: inside`` keeps the patch box in the
+volume on every axis where the volume is at least as large as the patch, and ``pad: minimum`` pads with the
+volume's per-channel minimum (its background; zero, the mean, looks like tissue). A rotation reads the patch box
+grown on both sides to ``aug_patch_size``, the drawn voxel staying at its centre, so the rotation rarely turns it
+out of the patch. (Keeping the enlarged box itself inside the volume would push the voxel off-centre: with
+foreground spread uniformly, a rotated 64^3 patch of a 128^3 volume would then lose it about 70% of the time,
+against 5% so.) Validation items carry ``"valid"``, a bool ``(1, *patch)`` tensor that is False on padding, so
+validation measures the image only.
 """
 
 from __future__ import annotations
@@ -53,12 +55,16 @@ class PatchData:
 
     def train_dataset(self, length: int) -> PatchDataset:
         return PatchDataset(self.store, self.train_names, length, self.patch, self.rot_crop, self._sampler(),
-                            self.augmenter, multilabel=self.ctx.multilabel, seed=None)
+                            self.augmenter, multilabel=self.ctx.multilabel, seed=None, **self.border())
 
     def val_dataset(self, length: int) -> PatchDataset:
         names = self.val_names or self.train_names
         return PatchDataset(self.store, names, length, self.patch, self.patch, self._sampler(), None,
-                            multilabel=self.ctx.multilabel, seed=self.ctx.seed or 0)
+                            multilabel=self.ctx.multilabel, seed=self.ctx.seed or 0, **self.border())
+
+    def border(self) -> dict[str, bool]:
+        """How patches meet the volume's border (``crop``, ``pad``), as PatchDataset's keywords."""
+        return {"centred": self.params.crop == "centred", "zero_pad": self.params.pad == "zero"}
 
     def _sampler(self) -> ForegroundRule:
         return ForegroundRule(self.params.fg_rate, self.ctx.batch_size)
@@ -119,10 +125,12 @@ class PatchDataset(torch.utils.data.Dataset):
     marks in ``"valid"`` which voxels of the item lie in the volume."""
 
     def __init__(self, store: VolumeStore, names: Sequence[str], length: int, patch: Sequence[int],
-                 rot_crop: Sequence[int], foreground: ForegroundRule, augmenter, *, multilabel: bool, seed: int | None):
+                 rot_crop: Sequence[int], foreground: ForegroundRule, augmenter, *, multilabel: bool, seed: int | None,
+                 centred: bool = True, zero_pad: bool = True):
         self.store, self.names, self.length = store, list(names), length
         self.patch, self.rot_crop, self.foreground = tuple(patch), tuple(rot_crop), foreground
         self.augmenter, self.multilabel, self.seed = augmenter, multilabel, seed
+        self.centred, self.zero_pad = centred, zero_pad
 
     def __len__(self) -> int:
         return self.length
@@ -138,7 +146,8 @@ class PatchDataset(torch.utils.data.Dataset):
             img, msk = self.augmenter(img, msk, rotate=rotate)
         item = {"image": img.float(), "mask": msk.float() if self.multilabel else msk.long()}
         if self.seed is not None:
-            item["valid"] = torch.from_numpy(valid_mask(start, self.patch, self.store.get(name)[0].shape[1:]))
+            item["valid"] = torch.from_numpy(valid_mask(start, self.patch, self.store.get(name)[0].shape[1:],
+                                                        centred=self.centred))
         return item
 
     def locate(self, index: int, gen: torch.Generator | None) -> tuple[str, list[int]]:
@@ -146,28 +155,37 @@ class PatchDataset(torch.utils.data.Dataset):
         name = self.names[index % len(self.names)] if gen is not None else \
             self.names[int(torch.randint(len(self.names), (1,)))]
         image, _, fg = self.store.get(name)
-        return name, crop_start(image.shape[1:], self.patch, fg if self.foreground(index) else None, gen)
+        return name, crop_start(image.shape[1:], self.patch, fg if self.foreground(index) else None, gen,
+                                inside=not self.centred)
 
     def read(self, name: str, start: Sequence[int], size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The patch box at ``start`` grown on both sides to ``size`` (a rotation's enlarged crop, whose centre
-        crop is the patch box again), background-padded where it leaves the volume."""
+        crop is the patch box again), padded where it leaves the volume."""
         image, mask, _ = self.store.get(name)
         box = [s - (n - p) // 2 for s, n, p in zip(start, size, self.patch, strict=True)]
-        pad = 0 if box_inside(box, size, image.shape[1:]) else self.store.background(name)
-        img = torch.from_numpy(crop_pad(image, box, size, channel_first=True, value=pad))
-        return img, torch.from_numpy(crop_pad(mask, box, size, channel_first=mask.ndim == 4))
+        inside = box_inside(box, size, image.shape[1:])
+        pad = 0 if inside or self.zero_pad else self.store.background(name)
+        img = crop_pad(image, box, size, channel_first=True, value=pad, centred=self.centred)
+        return torch.from_numpy(img), torch.from_numpy(crop_pad(mask, box, size, channel_first=mask.ndim == 4,
+                                                                centred=self.centred))
 
 
-def crop_start(shape: Sequence[int], crop: Sequence[int], fg: dict[str, np.ndarray] | None, gen) -> list[int]:
-    """A crop's first voxel: centred on a voxel of a class drawn among those present (``fg`` given), else
-    anywhere; always clamped so the crop stays inside the volume on every axis the volume covers, and holds
-    the whole volume on the others (the original truncates the crop at the border and zero-pads it instead)."""
+def crop_start(shape: Sequence[int], crop: Sequence[int], fg: dict[str, np.ndarray] | None, gen, *,
+               inside: bool = False) -> list[int]:
+    """A crop's first voxel: centred on a voxel of a class drawn among those present (``fg`` given), else on any
+    voxel (the original's ``random_crop(force_in=False)``), the crop then passing the border where the voxel is
+    near it; ``inside``: clamped so the crop stays inside the volume on every axis the volume covers (drawn
+    uniformly among those starts without ``fg``), and holds the whole volume on the others."""
     classes = [k for k, v in (fg or {}).items() if len(v)]
     if classes:
         locs = fg[classes[int(torch.randint(len(classes), (1,), generator=gen))]]
         center = locs[int(torch.randint(len(locs), (1,), generator=gen))]
+        if not inside:
+            return [int(c) - s // 2 for c, s in zip(center, crop, strict=True)]
         return [min(max(int(c) - s // 2, min(0, n - s)), max(0, n - s))
                 for c, s, n in zip(center, crop, shape, strict=True)]
+    if not inside:
+        return [int(torch.randint(n, (1,), generator=gen)) - s // 2 for s, n in zip(crop, shape, strict=True)]
     start = []
     for size, side in zip(shape, crop, strict=True):
         low, high = min(0, size - side), max(0, size - side)
@@ -179,23 +197,28 @@ def box_inside(start: Sequence[int], size: Sequence[int], spatial: Sequence[int]
     return all(s >= 0 and s + n <= dim for s, n, dim in zip(start, size, spatial, strict=True))
 
 
-def _overlap(start: Sequence[int], size: Sequence[int], spatial: Sequence[int]) -> tuple[list[slice], list[slice]]:
-    """Slices of the box ``[start, start + size)`` inside the volume (``src``) and inside the crop (``dst``)."""
+def _overlap(start: Sequence[int], size: Sequence[int], spatial: Sequence[int], *,
+             centred: bool = False) -> tuple[list[slice], list[slice]]:
+    """Slices of the box ``[start, start + size)`` inside the volume (``src``) and inside the crop (``dst``):
+    where it lies in the box, or ``centred`` in the middle of the crop (the original's ``centered_pad`` of the
+    cut-off crop: ``(size - kept) // 2`` padding before it)."""
     src, dst = [], []
     for s, n, dim in zip(start, size, spatial, strict=True):
         lo = min(max(s, 0), dim)
         hi = max(min(s + n, dim), lo)  # an empty range when the box misses this axis entirely
         src.append(slice(lo, hi))
-        dst.append(slice(lo - s, lo - s + (hi - lo)))
+        first = (n - (hi - lo)) // 2 if centred else lo - s
+        dst.append(slice(first, first + (hi - lo)))
     return src, dst
 
 
 def crop_pad(array: np.ndarray, start: Sequence[int], size: Sequence[int], *, channel_first: bool,
-             value: float | np.ndarray = 0) -> np.ndarray:
+             value: float | np.ndarray = 0, centred: bool = False) -> np.ndarray:
     """The box ``[start, start + size)`` of ``array``'s spatial axes, padded with ``value`` (a scalar, or one per
-    channel) where it leaves the volume. Only the box is read, so memory-mapped volumes stay on disk."""
+    channel) where it leaves the volume, the part inside ``centred`` or not (:func:`_overlap`). Only the box is
+    read, so memory-mapped volumes stay on disk."""
     spatial = array.shape[1:] if channel_first else array.shape
-    src, dst = _overlap(start, size, spatial)
+    src, dst = _overlap(start, size, spatial, centred=centred)
     lead = (slice(None),) if channel_first else ()
     out_shape = ((array.shape[0],) if channel_first else ()) + tuple(size)
     out = np.empty(out_shape, dtype=array.dtype)
@@ -206,10 +229,10 @@ def crop_pad(array: np.ndarray, start: Sequence[int], size: Sequence[int], *, ch
     return out
 
 
-def valid_mask(start: Sequence[int], size: Sequence[int], spatial: Sequence[int]) -> np.ndarray:
+def valid_mask(start: Sequence[int], size: Sequence[int], spatial: Sequence[int], *, centred: bool = False) -> np.ndarray:
     """``(1, *size)`` bool: True on the voxels of the crop that lie in the volume."""
     out = np.zeros((1, *size), dtype=bool)
-    out[(slice(None), *_overlap(start, size, spatial)[1])] = True
+    out[(slice(None), *_overlap(start, size, spatial, centred=centred)[1])] = True
     return out
 
 
@@ -229,7 +252,8 @@ class Augmenter:
         cropping = tuple(v for a in range(3) for v in (lo[a], rot_crop[a] - patch[a] - lo[a]))
         own = {"copy": False}  # the crops are fresh arrays: TorchIO's per-transform deep copies only cost time
         self.rotate = tio.Compose([
-            tio.RandomAffine(scales=0, degrees=rotation_degrees(patch, params), translation=0, **own),
+            tio.RandomAffine(scales=0, degrees=rotation_degrees(patch, params), translation=0,
+                             default_pad_value=0 if params.pad == "zero" else "minimum", **own),
             tio.Crop(cropping, **own),
         ], **own)
         self.transform = tio.Compose([

@@ -310,7 +310,9 @@ def biom3d_stacks():
         "and predictor.",
         extends="core/base",
         components={
-            "preprocessor": {"name": "core/seg-preprocess", "params": {"image_order": 3}},
+            # the original's one z-score over all channels, and its best checkpoint by validation loss
+            "preprocessor": {"name": "core/seg-preprocess", "params": {"image_order": 3, "zscore_over": "image"}},
+            "trainer": {"name": "core/seg-trainer", "params": {"monitor": "loss"}},
             "dataset": "io/patch-dataset",  # biom3d-io: the stack is offered as the default only with it installed
             "model": PAPER_MODEL,
             "loss": DEFAULT_INNER_LOSS,

@@ -25,6 +25,9 @@ class PreprocessParams(Params):
     norm: Literal["zscore", "ct"] = Field(
         "zscore", description="'zscore': per image mean/std; 'ct': clip to dataset 0.5/99.5 percentiles, dataset mean/std."
     )
+    zscore_over: Literal["channel", "image"] = Field(
+        "channel", description="What one z-score mean/std covers: each channel (nnU-Net's) or the whole image, all "
+        "channels together (the original biom3d's); the same for one-channel images.")
     resample: bool = Field(True, description="Resample to the dataset's median spacing (when images carry spacing).")
     image_order: Literal[1, 3] = Field(1, description="Image interpolation: 1 trilinear, 3 cubic.")
     mask_interp: Literal["labelwise", "nearest"] = Field(
@@ -54,7 +57,12 @@ def biom3d_preprocessors():
 
 
 class TrainerParams(Params):
-    """The loop takes its settings from the config's ``train`` section."""
+    """The loop takes its settings from the config's ``train`` section; these say how it judges them."""
+
+    monitor: Literal["metric", "loss"] = Field(
+        "metric", description="The validation value best.pt and early stopping follow: 'metric', the first of "
+        "`metrics` (a Dice in the stacks, as nnU-Net keeps its best), or 'loss', the validation loss (the original "
+        "biom3d's best checkpoint). Without validation, the training loss.")
 
 
 @hookimpl

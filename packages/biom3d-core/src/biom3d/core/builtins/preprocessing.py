@@ -142,6 +142,9 @@ class SegPreprocessor:
 
     def normalize(self, image: np.ndarray, fingerprint: Mapping[str, Any]) -> np.ndarray:
         out = np.empty_like(image, dtype=np.float32)
+        if self.params.norm != "ct" and self.params.zscore_over == "image":
+            out[...] = (image - float(image.mean())) / max(float(image.std()), 1e-8)
+            return out
         for c in range(image.shape[0]):
             x = image[c]
             if self.params.norm == "ct":

@@ -271,7 +271,7 @@ class SegTrainer:
         )
 
     def _monitor(self, job: TrainJob) -> tuple[str, bool]:
-        if job.train.val_iters > 0 and job.metrics:
+        if job.train.val_iters > 0 and job.metrics and self.params.monitor == "metric":
             name, _, higher = job.metrics[0]
             return f"val_{name}", higher
         return ("val_loss", False) if job.train.val_iters > 0 else ("train_loss", False)
