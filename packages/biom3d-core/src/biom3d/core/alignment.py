@@ -18,6 +18,7 @@ from biom3d.core.imagedata import ImageData
 from biom3d.core.units import convert_spacing, shown
 
 SPACING_RTOL = 1e-3  # float32 headers round 2.0 to 1.9999999
+DIRECTION_ATOL = 1e-3  # direction cosines this close are the same axis (NIfTI's qform is float32 quaternions)
 ORIGIN_VOXELS = 0.1  # origins closer than this fraction of a voxel are the same
 
 
@@ -27,13 +28,13 @@ def align_mask(array: Any, mask: ImageData, image: ImageData, *, what: str = "ma
     notes: list[str] = []
     unit = (image.meta or {}).get("unit")
     spacing_i = _floats(image.spacing)
-    spacing_m = _in_unit(_floats(mask.spacing), mask, unit)
-    origin_m = _in_unit(_floats(mask.origin), mask, unit)
+    spacing_m = _lengths_in(_floats(mask.spacing), mask, unit)
+    origin_m = _lengths_in(_floats(mask.origin), mask, unit)
     axes = _spatial_positions(np.ndim(array), (mask.meta or {}).get("axes"))
     direction_i, direction_m = _matrix(image.direction), _matrix(mask.direction)
     oriented = (axes is not None and direction_i is not None and direction_m is not None
                 and len(spacing_i or ()) == 3 and len(spacing_m or ()) == 3)
-    if oriented and not np.allclose(direction_i.T @ direction_m, np.eye(3), atol=SPACING_RTOL):
+    if oriented and not np.allclose(direction_i.T @ direction_m, np.eye(3), atol=DIRECTION_ATOL):
         order = _signed_permutation(direction_i.T @ direction_m)
         if order is None:
             raise DataError(f"{what} {mask.path}: its direction {_shown(mask.direction)} is rotated against its image's "
@@ -82,7 +83,7 @@ def _reorient(array, axes, order, spacing, origin, direction):
 def _signed_permutation(matrix: np.ndarray) -> list[tuple[int, int]] | None:
     """For each row i, the column j holding ±1 and its sign, when ``matrix`` is a signed permutation."""
     rounded = np.round(matrix)
-    if not np.allclose(matrix, rounded, atol=SPACING_RTOL) or sorted(np.abs(rounded).sum(0)) != [1, 1, 1]:
+    if not np.allclose(matrix, rounded, atol=DIRECTION_ATOL) or sorted(np.abs(rounded).sum(0)) != [1, 1, 1]:
         return None
     if sorted(np.abs(rounded).sum(1)) != [1, 1, 1]:
         return None
@@ -97,7 +98,7 @@ def _spatial_positions(ndim: int, axes: str | None) -> tuple[int, int, int] | No
     return (0, 1, 2) if ndim == 3 else None
 
 
-def _in_unit(values, image: ImageData, unit):
+def _lengths_in(values, image: ImageData, unit):
     if values is None or not unit:
         return values
     return convert_spacing(values, (image.meta or {}).get("unit"), unit) or values
