@@ -106,3 +106,13 @@ def test_a_multilabel_mask_with_channels_is_reoriented_on_its_spatial_axes(label
     array, notes = align_mask(channels, flipped, image)
     np.testing.assert_array_equal(array[..., 0], labels == 1)
     np.testing.assert_array_equal(array[..., 1], labels == 2)
+
+
+def test_a_four_d_multimodal_image_is_aligned_by_its_spatial_directions(labels):
+    """SimpleITK reads an MSD-style (x, y, z, modality) NIfTI as one 4-D image: a 16-value direction."""
+    image = _image(np.zeros((2, *labels.shape), dtype=np.float32))
+    mask = _mask_from(image, labels, (2,))
+    image.direction, image.meta["axes"] = tuple(np.eye(4).ravel()), "CZYX"
+    array, notes = align_mask(mask.array, mask, image)
+    np.testing.assert_array_equal(array, labels)
+    assert len(notes) == 1 and "flipped along x" in notes[0]

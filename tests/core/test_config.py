@@ -119,6 +119,18 @@ def test_a_bad_value_set_on_the_command_line_is_not_blamed_on_the_file(registry,
     assert any(line.startswith("  train.epochs") and "command line" not in line for line in lines)  # the file's
 
 
+def test_biom3d_run_and_a_config_dict_say_so_too(registry, tmp_path):
+    from biom3d.core.builder import Builder
+    from biom3d.core.stages.run import run_pipeline
+
+    (tmp_path / "cfg.yaml").write_text("num_classes: 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"train.epochz: unknown key.*\(set on the command line\)"):
+        run_pipeline(tmp_path / "cfg.yaml", overrides={"train.epochz": 5}, registry=registry)
+    with pytest.raises(ConfigError, match=r"train.epochz: unknown key.*\(set on the command line\)"):
+        Builder({"num_classes": 1}, overrides={"train.epochz": 5}, registry=registry)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_config_defaults_match_the_paper():
     cfg = Config()
     assert (cfg.train.optimizer, cfg.train.momentum, cfg.train.nesterov, cfg.train.weight_decay) == ("sgd", 0.99, True, 3e-5)

@@ -58,9 +58,20 @@ def test_an_image_is_resampled_in_the_fingerprints_unit():
     assert spacing_3d(nifti, (16, 24, 24), fingerprint) == pytest.approx((2.0, 0.5, 0.5))
     flat = ImageData(array=None, spacing=(0.0005, 0.0005), meta={"unit": "mm"})
     assert spacing_3d(flat, (1, 24, 24), fingerprint) == pytest.approx((2.0, 0.5, 0.5))
-    # a version-1 fingerprint (no unit) and a reader that names none keep the values as read
-    assert spacing_3d(nifti, (16, 24, 24), {"spacing": [2.0, 0.5, 0.5]}) == (0.002, 0.0005, 0.0005)
+    # a reader that names no unit keeps the values as read
     assert spacing_3d(ImageData(array=None, spacing=(2.0, 1.0, 1.0)), (4, 4, 4), fingerprint) == (2.0, 1.0, 1.0)
+
+
+def test_a_run_that_recorded_no_unit_takes_far_off_values_in_the_unit_that_brings_them_near(caplog):
+    """A version-1 fingerprint holds its images' values as their reader gave them then (MONAI's NIfTI reader:
+    the header's µm; it gives mm now)."""
+    legacy = {"spacing": [2.0, 0.5, 0.5]}
+    nifti = ImageData(array=None, spacing=(0.002, 0.0005, 0.0005), path="new.nii.gz", meta={"unit": "mm"})
+    with caplog.at_level(logging.WARNING, logger="biom3d"):
+        assert spacing_3d(nifti, (16, 24, 24), legacy) == pytest.approx((2.0, 0.5, 0.5))
+    assert "new.nii.gz: its spacing [0.002, 0.0005, 0.0005] mm is orders of magnitude" in caplog.text
+    near = ImageData(array=None, spacing=(1.0, 0.25, 0.25), meta={"unit": "mm"})
+    assert spacing_3d(near, (16, 24, 24), legacy) == (1.0, 0.25, 0.25)  # within reach: as before, as read
 
 
 def test_micrometres_under_a_millimetre_header_are_taken_as_read_not_resampled_1000_fold(caplog):
@@ -78,6 +89,10 @@ def test_micrometres_under_a_millimetre_header_are_taken_as_read_not_resampled_1
     assert "odd.nii.gz: its spacing [2.0, 0.5, 0.5] is in mm by its header" in caplog.text
     assert "c: its spacing [2.0, 0.5, 0.5] is in mm by its header" in caplog.text
     assert fp["spacing"] == pytest.approx([2.0, 0.5, 0.5]) and fp["median_shape"] == [10.0, 20.0, 20.0]
+    # two cases, one of each: the mislabelled one does not move the reference it is judged by
+    pair = build_fingerprint([_case("a", (2.0, 0.5, 0.5), "um"), _case("c", (2.0, 0.5, 0.5), "mm")],
+                             num_classes=1, multilabel=False)
+    assert pair["spacing"] == pytest.approx([2.0, 0.5, 0.5]) and pair["median_shape"] == [10.0, 20.0, 20.0]
 
 
 def test_a_resampling_past_memory_is_refused_naming_the_file():
@@ -88,3 +103,5 @@ def test_a_resampling_past_memory_is_refused_naming_the_file():
     with pytest.raises(DataError, match=r"big.tif: resampling .* 10000 x 10000 x 10000 voxels .*calibration"):
         spacing_3d(huge, (100, 100, 100), fingerprint)
     assert spacing_3d(huge, (4, 4, 4), {"spacing": [0.25, 0.25, 0.25], "spacing_unit": "um"}) == (1.0, 1.0, 1.0)
+    with pytest.raises(DataError, match=r"big.tif: resampling .* 1 x 1 x 1 voxels"):  # 1000-fold smaller each way
+        spacing_3d(huge, (16, 24, 24), {"spacing": [1000.0, 1000.0, 1000.0], "spacing_unit": "um"})

@@ -246,12 +246,14 @@ def test_a_folder_of_detached_headers_scans_as_one_image_each_and_a_stray_data_f
 
     folder = tmp_path / "images"
     folder.mkdir()
-    arrays = {"case0": volume("uint16"), "case1": volume("float32")}
+    arrays = {"case0": volume("uint16"), "case1": volume("float32"), "case 2": volume("uint8")}
     sitk.WriteImage(sitk.GetImageFromArray(arrays["case0"]), str(folder / "case0.mhd"))
     sitk.WriteImage(sitk.GetImageFromArray(arrays["case1"]), str(folder / "case1.nhdr"))
-    assert sorted(p.name for p in folder.iterdir()) != ["case0.mhd", "case1.nhdr"]  # the data files are beside
+    sitk.WriteImage(sitk.GetImageFromArray(arrays["case 2"]), str(folder / "case 2.mhd"))  # ElementDataFile = case 2.raw
+    assert len(list(folder.iterdir())) == 6  # the data files are beside their headers
     items = scan_folder(folder, io.registry)
-    assert [(i.key, i.path.name) for i in items] == [("case0", "case0.mhd"), ("case1", "case1.nhdr")]
+    assert [(i.key, i.path.name) for i in items] == [("case 2", "case 2.mhd"), ("case0", "case0.mhd"),
+                                                     ("case1", "case1.nhdr")]
     for item in items:
         np.testing.assert_array_equal(io.read(item.path).array, arrays[item.key])
     (folder / "stray.raw").write_bytes(b"\0" * 8)

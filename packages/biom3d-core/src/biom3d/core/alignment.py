@@ -105,7 +105,12 @@ def _lengths_in(values, image: ImageData, unit):
 
 
 def _matrix(direction) -> np.ndarray | None:
-    return np.asarray(direction, dtype=np.float64).reshape(3, 3) if direction is not None and len(direction) == 9 else None
+    """The spatial 3x3 direction: itself, or the top-left block of a 4-D image's (SimpleITK reads a multi-modal
+    NIfTI as one 4-D image whose fourth axis is the channels)."""
+    if direction is None or len(direction) not in (9, 16):
+        return None
+    n = 3 if len(direction) == 9 else 4
+    return np.asarray(direction, dtype=np.float64).reshape(n, n)[:3, :3]
 
 
 def _floats(values) -> tuple[float, ...] | None:

@@ -41,9 +41,12 @@ class Builder:
         if isinstance(config, str | Path):
             config = load_config(config, registry=self.registry, overrides=overrides)
         elif isinstance(config, dict):
-            from biom3d.core.config import apply_overrides
+            from biom3d.core.config import apply_overrides, from_command_line
 
-            config = validate(apply_overrides(config, overrides or {}), registry=self.registry)
+            try:
+                config = validate(apply_overrides(config, overrides or {}), registry=self.registry)
+            except ConfigError as exc:
+                raise from_command_line(exc, overrides or {}) from None
         elif overrides:
             raise TypeError("overrides apply to a config file or dict, not to a Config object")
         self.config: Config = config

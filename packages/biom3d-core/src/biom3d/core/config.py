@@ -197,12 +197,12 @@ def load_config(path: str | Path, *, registry: Any = None, overrides: dict[str, 
     try:
         cfg = validate(raw, registry=registry, source=str(path))
     except ConfigError as exc:
-        raise _from_command_line(exc, overrides or {}) from None
+        raise from_command_line(exc, overrides or {}) from None
     cfg._source = path.resolve()
     return cfg
 
 
-def _from_command_line(exc: ConfigError, overrides: dict[str, Any]) -> ConfigError:
+def from_command_line(exc: ConfigError, overrides: dict[str, Any]) -> ConfigError:
     """``exc`` with each problem that lies under a key set on the command line (``--set``, ``--epochs``...) saying
     so: the file named in the error does not hold that value, and the user should not search it there."""
     given = [k for k, v in overrides.items() if v is not None]

@@ -127,8 +127,10 @@ def detached_data(paths: list[Path]) -> set[Path]:
         for line in header.splitlines():
             field, sep, value = line.partition(separator)
             value = value.strip()
-            # LOCAL: the data follows the header; LIST and %d patterns name many files (left to the reader)
-            if sep and field.strip().lower() in fields and value and value.upper() != "LOCAL" and " " not in value:
+            # LOCAL: the data follows the header; LIST and %d patterns name many files (left to the reader); a
+            # name may hold spaces ("case 0.raw")
+            many = value.upper().startswith("LIST") or "%" in value
+            if sep and field.strip().lower() in fields and value and value.upper() != "LOCAL" and not many:
                 named.add((path.parent / value).resolve())
     return {p for p in paths if p.resolve() in named}
 

@@ -86,12 +86,12 @@ def spacing_near(spacing: Sequence[float], unit: Any, target: Any,
     if converted is None:
         return values, False
     comparable = reference is not None and len(reference) == len(values) and all(v > 0 for v in (*values, *reference))
-    if comparable and _fold(converted, reference) >= MISLABELLED and _fold(values, reference) <= NEAR:
+    if comparable and fold(converted, reference) >= MISLABELLED and fold(values, reference) <= NEAR:
         return values, True
     return converted, False
 
 
-def _fold(spacing: Sequence[float], reference: Sequence[float]) -> float:
+def fold(spacing: Sequence[float], reference: Sequence[float]) -> float:
     """How many times larger or smaller ``spacing`` is than ``reference``, on the geometric mean of its axes."""
     ratio = math.prod(s / r for s, r in zip(spacing, reference, strict=True)) ** (1 / len(spacing))
     return max(ratio, 1 / ratio)

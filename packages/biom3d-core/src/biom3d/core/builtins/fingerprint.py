@@ -15,7 +15,7 @@ import numpy as np
 from biom3d.core.builtins.resample import target_shape
 from biom3d.core.errors import DataError
 from biom3d.core.protocols import CaseStats
-from biom3d.core.units import convert_spacing, dataset_unit, shown, spacing_near
+from biom3d.core.units import clean_unit, convert_spacing, dataset_unit, shown, spacing_near
 
 FINGERPRINT_VERSION = 2  # 2: spacing_unit (a version-1 fingerprint's spacing is in its images' own units)
 log = logging.getLogger("biom3d")
@@ -60,9 +60,11 @@ def build_fingerprint(stats: Sequence[CaseStats], *, num_classes: int, multilabe
 
 def _spacings(stats: Sequence[CaseStats], unit: str | None) -> list[tuple[float, ...] | None]:
     """Every case's spacing in the dataset's ``unit``, a case whose converted spacing lies orders of magnitude
-    from the others' kept as read (:func:`biom3d.core.units.spacing_near`)."""
+    from the others' kept as read (:func:`biom3d.core.units.spacing_near`). The others' are those read in that
+    unit already (a mislabelled case must not move the reference it is judged by), else all converted."""
+    own = [s.spacing for s in stats if s.spacing is not None and unit and clean_unit(s.unit) == unit]
     plain = [convert_spacing(s.spacing, s.unit, unit) or s.spacing if s.spacing and unit else s.spacing for s in stats]
-    known = [p for p in plain if p is not None]
+    known = own or [p for p in plain if p is not None]
     reference = (tuple(np.median(np.array(known, dtype=float), axis=0))
                  if known and len({len(p) for p in known}) == 1 else None)
     return [_in_unit(case, unit, reference) for case in stats]

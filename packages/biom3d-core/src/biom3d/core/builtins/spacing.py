@@ -12,7 +12,7 @@ from typing import Any
 from biom3d.core.builtins.resample import target_shape
 from biom3d.core.errors import DataError
 from biom3d.core.imagedata import ImageData
-from biom3d.core.units import shown, spacing_near
+from biom3d.core.units import MISLABELLED, NEAR, fold, shown, spacing_near
 
 log = logging.getLogger("biom3d")
 MAX_GROWTH, MAX_RESAMPLED_VOXELS = 64, 2**28  # resampling past both is refused (1 GiB of float32 per channel)
@@ -35,6 +35,8 @@ def spacing_3d(image: ImageData, shape: Sequence[int], fingerprint: Mapping[str,
         spacing, kept = spacing_near(spacing, (image.meta or {}).get("unit"), unit, reference)
         if kept:
             _say_kept(str(image.path), spacing, str((image.meta or {}).get("unit")), shown(unit))
+    elif target:
+        spacing = _in_legacy_unit(image, spacing, target[1:] if flat else target)
     if flat:
         spacing = (float(target[0]) if target else 1.0, *spacing)
     elif len(spacing) != len(shape):
@@ -52,13 +54,37 @@ def _say_kept(path: str, spacing: tuple[float, ...], unit: str, target: str) -> 
                 "they are not)", path, list(spacing), unit, target, target)
 
 
+def _in_legacy_unit(image: ImageData, spacing: tuple[float, ...], reference: Sequence[float]) -> tuple[float, ...]:
+    """A run whose fingerprint names no unit (version 1) holds its images' values as their reader gave them then,
+    which for MONAI's NIfTI reader were the header's own units (µm for a micron file; it gives mm now). Values
+    orders of magnitude from that run's spacing are taken in the length unit that brings them near it."""
+    unit = (image.meta or {}).get("unit")
+    if len(reference) != len(spacing) or min((*spacing, *reference)) <= 0:
+        return spacing
+    for guess in ("um", "mm", "nm", "m"):
+        guessed, _ = spacing_near(spacing, unit, guess, None)
+        if guessed == spacing:
+            continue
+        if fold(spacing, reference) >= MISLABELLED and fold(guessed, reference) <= NEAR:
+            _say_guessed(str(image.path), spacing, str(unit), shown(guess))
+            return guessed
+    return spacing
+
+
+@functools.lru_cache(maxsize=1024)
+def _say_guessed(path: str, spacing: tuple[float, ...], unit: str, guess: str) -> None:
+    log.warning("%s: its spacing %s %s is orders of magnitude from the spacing of a run that recorded no unit; taken "
+                "in %s, which brings it near (retrain or re-preprocess to record one)", path, list(spacing), unit, guess)
+
+
 def _check_growth(image: ImageData, shape: Sequence[int], spacing: Sequence[float], target: Sequence[float],
                   unit: str) -> None:
-    """Refuse a resampling that would make an image both far larger and too large: a calibration error, not data."""
+    """Refuse a resampling that would make an image both far larger and too large, or thousands of times smaller:
+    a calibration error, not data."""
     new = target_shape(shape, spacing, target)
     voxels, before = math.prod(new), math.prod(shape)
-    if voxels > MAX_GROWTH * before and voxels > MAX_RESAMPLED_VOXELS:
+    if (voxels > MAX_GROWTH * before and voxels > MAX_RESAMPLED_VOXELS) or voxels * MAX_GROWTH**2 < before:
         raise DataError(f"{image.path}: resampling from its spacing {[float(f'{v:.4g}') for v in spacing]} {unit} to "
                         f"the training spacing {[float(f'{v:.4g}') for v in target]} {unit} would make it "
-                        f"{' x '.join(map(str, new))} voxels ({voxels * 4 / 2**30:.0f} GiB per channel); check the "
+                        f"{' x '.join(map(str, new))} voxels ({voxels * 4 / 2**30:.3g} GiB per channel); check the "
                         "file's calibration (values and unit), or set preprocessor.params.resample: false")

@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from biom3d.core.atomic import atomic_write_text, remove_stale_temporaries
-from biom3d.core.config import Config, apply_overrides, read_yaml, validate
+from biom3d.core.config import Config, apply_overrides, from_command_line, read_yaml, validate
 from biom3d.core.errors import ConfigError, DataError, InputError, Problem
 from biom3d.core.runs import PIPELINE, PIPELINE_RUN, fold_run, fold_runs
 from biom3d.core.stages.pipeline_steps import PipelineState, predict_stage, train_stage
@@ -76,7 +76,10 @@ def run_pipeline(config: str | Path | dict[str, Any], *, overrides: dict[str, An
     else:
         raw, base, source = copy.deepcopy(config), Path.cwd(), None
     raw = _absolute_data_paths(apply_overrides(raw, overrides or {}), base)
-    cfg = validate(raw, registry=registry, source=str(source) if source else None)  # every error, up front
+    try:
+        cfg = validate(raw, registry=registry, source=str(source) if source else None)  # every error, up front
+    except ConfigError as exc:
+        raise from_command_line(exc, overrides or {}) from None
     _require_data(cfg, raw, str(source) if source else None)  # before the pipeline folder is made
     _require_writers(cfg, registry)
     folder = Path(folder).resolve() if folder is not None else Path(cfg.runs_dir).resolve() / cfg.name
