@@ -34,3 +34,23 @@ def test_the_last_training_says_which_runs_a_pipeline_holds(tmp_path):
                                             encoding="utf-8")
     assert pipeline_runs(tmp_path) == [single]  # and back, when a run without it trained last
     assert pipeline_runs(tmp_path / "nothing") is None
+
+
+def test_a_folder_made_before_a_parameter_existed_is_read_with_its_default():
+    """A parameter is added with the old behaviour as its default: a pipeline recorded without it is not
+    refused for that, and a real change names the parameter, as --set spells it."""
+    from biom3d.core.discovery import get_registry
+    from biom3d.core.stages.run import _differences, _with_new_defaults
+
+    registry = get_registry()
+    now = {"preprocessor": {"name": "core/seg-preprocess", "params": {"image_order": 3}},
+           "autoconfig": {"max_dim": 64}}
+    current = {"preprocessor": {"name": "core/seg-preprocess",
+                                "params": registry.resolve("preprocessor", "core/seg-preprocess").spec.params(
+                                    image_order=3).model_dump(mode="json")},
+               "autoconfig": {"max_dim": 64, "max_pool": 5, "max_batch": None}}
+    assert _differences(_with_new_defaults(now, registry), current) == []
+    current["preprocessor"]["params"]["zscore_over"] = "image"
+    assert _differences(_with_new_defaults(now, registry), current) == [
+        'preprocessor.params.zscore_over: "channel" -> "image"']
+    assert _differences(now, current)[0].startswith("autoconfig: ")  # without the defaults: refused

@@ -85,7 +85,7 @@ def run_pipeline(config: str | Path | dict[str, Any], *, overrides: dict[str, An
     folder = Path(folder).resolve() if folder is not None else Path(cfg.runs_dir).resolve() / cfg.name
     device = distributed.rank_device(cfg.train.device)
     with distributed.session(device, cfg.train.ddp_timeout):
-        distributed.run_on_main(lambda: _open_folder(folder, raw, cfg), stage=True)
+        distributed.run_on_main(lambda: _open_folder(folder, raw, cfg, registry), stage=True)
         return _stages(cfg, raw, folder, registry, progress, checkpoint=checkpoint, finetune=finetune,
                        strict_versions=strict_versions)
 
@@ -118,9 +118,9 @@ def _require_writers(cfg: Config, registry) -> None:
                         writer=cfg.writer.name if cfg.writer else None)
 
 
-def _open_folder(folder: Path, raw: dict[str, Any], cfg: Config) -> None:
+def _open_folder(folder: Path, raw: dict[str, Any], cfg: Config, registry) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    _refuse_other_inputs(folder, cfg)  # before config.yaml, which a --resume reads, is replaced
+    _refuse_other_inputs(folder, cfg, registry)  # before config.yaml, which a --resume reads, is replaced
     remove_stale_temporaries(folder)  # the pipeline folder is the pipeline's own: a kill's leftovers go
     atomic_write_text(folder / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
 
@@ -258,17 +258,38 @@ def _listing(folder: Path) -> dict[str, Any]:
                                              [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
 
 
-def _refuse_other_inputs(folder: Path, cfg: Config) -> None:
+def _refuse_other_inputs(folder: Path, cfg: Config, registry) -> None:
     """A pipeline folder whose data was preprocessed from other files or settings is refused: skipping its
     finished stages would predict with a model of the other data, and re-running them would replace them."""
     recorded = PipelineState(folder / PIPELINE).data.get("preprocess", {}).get("inputs")
     if not recorded or cfg.data.preprocessed or not (cfg.data.images and cfg.data.masks):
         return  # made before inputs were recorded, or preprocessed elsewhere (train compares that folder)
-    changed = _differences(recorded, _inputs(cfg))
+    changed = _differences(_with_new_defaults(recorded, registry), _inputs(cfg))
     if changed:
         raise InputError(f"{folder} was made from other data or settings than these ({'; '.join(changed)}): its "
                          "preprocessed data, model and predictions are theirs. Give another --name to start a new "
-                         f"pipeline beside it, or remove {folder} to start this one over")
+                         f"pipeline beside it, set the recorded values back (--set KEY=VALUE) to continue it, or "
+                         f"remove {folder} to start this one over")
+
+
+def _with_new_defaults(recorded: dict[str, Any], registry) -> dict[str, Any]:
+    """``recorded`` with the settings added since it was written at their defaults: a parameter is added with
+    the behaviour it had before as its default, so a folder made before it is not refused for lacking it (a
+    component's own defaults, never a stack's, which may choose otherwise)."""
+    from biom3d.core.config import AutoConfigSettings
+    from biom3d.core.specs import SLOTS
+
+    out = dict(recorded)
+    for key, value in recorded.items():
+        if key == "autoconfig" and isinstance(value, dict):
+            out[key] = {**AutoConfigSettings().model_dump(mode="json"), **value}
+        elif key in SLOTS and isinstance(value, dict) and isinstance(value.get("params"), dict):
+            try:
+                defaults = registry.resolve(SLOTS[key][0], value["name"]).spec.params().model_dump(mode="json")
+            except Exception:  # noqa: BLE001 - a component gone or changed: compared as recorded
+                continue
+            out[key] = {**value, "params": {**defaults, **value["params"]}}
+    return out
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -287,9 +308,18 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
                 if names:
                     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
                     changed.append(f"{key}: {what} {shown}")
+        elif _same_component(before, after):  # name the parameters that differ, settable with --set
+            params = (before["params"], after["params"])
+            changed += [f"{key}.params.{p}: {json.dumps(params[0].get(p))} -> {json.dumps(params[1].get(p))}"
+                        for p in sorted(set(params[0]) | set(params[1])) if params[0].get(p) != params[1].get(p)]
         elif before != after:
             changed.append(f"{key}: {json.dumps(before)} -> {json.dumps(after)}")
     return changed
+
+
+def _same_component(before: Any, after: Any) -> bool:
+    return (isinstance(before, dict) and isinstance(after, dict) and before.get("name") == after.get("name")
+            and isinstance(before.get("params"), dict) and isinstance(after.get("params"), dict))
 
 
 def _absolute_data_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
