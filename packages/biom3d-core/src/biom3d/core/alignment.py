@@ -15,7 +15,7 @@ import numpy as np
 
 from biom3d.core.errors import DataError
 from biom3d.core.imagedata import ImageData
-from biom3d.core.units import convert_spacing, shown
+from biom3d.core.units import lengths_in, shown
 
 SPACING_RTOL = 1e-3  # float32 headers round 2.0 to 1.9999999
 DIRECTION_ATOL = 1e-3  # direction cosines this close are the same axis (NIfTI's qform is float32 quaternions)
@@ -83,11 +83,11 @@ def _reorient(array, axes, order, spacing, origin, direction):
 def _signed_permutation(matrix: np.ndarray) -> list[tuple[int, int]] | None:
     """For each row i, the column j holding ±1 and its sign, when ``matrix`` is a signed permutation."""
     rounded = np.round(matrix)
-    if not np.allclose(matrix, rounded, atol=DIRECTION_ATOL) or sorted(np.abs(rounded).sum(0)) != [1, 1, 1]:
+    ones = np.abs(rounded)
+    if not np.allclose(matrix, rounded, atol=DIRECTION_ATOL) or (ones.sum(0) != 1).any() or (ones.sum(1) != 1).any():
         return None
-    if sorted(np.abs(rounded).sum(1)) != [1, 1, 1]:
-        return None
-    return [(int(np.flatnonzero(row)[0]), int(row[np.flatnonzero(row)[0]])) for row in rounded]
+    columns = ones.argmax(1)
+    return [(int(j), int(rounded[i, j])) for i, j in enumerate(columns)]
 
 
 def _spatial_positions(ndim: int, axes: str | None) -> tuple[int, int, int] | None:
@@ -99,9 +99,7 @@ def _spatial_positions(ndim: int, axes: str | None) -> tuple[int, int, int] | No
 
 
 def _lengths_in(values, image: ImageData, unit):
-    if values is None or not unit:
-        return values
-    return convert_spacing(values, (image.meta or {}).get("unit"), unit) or values
+    return values if values is None or not unit else lengths_in(values, (image.meta or {}).get("unit"), unit)
 
 
 def _matrix(direction) -> np.ndarray | None:

@@ -206,9 +206,12 @@ def from_command_line(exc: ConfigError, overrides: dict[str, Any]) -> ConfigErro
     """``exc`` with each problem that lies under a key set on the command line (``--set``, ``--epochs``...) saying
     so: the file named in the error does not hold that value, and the user should not search it there."""
     given = [k for k, v in overrides.items() if v is not None]
-    under = lambda path, key: path == key or path.startswith((key + ".", key + "["))  # noqa: E731
-    problems = [Problem(p.path, p.message + " (set on the command line)") if any(under(p.path, k) for k in given)
-                else p for p in exc.problems]
+
+    def from_flag(path: str) -> bool:
+        return any(path == k or path.startswith((k + ".", k + "[")) for k in given)
+
+    problems = [Problem(p.path, p.message + " (set on the command line)") if from_flag(p.path) else p
+                for p in exc.problems]
     return ConfigError(problems, source=exc.source)
 
 

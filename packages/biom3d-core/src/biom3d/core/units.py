@@ -75,6 +75,11 @@ def convert_spacing(spacing: Sequence[float], unit: Any, target: Any) -> tuple[f
     return tuple(float(v) * factor for v in spacing)
 
 
+def lengths_in(values: Sequence[float], unit: Any, target: Any) -> tuple[float, ...]:
+    """``values`` in ``target`` when both units are lengths, else as they are."""
+    return convert_spacing(values, unit, target) or tuple(float(v) for v in values)
+
+
 def spacing_near(spacing: Sequence[float], unit: Any, target: Any,
                  reference: Sequence[float] | None) -> tuple[tuple[float, ...], bool]:
     """``spacing`` in ``target`` as :func:`convert_spacing`, unless that puts it orders of magnitude from

@@ -126,7 +126,7 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def __init__(self, store: VolumeStore, names: Sequence[str], length: int, patch: Sequence[int],
                  rot_crop: Sequence[int], foreground: ForegroundRule, augmenter, *, multilabel: bool, seed: int | None,
-                 centred: bool = True, zero_pad: bool = True):
+                 centred: bool, zero_pad: bool):
         self.store, self.names, self.length = store, list(names), length
         self.patch, self.rot_crop, self.foreground = tuple(patch), tuple(rot_crop), foreground
         self.augmenter, self.multilabel, self.seed = augmenter, multilabel, seed

@@ -18,6 +18,7 @@ from monai.transforms import LoadImage
 
 from biom3d.core.errors import DataError
 from biom3d.core.imagedata import ImageData
+from biom3d.core.units import mm_per_unit
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 READER_ID = "monai/load-image"
@@ -41,9 +42,9 @@ FORMATS: dict[str, Format] = {
     ".jpeg": Format("PILReader", True, False),
     ".bmp": Format("PILReader", True, False),
 }
-# NIfTI's xyzt_units space code -> millimetres per unit (0, unknown, is mm as ITK reads it): lengths come out
-# in mm like SimpleITK's, a micron NIfTI's 0.5 as 0.0005, and ``meta["unit"]`` says so.
-_NIFTI_MM_PER_UNIT = {1: 1000.0, 2: 1.0, 3: 1e-3}
+# NIfTI's xyzt_units space code -> its unit (0, unknown, is mm as ITK reads it): lengths come out in mm like
+# SimpleITK's, a micron NIfTI's 0.5 as 0.0005, and ``meta["unit"]`` says so.
+_NIFTI_UNITS = {1: "m", 2: "mm", 3: "um"}
 SUFFIXES = tuple(FORMATS)  # what plugin.py announces (kept in sync by a test)
 
 
@@ -76,7 +77,7 @@ class MonaiReader:
         spatial = array.ndim if _channel_axis(meta.get("original_channel_dim")) is None else array.ndim - 1
         if fmt.physical and spatial == 3 and affine.shape == (4, 4):
             spacing, origin, image.direction = lps_geometry(affine, meta.get("pixdim"))
-            scale = _NIFTI_MM_PER_UNIT.get(int(np.asarray(meta.get("xyzt_units", 0)).item()) & 0x07, 1.0)
+            scale = mm_per_unit(_NIFTI_UNITS.get(int(np.asarray(meta.get("xyzt_units", 0)).item()) & 0x07, "mm"))
             image.spacing = tuple(s * scale for s in spacing)
             image.origin = tuple(o * scale + 0.0 for o in origin)
             image.meta["unit"] = "mm"

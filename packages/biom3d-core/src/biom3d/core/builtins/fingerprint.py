@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from biom3d.core.builtins.resample import target_shape
+from biom3d.core.builtins.spacing import say_mislabelled
 from biom3d.core.errors import DataError
 from biom3d.core.protocols import CaseStats
-from biom3d.core.units import clean_unit, convert_spacing, dataset_unit, shown, spacing_near
+from biom3d.core.units import clean_unit, convert_spacing, dataset_unit, lengths_in, shown, spacing_near
 
 FINGERPRINT_VERSION = 2  # 2: spacing_unit (a version-1 fingerprint's spacing is in its images' own units)
 log = logging.getLogger("biom3d")
@@ -63,8 +64,7 @@ def _spacings(stats: Sequence[CaseStats], unit: str | None) -> list[tuple[float,
     from the others' kept as read (:func:`biom3d.core.units.spacing_near`). The others' are those read in that
     unit already (a mislabelled case must not move the reference it is judged by), else all converted."""
     own = [s.spacing for s in stats if s.spacing is not None and unit and clean_unit(s.unit) == unit]
-    plain = [convert_spacing(s.spacing, s.unit, unit) or s.spacing if s.spacing and unit else s.spacing for s in stats]
-    known = own or [p for p in plain if p is not None]
+    known = own or [lengths_in(s.spacing, s.unit, unit) if unit else s.spacing for s in stats if s.spacing is not None]
     reference = (tuple(np.median(np.array(known, dtype=float), axis=0))
                  if known and len({len(p) for p in known}) == 1 else None)
     return [_in_unit(case, unit, reference) for case in stats]
@@ -81,10 +81,7 @@ def _in_unit(case: CaseStats, unit: str | None, reference) -> tuple[float, ...] 
         return case.spacing
     converted, kept = spacing_near(case.spacing, case.unit, unit, reference)
     if kept:
-        log.warning("%s: its spacing %s is in %s by its header, orders of magnitude from the other images' %s %s; "
-                    "the values look like %s under the wrong unit and are taken as %s (fix the header if they are "
-                    "not)", case.key, list(case.spacing), case.unit, [float(f"{v:.4g}") for v in reference],
-                    shown(unit), shown(unit), shown(unit))
+        say_mislabelled(case.key, tuple(case.spacing), str(case.unit), shown(unit), "the other images'")
     elif converted != tuple(case.spacing):
         log.info("%s: spacing %s %s is %s %s", case.key, list(case.spacing), shown(case.unit),
                  [float(f"{v:.6g}") for v in converted], shown(unit))

@@ -12,7 +12,7 @@ from typing import Any
 from biom3d.core.builtins.resample import target_shape
 from biom3d.core.errors import DataError
 from biom3d.core.imagedata import ImageData
-from biom3d.core.units import MISLABELLED, NEAR, fold, shown, spacing_near
+from biom3d.core.units import MISLABELLED, NEAR, convert_spacing, fold, shown, spacing_near
 
 log = logging.getLogger("biom3d")
 MAX_GROWTH, MAX_RESAMPLED_VOXELS = 64, 2**28  # resampling past both is refused (1 GiB of float32 per channel)
@@ -34,7 +34,7 @@ def spacing_3d(image: ImageData, shape: Sequence[int], fingerprint: Mapping[str,
         reference = (target[1:] if flat else target) if target else None
         spacing, kept = spacing_near(spacing, (image.meta or {}).get("unit"), unit, reference)
         if kept:
-            _say_kept(str(image.path), spacing, str((image.meta or {}).get("unit")), shown(unit))
+            say_mislabelled(str(image.path), spacing, str((image.meta or {}).get("unit")), shown(unit), "the training")
     elif target:
         spacing = _in_legacy_unit(image, spacing, target[1:] if flat else target)
     if flat:
@@ -48,10 +48,12 @@ def spacing_3d(image: ImageData, shape: Sequence[int], fingerprint: Mapping[str,
 
 
 @functools.lru_cache(maxsize=1024)  # once per file, though preprocessing reads each twice
-def _say_kept(path: str, spacing: tuple[float, ...], unit: str, target: str) -> None:
-    log.warning("%s: its spacing %s is in %s by its header, which would be orders of magnitude from the training "
-                "spacing; the values look like %s under the wrong unit and are taken as %s (fix the header if "
-                "they are not)", path, list(spacing), unit, target, target)
+def say_mislabelled(name: str, spacing: tuple[float, ...], unit: str, target: str, beside: str) -> None:
+    """The warning for spacing values kept as read because their header's unit looks wrong
+    (:func:`biom3d.core.units.spacing_near`); ``beside`` names what they were judged against."""
+    log.warning("%s: its spacing %s is in %s by its header, which would be orders of magnitude from %s spacing; "
+                "the values look like %s under the wrong unit and are taken as %s (fix the header if they are not)",
+                name, list(spacing), unit, beside, target, target)
 
 
 def _in_legacy_unit(image: ImageData, spacing: tuple[float, ...], reference: Sequence[float]) -> tuple[float, ...]:
@@ -61,11 +63,11 @@ def _in_legacy_unit(image: ImageData, spacing: tuple[float, ...], reference: Seq
     unit = (image.meta or {}).get("unit")
     if len(reference) != len(spacing) or min((*spacing, *reference)) <= 0:
         return spacing
+    if fold(spacing, reference) < MISLABELLED:
+        return spacing
     for guess in ("um", "mm", "nm", "m"):
-        guessed, _ = spacing_near(spacing, unit, guess, None)
-        if guessed == spacing:
-            continue
-        if fold(spacing, reference) >= MISLABELLED and fold(guessed, reference) <= NEAR:
+        guessed = convert_spacing(spacing, unit, guess)
+        if guessed is not None and fold(guessed, reference) <= NEAR:
             _say_guessed(str(image.path), spacing, str(unit), shown(guess))
             return guessed
     return spacing

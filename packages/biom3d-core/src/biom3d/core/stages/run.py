@@ -38,7 +38,7 @@ import yaml
 
 from biom3d.core.atomic import atomic_write_text, remove_stale_temporaries
 from biom3d.core.config import Config, apply_overrides, from_command_line, read_yaml, validate
-from biom3d.core.errors import ConfigError, DataError, InputError, Problem
+from biom3d.core.errors import Biom3dError, ConfigError, DataError, InputError, Problem
 from biom3d.core.runs import PIPELINE, PIPELINE_RUN, fold_run, fold_runs
 from biom3d.core.stages.pipeline_steps import PipelineState, predict_stage, train_stage
 
@@ -286,7 +286,7 @@ def _with_new_defaults(recorded: dict[str, Any], registry) -> dict[str, Any]:
         elif key in SLOTS and isinstance(value, dict) and isinstance(value.get("params"), dict):
             try:
                 defaults = registry.resolve(SLOTS[key][0], value["name"]).spec.params().model_dump(mode="json")
-            except Exception:  # noqa: BLE001 - a component gone or changed: compared as recorded
+            except (Biom3dError, ValueError):  # a component gone or broken, or params that need values: as recorded
                 continue
             out[key] = {**value, "params": {**defaults, **value["params"]}}
     return out
