@@ -122,7 +122,8 @@ def test_resume_takes_only_train_settings_from_set(tmp_path):
     from biom3d.core.errors import InputError
 
     (tmp_path / "config.yaml").write_text("num_classes: 1\n", encoding="utf-8")
-    with pytest.raises(InputError, match="only train.. settings change on it, not model.params.base_features"):
+    with pytest.raises(InputError, match=r"only train.. settings change on it \(and data.preprocessed, the new place of its data\), not "
+                       "model.params.base_features"):
         CliRunner().invoke(app, ["train", "--resume", str(tmp_path), "--set", "model.params.base_features=8"],
                            catch_exceptions=False)
 

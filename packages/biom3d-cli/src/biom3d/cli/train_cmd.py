@@ -8,6 +8,8 @@ from typing import Any
 
 import typer
 
+RELOCATED = "data.preprocessed"  # the one data key a resume takes: the run's own data, moved (checked by core)
+
 
 def train(config: Path | None, *, resume: Path | None, finetune: Path | None, overrides: dict[str, Any],
           runs_dir: Path | None, strict_versions: bool = False) -> None:
@@ -25,10 +27,13 @@ def train(config: Path | None, *, resume: Path | None, finetune: Path | None, ov
     elif resume is not None:
         if finetune is not None:
             raise InputError("--resume continues a run with its own config: give no --finetune")
-        fixed = sorted(k for k in overrides if not k.startswith("train."))
+        fixed = sorted(k for k in overrides if not k.startswith("train.") and k != RELOCATED)
         if fixed:
-            raise InputError(f"--resume continues a run with its own config: only train.* settings change on it, not "
-                             f"{', '.join(fixed)}; start a new run (or --finetune {resume}) to change them")
+            raise InputError(f"--resume continues a run with its own config: only train.* settings change on it (and "
+                             f"{RELOCATED}, the new place of its data), not {', '.join(fixed)}; start a new run (or "
+                             f"--finetune {resume}) to change them")
+        if isinstance(overrides.get(RELOCATED), str):  # a place on this command line, not in the run folder
+            overrides[RELOCATED] = str(Path(overrides[RELOCATED]).expanduser().resolve())
         if config is not None:
             import logging
 

@@ -92,6 +92,7 @@ class Builder:
         if epochs is not None:
             overrides["train.epochs"] = epochs
         config = runs.load_run_config(run_dir, registry=registry, overrides=overrides, strict_versions=strict_versions)
+        _require_resumable_data(run_dir, config)
         builder = cls(config, registry=registry)
         from biom3d.core import distributed
         from biom3d.core.atomic import atomic_write_text, remove_stale_temporaries
@@ -240,6 +241,15 @@ def _discarded_if_no_checkpoint(run_dir: Path, created: bool) -> Iterator[None]:
             shutil.rmtree(run_dir, ignore_errors=True)
             log.warning("training failed before its first checkpoint: removed the run folder %s", run_dir)
         raise
+
+
+def _require_resumable_data(run_dir: Path, config: Config) -> None:
+    """The data a resume trains on is there and is the run's own (moved, perhaps), before config.yaml is rewritten."""
+    from biom3d.core.relocation import recorded_preprocessed, require_preprocessed
+
+    wanted = config.path(config.data.preprocessed)
+    preprocessor = config.preprocessor.model_dump(mode="json") if config.preprocessor else {}
+    require_preprocessed(run_dir, recorded_preprocessed(run_dir), str(wanted) if wanted else None, preprocessor)
 
 
 def _record_ranks(run_dir: Path, config: Config, device: Any, resume: dict[str, Any] | None) -> None:

@@ -32,11 +32,11 @@ def train_stage(raw: dict[str, Any], prep_dir: Path, run_dir: Path, state, stage
     staged = _staged_finetuning(staging)
     if staged is not None and not has_checkpoint(run_dir / "checkpoints"):
         log.info("train: resuming the interrupted fine-tuning %s", staged)
-        Builder.resume(staged, registry=registry, overrides=_changed_train(raw, staged),
+        Builder.resume(staged, registry=registry, overrides={**_changed_train(raw, staged), **_moved(staged, prep_dir)},
                        strict_versions=strict_versions)
         distributed.run_on_main(lambda: _install(staged, run_dir))
     elif has_checkpoint(run_dir / "checkpoints"):
-        _refuse_other_preprocessed(run_dir, prep_dir)
+        moved = _moved(run_dir, prep_dir)
         changed = _changed_train(raw, run_dir)
         trained = read_yaml(run_dir / "config.yaml").get("train", {}).get("epochs", 0)
         extend = changed.get("train.epochs", 0) > trained
@@ -51,7 +51,8 @@ def train_stage(raw: dict[str, Any], prep_dir: Path, run_dir: Path, state, stage
             log.info("train: extending the run %s to %d epochs", run_dir, changed["train.epochs"])
         else:
             log.info("train: resuming the interrupted run %s", run_dir)
-        Builder.resume(run_dir, registry=registry, overrides=changed, strict_versions=strict_versions)
+        state.note(stage)  # not done until it is: a failed extension has rewritten the run's epochs already
+        Builder.resume(run_dir, registry=registry, overrides={**changed, **moved}, strict_versions=strict_versions)
     elif source is not None:
         state.note(stage, finetune=str(Path(source).resolve()))  # a re-run after a kill resumes it
         # a kill before its first checkpoint: no run
@@ -67,12 +68,22 @@ def train_stage(raw: dict[str, Any], prep_dir: Path, run_dir: Path, state, stage
     return run_dir
 
 
-def _refuse_other_preprocessed(run_dir: Path, prep_dir: Path) -> None:
-    """data.preprocessed pointed elsewhere since run/ trained: its model is another data's."""
-    ran = (read_yaml(run_dir / "config.yaml").get("data") or {}).get("preprocessed")
-    if ran and Path(ran).resolve() != prep_dir.resolve():
+def _moved(run_dir: Path, prep_dir: Path) -> dict[str, str]:
+    """The override that points a run trained on another place of the same data at ``prep_dir`` (a pipeline
+    folder moved or copied whole: the run names the old place); a run of other data is refused, since its model
+    is another data's (data.preprocessed pointed elsewhere since it trained)."""
+    from biom3d.core.relocation import data_differences, recorded_preprocessed
+
+    ran = recorded_preprocessed(run_dir)
+    if not ran or Path(ran).resolve() == prep_dir.resolve():
+        return {}
+    preprocessor = read_yaml(run_dir / "config.yaml").get("preprocessor") or {}
+    if data_differences(run_dir, prep_dir, preprocessor if isinstance(preprocessor, dict) else {}):
         raise InputError(f"{run_dir} was trained on {ran}, not on data.preprocessed {prep_dir}: give another --name "
                          f"to train on it in a new pipeline, or remove {run_dir.parent} to start this one over")
+    log.info("train: %s was trained on %s, and %s holds the same data (the pipeline folder moved or was copied): "
+             "continuing on it", run_dir, ran, prep_dir)
+    return {"data.preprocessed": str(prep_dir.resolve())}
 
 
 def _changed_train(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:

@@ -1,0 +1,70 @@
+"""A run resumed on preprocessed data at another place than it trained on: a moved or copied pipeline folder or
+project. The run keeps copies of what defines its data (fingerprint.json, folds.csv), so the new folder can be
+proved to hold the same data before training goes on with it; anything else would mix two datasets in one run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from biom3d.core.errors import InputError
+from biom3d.core.runs import CONFIG, FINGERPRINT, FOLDS
+
+PREPROCESS_RECORD = "preprocess.json"
+
+
+def require_preprocessed(run_dir: Path, recorded: str | None, wanted: str | None, preprocessor: dict[str, Any]) -> None:
+    """Before a resume writes anything: the preprocessed folder ``wanted`` is there and, when it is not the
+    ``recorded`` one the run trained on, holds the same data. ``preprocessor`` is the run's envelope
+    (name, params)."""
+    if wanted is None:
+        return
+    if Path(wanted).resolve() == Path(recorded or "").resolve():
+        if not Path(wanted).is_dir():
+            raise InputError(f"{run_dir} trained on the preprocessed data {wanted}, which is not there any more. If "
+                             f"it moved, give its new place: biom3d train --resume {run_dir} --set "
+                             "data.preprocessed=NEW_PLACE (a `biom3d run` pipeline folder moved whole finds its own)")
+        return
+    differences = data_differences(run_dir, Path(wanted), preprocessor)
+    if differences:
+        raise InputError(f"data.preprocessed {wanted} does not hold the data {run_dir} trained on ({recorded}): "
+                         f"{'; '.join(differences)}. A resumed run goes on with its own data; train a new run (or "
+                         f"--finetune {run_dir}) on other data")
+
+
+def data_differences(run_dir: Path, folder: Path, preprocessor: dict[str, Any]) -> list[str]:
+    """Why ``folder`` does not hold the preprocessed data of ``run_dir`` (nothing: the same)."""
+    if not (folder / "images").is_dir():
+        return [f"{folder} holds no preprocessed images/ folder"]
+    problems = [f"its {name} differs from the run's copy" for name in (FINGERPRINT, FOLDS)
+                if (run_dir / name).is_file() and _read(folder / name) != _read(run_dir / name)]
+    record = _json(folder / PREPROCESS_RECORD)
+    if record.get("preprocessor") not in (None, preprocessor.get("name")):
+        problems.append(f"it was preprocessed by {record['preprocessor']}, the run by {preprocessor.get('name')}")
+    params, ran = record.get("params") or {}, preprocessor.get("params") or {}
+    problems += [f"preprocessor.params.{key}: {json.dumps(params[key])} there, {json.dumps(ran[key])} in the run"
+                 for key in sorted(set(params) & set(ran)) if params[key] != ran[key]]  # one side lacks a newer key
+    return problems
+
+
+def recorded_preprocessed(run_dir: Path) -> str | None:
+    """data.preprocessed as the run's config.yaml names it."""
+    from biom3d.core.config import read_yaml
+
+    return (read_yaml(run_dir / CONFIG).get("data") or {}).get("preprocessed")
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
