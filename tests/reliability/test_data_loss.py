@@ -42,6 +42,41 @@ def test_preprocess_resumes_its_own_folder_and_refuses_another_datas(dataset, pr
     assert preprocess(dataset, tmp_path / "empty").processed == 4  # an empty folder is fine
 
 
+def test_preprocess_resumes_its_folder_written_by_an_earlier_version_and_refuses_other_statistics(dataset, prepared,
+                                                                                                   tmp_path, caplog):
+    import json
+    import shutil
+
+    from biom3d.core.stages.preprocess_folder import fingerprint_hash
+
+    def as_earlier(folder, **statistics):
+        """The folder as a version before spacing_unit and plan_from existed wrote it."""
+        fingerprint = json.loads((folder / "fingerprint.json").read_text(encoding="utf-8"))
+        del fingerprint["spacing_unit"]
+        fingerprint.update(version=1, **statistics)
+        (folder / "fingerprint.json").write_text(json.dumps(fingerprint, indent=2), encoding="utf-8")
+        record = json.loads((folder / "preprocess.json").read_text(encoding="utf-8"))
+        del record["params"]["plan_from"]
+        record["fingerprint"] = fingerprint_hash(fingerprint)
+        (folder / "preprocess.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+        return record
+
+    earlier = shutil.copytree(prepared.out_dir, tmp_path / "earlier")
+    record = as_earlier(earlier)
+    with caplog.at_level("INFO", logger="biom3d"):
+        again = preprocess(dataset, earlier)
+    assert (again.processed, again.skipped) == (0, 4)
+    assert "preprocessed by an earlier biom3d" in caplog.text
+    now = json.loads((earlier / "preprocess.json").read_text(encoding="utf-8"))
+    assert now["params"]["plan_from"] == "stored" and now["fingerprint"] != record["fingerprint"]
+    assert json.loads((earlier / "fingerprint.json").read_text(encoding="utf-8"))["spacing_unit"] == "um"
+
+    other = shutil.copytree(prepared.out_dir, tmp_path / "other")
+    as_earlier(other, spacing=[9.0, 9.0, 9.0])  # another statistic: another data's folder
+    with pytest.raises(DataError, match="differs in: fingerprint"):
+        preprocess(dataset, other)
+
+
 # 2 ---------------------------------------------------------------------------------------------------------
 def test_eval_refuses_to_replace_an_existing_csv(dataset, tmp_path):
     from biom3d.core.stages.evaluate import evaluate

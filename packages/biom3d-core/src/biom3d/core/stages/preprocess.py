@@ -30,7 +30,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from biom3d.core.atomic import atomic_path, atomic_write_text, is_temporary, remove_stale_temporaries
+from biom3d.core.atomic import atomic_path, atomic_write_text
 from biom3d.core.config import AutoConfigSettings, Envelope, safe_name
 from biom3d.core.context import RunContext
 from biom3d.core.errors import Biom3dError, DataError, PluginError
@@ -38,6 +38,7 @@ from biom3d.core.folds import make_folds, write_folds
 from biom3d.core.parallel import parallel_map, worker_pool
 from biom3d.core.protocols import FINGERPRINT_KEYS, PLAN_KEYS
 from biom3d.core.scan import Case, scan_dataset
+from biom3d.core.stages.preprocess_folder import claim_output, fingerprint_hash, params_defaults
 
 log = logging.getLogger("biom3d")
 # a single image is split along its longest axis: the first quarter validates, the rest trains (the paper's
@@ -111,9 +112,10 @@ def preprocess_dataset(
         prep = job.preprocessor()
         fingerprint = _checked(prep.fingerprint(stats), FINGERPRINT_KEYS, comp, "fingerprint")
         plan = _checked(prep.plan(fingerprint, budget), PLAN_KEYS, comp, "plan", exact=False)
-        _claim_output(out, {"fingerprint": _hash(fingerprint), "preprocessor": comp.qid,
+        claim_output(out, {"fingerprint": fingerprint_hash(fingerprint), "preprocessor": comp.qid,
                             "params": prep_params.model_dump(mode="json"), "images": str(images.resolve()),
-                            "masks": str(masks.resolve())}, overwrite)
+                            "masks": str(masks.resolve())}, overwrite, fingerprint=fingerprint,
+                      defaults=params_defaults(type(prep_params)))
         split = len(cases) == 1
         todo = [c for c in cases if overwrite or not _done(out, c.key, split)]
         parallel_map(_process_task, todo, args=(job, fingerprint, out, split), pool=pool, desc="preprocess",
@@ -276,37 +278,6 @@ def _done(out: Path, key: str, split: bool) -> bool:
     return True
 
 
-def _claim_output(out: Path, state: dict[str, Any], overwrite: bool) -> None:
-    """Take ``out``: a new or empty folder, one this data's own earlier preprocess wrote (resumed) or, with
-    ``overwrite``, any folder. Anything else is refused: the user's files are never replaced silently. The
-    temporaries a killed run left are removed once the folder is known to be ours."""
-    marker = out / "preprocess.json"
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out} is a file, not a folder; choose another --out")
-    if not overwrite and marker.is_file():
-        try:
-            previous = json.loads(marker.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{marker} cannot be read as the record of an earlier preprocess ({exc}); choose "
-                            "another --out or pass --overwrite to replace the folder's files") from exc
-        if previous != state:
-            changed = sorted(k for k in state if not isinstance(previous, dict) or previous.get(k) != state[k])
-            raise DataError(
-                f"{out} already holds data preprocessed from other inputs or settings (differs in: "
-                f"{', '.join(changed)}); choose another --out or pass --overwrite to replace it"
-            )
-    elif not overwrite and out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if not is_temporary(p))
-        if foreign:
-            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-            raise DataError(f"{out} holds files that `biom3d preprocess` of these images did not write ({shown}); "
-                            "they are not replaced: choose another --out, or pass --overwrite to replace them")
-    atomic_write_text(marker, json.dumps(state, indent=2))
-    removed = remove_stale_temporaries(out)
-    if removed:
-        log.info("removed %d temporary file(s) an interrupted run left in %s", removed, out)
-
-
 def _config(images: Path, masks: Path, fingerprint: dict[str, Any], plan: dict[str, Any], budget: AutoConfigSettings,
             stack: str | None, preprocessor: Envelope, name: str, extra: dict[str, Any]) -> dict[str, Any]:
     """What preprocessing found, as a config: the stack fills every other slot when training reads it."""
@@ -343,10 +314,6 @@ def _write_config(path: Path, raw: dict[str, Any], registry) -> None:
     buf.write("# Written by `biom3d preprocess`. Train with: biom3d train " + str(path) + "\n")
     yaml.safe_dump(raw, buf, sort_keys=False, default_flow_style=None)
     atomic_write_text(path, buf.getvalue())
-
-
-def _hash(fingerprint: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _log_warnings(out: Path, warnings: list[str]) -> None:
