@@ -78,6 +78,38 @@ def test_prediction_for_a_nifti_input_carries_its_geometry(io, tmp_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(pred), mask)
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_nifti_prediction_keeps_its_inputs_qform_and_sform(io, tmp_path, suffix):
+    """A registered scan: the qform maps to the scanner, the sform (another affine) to a template. ITK reads one
+    and would write it into both; the prediction must carry both, as viewers reading either one place it."""
+    import nibabel as nib
+
+    qform = np.diag([0.8, 0.9, 3.0, 1.0])
+    qform[:3, 3] = (1.0, 2.0, 3.0)
+    sform = np.array([[0.0, -0.9, 0.0, 40.0], [0.8, 0.0, 0.0, -12.5], [0.0, 0.0, 3.0, 7.0], [0, 0, 0, 1]])
+    scan = nib.Nifti1Image(volume("float32", (7, 6, 5)), None)
+    scan.set_qform(qform, code=1)  # scanner
+    scan.set_sform(sform, code=4)  # MNI
+    nib.save(scan, tmp_path / f"case{suffix}")
+
+    ref = io.read(tmp_path / f"case{suffix}")
+    mask = (ref.array > 0).astype(np.uint8)
+    out = tmp_path / "preds" / ref.path.name
+    io.write(out, mask, ref)
+
+    pred = nib.load(out)
+    assert (int(pred.header["qform_code"]), int(pred.header["sform_code"])) == (1, 4)
+    np.testing.assert_allclose(pred.get_qform(), qform, atol=1e-5)
+    np.testing.assert_allclose(pred.get_sform(), sform, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(pred.dataobj), np.asarray(sitk.GetArrayFromImage(
+        sitk.ReadImage(str(out)))).transpose(2, 1, 0))  # the voxels as written: the header alone was changed
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), mask)
+    again = sitk.ReadImage(str(out))  # and ITK reads the same geometry as from the input
+    assert again.GetOrigin() == pytest.approx(tuple(reversed(ref.origin)))
+    assert again.GetDirection() == pytest.approx(ref.direction)
+    assert not [p.name for p in out.parent.iterdir() if p.name != out.name]  # no temporary left
+
+
 def test_vector_image_is_read_channel_last(io, tmp_path):
     rgb = volume("uint8", (3, 4, 5, 3))
     sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / "rgb.mha"))

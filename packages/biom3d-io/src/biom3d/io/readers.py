@@ -56,6 +56,7 @@ def build_sitk_reader(params: Any = None, ctx: Any = None) -> Read:
     def read(path: Path) -> ImageData:
         import SimpleITK as sitk
 
+        from biom3d.io.nifti_forms import read_forms
         from biom3d.io.sitk_io import image_to_data
 
         path = _existing(path)
@@ -65,7 +66,8 @@ def build_sitk_reader(params: Any = None, ctx: Any = None) -> Read:
             raise _undecodable(
                 path, "SimpleITK", exc, "check that the file is complete and in the format its suffix says"
             ) from exc
-        return image_to_data(image, path, fmt="sitk")
+        forms = read_forms(image)
+        return image_to_data(image, path, fmt="sitk", **({"nifti": forms} if forms else {}))
 
     return read
 
