@@ -88,7 +88,8 @@ def test_a_pipeline_whose_run_trained_on_other_data_is_refused(finished, tmp_pat
     folds.write_text(folds.read_text(encoding="utf-8").replace(",0", ",9", 1), encoding="utf-8")  # another split
     before = (copy / "run" / "config.yaml").read_bytes()
 
-    with pytest.raises(InputError, match=f"was trained on {original / 'preprocessed'}, not on data.preprocessed"):
+    with pytest.raises(InputError, match=f"was trained on {original / 'preprocessed'}, not on data.preprocessed "
+                       rf"{copy / 'preprocessed'} \(folds.csv differs from the run's copy\).*remove {copy} "):
         cli("run", "--resume", copy, "--epochs", "2", *TRAIN)
     assert (copy / "run" / "config.yaml").read_bytes() == before
     assert epochs_logged(copy / "run") == ["0"]
@@ -107,8 +108,16 @@ def test_a_moved_run_resumes_on_its_data_once_given_and_proved_the_same(finished
     other = tmp_path / "other"
     shutil.copytree(data, other)
     (other / "fingerprint.json").write_text("{}", encoding="utf-8")
-    with pytest.raises(InputError, match="its fingerprint.json differs from the run's copy"):
+    with pytest.raises(InputError, match="fingerprint.json differs from the run's copy"):
         cli("train", "--resume", run, "--epochs", "2", "--device", "cpu", "--set", f"data.preprocessed={other}")
+    assert (run / "config.yaml").read_bytes() == before
+
+    with pytest.raises(InputError, match="takes the new place of the run's preprocessed folder"):
+        cli("train", "--resume", run, "--epochs", "2", "--device", "cpu", "--set", "data.preprocessed=null")
+    (run / "folds.csv").rename(run / "folds.kept")  # without its copy, nothing proves the data the same
+    with pytest.raises(InputError, match="the run keeps no copy of its folds.csv to compare with"):
+        cli("train", "--resume", run, "--epochs", "2", "--device", "cpu", "--set", f"data.preprocessed={data}")
+    (run / "folds.kept").rename(run / "folds.csv")
     assert (run / "config.yaml").read_bytes() == before
 
     monkeypatch.chdir(tmp_path / "moved")  # a place on the command line is the shell's, not the run folder's
@@ -133,3 +142,16 @@ def test_an_extension_that_failed_is_extended_by_the_next_run(finished, tmp_path
     # the run's config.yaml says 2 epochs already: the record must not say the training is done
     cli("run", "--resume", folder, "--epochs", "2", *TRAIN)
     assert epochs_logged(folder / "run") == ["0", "1"]
+
+
+def test_a_run_that_gave_its_own_folds_is_compared_with_them(finished, tmp_path):
+    from biom3d.core.relocation import data_differences
+
+    project = placed(finished, tmp_path / "project")
+    run, data = project / "run", project / "preprocessed"
+    own = tmp_path / "my_folds.csv"
+    own.write_bytes((run / "folds.csv").read_bytes())  # the split the user gave (data.folds): the run's copy
+    (data / "folds.csv").write_text("filename,fold\n", encoding="utf-8")  # the folder's own, unused
+    preprocessor = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["preprocessor"]
+    assert data_differences(run, data, preprocessor, own) == []
+    assert data_differences(run, data, preprocessor) == ["folds.csv differs from the run's copy"]

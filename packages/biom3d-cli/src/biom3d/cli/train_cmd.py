@@ -32,8 +32,11 @@ def train(config: Path | None, *, resume: Path | None, finetune: Path | None, ov
             raise InputError(f"--resume continues a run with its own config: only train.* settings change on it (and "
                              f"{RELOCATED}, the new place of its data), not {', '.join(fixed)}; start a new run (or "
                              f"--finetune {resume}) to change them")
-        if isinstance(overrides.get(RELOCATED), str):  # a place on this command line, not in the run folder
-            overrides[RELOCATED] = str(Path(overrides[RELOCATED]).expanduser().resolve())
+        if RELOCATED in overrides:
+            if not isinstance(overrides[RELOCATED], str) or not overrides[RELOCATED]:
+                raise InputError(f"--set {RELOCATED}= takes the new place of the run's preprocessed folder, not "
+                                 f"{overrides[RELOCATED]!r}")
+            overrides[RELOCATED] = str(Path(overrides[RELOCATED]).expanduser().resolve())  # the shell's place
         if config is not None:
             import logging
 

@@ -249,7 +249,8 @@ def _require_resumable_data(run_dir: Path, config: Config) -> None:
 
     wanted = config.path(config.data.preprocessed)
     preprocessor = config.preprocessor.model_dump(mode="json") if config.preprocessor else {}
-    require_preprocessed(run_dir, recorded_preprocessed(run_dir), str(wanted) if wanted else None, preprocessor)
+    folds = config.path(config.data.folds)
+    require_preprocessed(run_dir, recorded_preprocessed(run_dir), str(wanted) if wanted else None, preprocessor, folds)
 
 
 def _record_ranks(run_dir: Path, config: Config, device: Any, resume: dict[str, Any] | None) -> None:

@@ -14,11 +14,15 @@ from biom3d.core.runs import CONFIG, FINGERPRINT, FOLDS
 PREPROCESS_RECORD = "preprocess.json"
 
 
-def require_preprocessed(run_dir: Path, recorded: str | None, wanted: str | None, preprocessor: dict[str, Any]) -> None:
+def require_preprocessed(run_dir: Path, recorded: str | None, wanted: str | None, preprocessor: dict[str, Any],
+                         folds: Path | None = None) -> None:
     """Before a resume writes anything: the preprocessed folder ``wanted`` is there and, when it is not the
     ``recorded`` one the run trained on, holds the same data. ``preprocessor`` is the run's envelope
-    (name, params)."""
+    (name, params); ``folds`` the run's data.folds when it gave its own."""
     if wanted is None:
+        if recorded:
+            raise InputError(f"{run_dir} trains on the preprocessed data {recorded}: data.preprocessed cannot be "
+                             "unset on resume; give the folder's new place if it moved")
         return
     if Path(wanted).resolve() == Path(recorded or "").resolve():
         if not Path(wanted).is_dir():
@@ -26,19 +30,24 @@ def require_preprocessed(run_dir: Path, recorded: str | None, wanted: str | None
                              f"it moved, give its new place: biom3d train --resume {run_dir} --set "
                              "data.preprocessed=NEW_PLACE (a `biom3d run` pipeline folder moved whole finds its own)")
         return
-    differences = data_differences(run_dir, Path(wanted), preprocessor)
+    differences = data_differences(run_dir, Path(wanted), preprocessor, folds)
     if differences:
         raise InputError(f"data.preprocessed {wanted} does not hold the data {run_dir} trained on ({recorded}): "
                          f"{'; '.join(differences)}. A resumed run goes on with its own data; train a new run (or "
                          f"--finetune {run_dir}) on other data")
 
 
-def data_differences(run_dir: Path, folder: Path, preprocessor: dict[str, Any]) -> list[str]:
-    """Why ``folder`` does not hold the preprocessed data of ``run_dir`` (nothing: the same)."""
+def data_differences(run_dir: Path, folder: Path, preprocessor: dict[str, Any], folds: Path | None = None) -> list[str]:
+    """Why ``folder`` does not hold the preprocessed data of ``run_dir`` (nothing: the same); ``folds`` is the
+    run's own data.folds, when it gave one, which its copy is of. Without the run's copies there is no proof."""
     if not (folder / "images").is_dir():
         return [f"{folder} holds no preprocessed images/ folder"]
-    problems = [f"its {name} differs from the run's copy" for name in (FINGERPRINT, FOLDS)
-                if (run_dir / name).is_file() and _read(folder / name) != _read(run_dir / name)]
+    problems = []
+    for name, theirs in ((FINGERPRINT, folder / FINGERPRINT), (FOLDS, folds or folder / FOLDS)):
+        if not (run_dir / name).is_file():
+            problems.append(f"the run keeps no copy of its {name} to compare with")
+        elif _read(theirs) != _read(run_dir / name):
+            problems.append(f"{theirs.name if theirs.parent == folder else theirs} differs from the run's copy")
     record = _json(folder / PREPROCESS_RECORD)
     if record.get("preprocessor") not in (None, preprocessor.get("name")):
         problems.append(f"it was preprocessed by {record['preprocessor']}, the run by {preprocessor.get('name')}")
@@ -50,9 +59,15 @@ def data_differences(run_dir: Path, folder: Path, preprocessor: dict[str, Any]) 
 
 def recorded_preprocessed(run_dir: Path) -> str | None:
     """data.preprocessed as the run's config.yaml names it."""
+    return recorded_data(run_dir).get("preprocessed")
+
+
+def recorded_data(run_dir: Path) -> dict[str, Any]:
+    """The run's config.yaml's data paths."""
     from biom3d.core.config import read_yaml
 
-    return (read_yaml(run_dir / CONFIG).get("data") or {}).get("preprocessed")
+    data = read_yaml(run_dir / CONFIG).get("data")
+    return data if isinstance(data, dict) else {}
 
 
 def _read(path: Path) -> bytes | None:

@@ -3,9 +3,10 @@
 A NIfTI header holds two affines, each with a code saying what space it maps to (scanner, aligned, a template
 such as MNI). ITK reads one of them as the image's geometry and writes that one into both, so a mask written
 through SimpleITK beside a registered scan (sform: the template, qform: the scanner) sits elsewhere than its
-image in every viewer that reads the sform (nibabel, FSL, most of neuroimaging). The input's fields are kept
-from reading (``ImageData.meta["nifti"]``, as ITK exposes them) and put back into the written header; the
-voxel data is never rewritten.
+image in every viewer that reads the sform (nibabel, FSL, most of neuroimaging). The input header's spatial
+fields are kept from reading (``ImageData.meta["nifti"]``, read by nibabel: ITK does not expose the qform's
+handedness) and put back into the written header, with the spacing and unit they are expressed in, so that
+every reader finds the input's geometry; the voxel data is never rewritten.
 """
 
 from __future__ import annotations
@@ -17,47 +18,55 @@ from typing import Any
 
 from biom3d.core.atomic import atomic_path
 
-#: the header fields that place the voxels: the codes, the quaternion and offset of the qform, its handedness
-#: (``pixdim[0]``) and the sform's rows. Spacing (``pixdim[1..3]``) is the writer's own, equal by construction.
+#: the header fields that place the voxels: the codes, the qform's quaternion, offset and handedness
+#: (``pixdim[0]``), the spacing and its unit (which the offsets and rows are in), the sform's rows
 FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z",
-          "pixdim[0]", "srow_x", "srow_y", "srow_z")
+          "pixdim", "xyzt_units", "srow_x", "srow_y", "srow_z")
 NIFTI1_HEADER = 348
 SUFFIXES = (".nii", ".nii.gz")
 
 
-def read_forms(image: Any) -> dict[str, str] | None:
-    """The orientation fields of a NIfTI that SimpleITK read (its metadata), or None for other formats."""
-    if not all(image.HasMetaDataKey(k) for k in FIELDS):
+def read_forms(path: Path) -> dict[str, Any] | None:
+    """The spatial header fields of a NIfTI-1 file (its grid's size as ``dim``), or None for other files."""
+    if not path.name.lower().endswith(SUFFIXES):
         return None
-    return {k: image.GetMetaData(k).strip() for k in FIELDS}
-
-
-def restore_forms(path: Path, forms: dict[str, str]) -> bool:
-    """Write ``forms`` into the NIfTI-1 header of ``path`` (plain or gzipped, replaced atomically); whether anything changed. A NIfTI-2 file or unparsable fields are left as written."""
     import nibabel as nib
-    import numpy as np
+
+    try:
+        header = nib.load(path).header  # the header only: the data stays on disk
+    except Exception:  # noqa: BLE001 - ITK read the file; a header nibabel refuses keeps ITK's geometry alone
+        return None
+    if type(header) is not nib.Nifti1Header:
+        return None
+    forms = {k: header[k].tolist() for k in FIELDS}
+    forms["pixdim"] = forms["pixdim"][:4]  # handedness and the three spatial spacings
+    forms["dim"] = header["dim"][1:4].tolist()
+    return forms
+
+
+def restore_forms(path: Path, forms: dict[str, Any]) -> bool:
+    """Write ``forms`` (of :func:`read_forms`) into the NIfTI-1 header of ``path``, written by ITK for the same
+    grid (plain or gzipped, replaced atomically); whether anything changed."""
+    import nibabel as nib
 
     with open(path, "rb") as f:
         zipped = f.read(2) == b"\x1f\x8b"
     opener = gzip.open if zipped else open
     with opener(path, "rb") as src:
         block = src.read(NIFTI1_HEADER)
-    if len(block) != NIFTI1_HEADER:
-        return False
+    if len(block) != NIFTI1_HEADER or NIFTI1_HEADER not in (int.from_bytes(block[:4], "little"),
+                                                            int.from_bytes(block[:4], "big")):
+        return False  # not NIfTI-1
     header = nib.Nifti1Header(binaryblock=block)
-    if int(header["sizeof_hdr"]) != NIFTI1_HEADER:
-        return False
-    try:
-        for key, text in forms.items():
-            values = np.array(text.split(), dtype=np.float64)
-            if key == "pixdim[0]":
-                pixdim = header["pixdim"].copy()
-                pixdim[0] = values[0]
-                header["pixdim"] = pixdim
-            else:
-                header[key] = values if key.startswith("srow_") else values[0]
-    except (ValueError, IndexError):
-        return False
+    if header["dim"][1:4].tolist() != forms.get("dim"):
+        return False  # another grid than the input's: its fields would misplace it
+    for key in FIELDS:
+        if key == "pixdim":
+            pixdim = header["pixdim"].copy()
+            pixdim[:4] = forms[key]
+            header["pixdim"] = pixdim
+        else:
+            header[key] = forms[key]
     if header.binaryblock == block:
         return False
     with atomic_path(path) as staged, opener(path, "rb") as src, \

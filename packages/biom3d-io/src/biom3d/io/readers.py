@@ -66,7 +66,7 @@ def build_sitk_reader(params: Any = None, ctx: Any = None) -> Read:
             raise _undecodable(
                 path, "SimpleITK", exc, "check that the file is complete and in the format its suffix says"
             ) from exc
-        forms = read_forms(image)
+        forms = read_forms(path)
         return image_to_data(image, path, fmt="sitk", **({"nifti": forms} if forms else {}))
 
     return read

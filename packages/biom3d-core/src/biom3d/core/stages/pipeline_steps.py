@@ -72,15 +72,21 @@ def _moved(run_dir: Path, prep_dir: Path) -> dict[str, str]:
     """The override that points a run trained on another place of the same data at ``prep_dir`` (a pipeline
     folder moved or copied whole: the run names the old place); a run of other data is refused, since its model
     is another data's (data.preprocessed pointed elsewhere since it trained)."""
-    from biom3d.core.relocation import data_differences, recorded_preprocessed
+    from biom3d.core.relocation import data_differences, recorded_data
+    from biom3d.core.runs import PIPELINE
 
-    ran = recorded_preprocessed(run_dir)
+    data = recorded_data(run_dir)
+    ran = data.get("preprocessed")
     if not ran or Path(ran).resolve() == prep_dir.resolve():
         return {}
     preprocessor = read_yaml(run_dir / "config.yaml").get("preprocessor") or {}
-    if data_differences(run_dir, prep_dir, preprocessor if isinstance(preprocessor, dict) else {}):
-        raise InputError(f"{run_dir} was trained on {ran}, not on data.preprocessed {prep_dir}: give another --name "
-                         f"to train on it in a new pipeline, or remove {run_dir.parent} to start this one over")
+    folds = Path(data["folds"]) if data.get("folds") else None
+    differences = data_differences(run_dir, prep_dir, preprocessor if isinstance(preprocessor, dict) else {}, folds)
+    if differences:
+        pipeline = next((p for p in run_dir.parents if (p / PIPELINE).is_file()), run_dir.parent)
+        raise InputError(f"{run_dir} was trained on {ran}, not on data.preprocessed {prep_dir} "
+                         f"({'; '.join(differences)}): give another --name to train on it in a new pipeline, or "
+                         f"remove {pipeline} to start this one over")
     log.info("train: %s was trained on %s, and %s holds the same data (the pipeline folder moved or was copied): "
              "continuing on it", run_dir, ran, prep_dir)
     return {"data.preprocessed": str(prep_dir.resolve())}
