@@ -69,8 +69,9 @@ def restore_forms(path: Path, forms: dict[str, Any]) -> bool:
             header[key] = forms[key]
     if header.binaryblock == block:
         return False
-    with atomic_path(path) as staged, opener(path, "rb") as src, \
-            (gzip.open(staged, "wb", compresslevel=6) if zipped else open(staged, "wb")) as dst:
+    with atomic_path(path) as staged, opener(path, "rb") as src, open(staged, "wb") as raw, \
+            (gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6) if zipped else raw) as dst:
+        # a nameless gzip member, as ITK writes it: not the temporary's name
         src.read(NIFTI1_HEADER)
         dst.write(header.binaryblock)
         shutil.copyfileobj(src, dst, 1 << 20)
