@@ -155,3 +155,20 @@ def test_a_run_that_gave_its_own_folds_is_compared_with_them(finished, tmp_path)
     preprocessor = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["preprocessor"]
     assert data_differences(run, data, preprocessor, own) == []
     assert data_differences(run, data, preprocessor) == ["folds.csv differs from the run's copy"]
+
+
+def test_a_fingerprint_an_earlier_version_wrote_is_the_same_data_when_every_statistic_agrees(finished, tmp_path):
+    import json
+
+    from biom3d.core.relocation import data_differences
+
+    project = placed(finished, tmp_path / "project")
+    run, data = project / "run", project / "preprocessed"
+    preprocessor = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["preprocessor"]
+    copy = json.loads((run / "fingerprint.json").read_text(encoding="utf-8"))
+    del copy["spacing_unit"]  # the run trained before spacing_unit; the folder was preprocessed again since
+    (run / "fingerprint.json").write_text(json.dumps({**copy, "version": 1}), encoding="utf-8")
+    assert data_differences(run, data, preprocessor) == []
+    (run / "fingerprint.json").write_text(json.dumps({**copy, "version": 1, "spacing": [9.0, 9.0, 9.0]}),
+                                          encoding="utf-8")
+    assert data_differences(run, data, preprocessor) == ["fingerprint.json differs from the run's copy"]

@@ -46,7 +46,7 @@ def data_differences(run_dir: Path, folder: Path, preprocessor: dict[str, Any], 
     for name, theirs in ((FINGERPRINT, folder / FINGERPRINT), (FOLDS, folds or folder / FOLDS)):
         if not (run_dir / name).is_file():
             problems.append(f"the run keeps no copy of its {name} to compare with")
-        elif _read(theirs) != _read(run_dir / name):
+        elif _read(theirs) != _read(run_dir / name) and not (name == FINGERPRINT and _rewritten(run_dir / name, theirs)):
             problems.append(f"{theirs.name if theirs.parent == folder else theirs} differs from the run's copy")
     record = _json(folder / PREPROCESS_RECORD)
     if record.get("preprocessor") not in (None, preprocessor.get("name")):
@@ -68,6 +68,15 @@ def recorded_data(run_dir: Path) -> dict[str, Any]:
 
     data = read_yaml(run_dir / CONFIG).get("data")
     return data if isinstance(data, dict) else {}
+
+
+def _rewritten(copy: Path, theirs: Path) -> bool:
+    """The run's fingerprint copy is the folder's, as an earlier version wrote it (the folder was re-preprocessed
+    since by a version that records more statistics, such as ``spacing_unit``)."""
+    from biom3d.core.stages.preprocess_folder import earlier_of
+
+    now = _json(theirs)
+    return bool(now) and earlier_of(_json(copy), now)
 
 
 def _read(path: Path) -> bytes | None:

@@ -65,11 +65,17 @@ def _as_now(previous: Any, state: dict[str, Any], out: Path, fingerprint: dict[s
         kept = json.loads((out / "fingerprint.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return now
-    today = json.loads(json.dumps(fingerprint))  # as kept on disk: lists, not tuples
-    if (isinstance(kept, dict) and fingerprint_hash(kept) == previous.get("fingerprint") and kept.keys() < today.keys()
-            and all(today[k] == v for k, v in kept.items() if k != "version")):
+    if fingerprint_hash(kept) == previous.get("fingerprint") and earlier_of(kept, fingerprint):
         now["fingerprint"] = state["fingerprint"]
     return now
+
+
+def earlier_of(kept: Any, fingerprint: dict[str, Any]) -> bool:
+    """Whether ``kept`` is ``fingerprint`` as an earlier version wrote it: the same value for every statistic it
+    holds, the ones added since missing (its version aside)."""
+    today = json.loads(json.dumps(fingerprint))  # as kept on disk: lists, not tuples
+    return (isinstance(kept, dict) and kept.keys() < today.keys()
+            and all(today[k] == v for k, v in kept.items() if k != "version"))
 
 
 def params_defaults(params_model: type) -> dict[str, Any]:
