@@ -120,3 +120,38 @@ def test_a_micron_nifti_reads_in_millimetres_like_simpleitk_and_a_micron_ref_wri
     _writer(registry)(tmp_path / "pred.nii.gz", np.zeros((4, 5, 6), np.uint8), tiff_like)
     np.testing.assert_allclose(sitk.ReadImage(str(tmp_path / "pred.nii.gz")).GetSpacing(), (0.0005, 0.0007, 0.002),
                                rtol=1e-5)
+
+
+REGISTERED = np.array([[0.0, -0.9, 0.0, 40.0], [0.8, 0.0, 0.0, -12.5], [0.0, 0.0, 3.0, 7.0], [0, 0, 0, 1]])
+LEFT_HANDED = np.array([[-0.8, 0.0, 0.0, 5.0], [0.0, 0.9, 0.0, 2.0], [0.0, 0.0, 3.0, 3.0], [0, 0, 0, 1]])
+
+
+@pytest.mark.parametrize(("qform", "sform", "unit"), [(np.diag([0.8, 0.9, 3.0, 1.0]), REGISTERED, "mm"),
+                                                      (LEFT_HANDED, REGISTERED * [[1000], [1000], [1000], [1]], "micron")],
+                         ids=["registered", "left-handed-micron"])
+def test_writer_keeps_the_inputs_qform_and_sform(registry, reader, tmp_path, qform, sform, unit):
+    """nibabel reads the sform as the geometry and the writer wrote it into both; both are the input's again."""
+    import nibabel as nib
+
+    if unit == "micron":
+        qform = qform * [[1000], [1000], [1000], [1]]
+    scan = nib.Nifti1Image(np.zeros((7, 6, 5), np.float32), None)
+    scan.set_qform(qform, code=1)
+    scan.set_sform(sform, code=4)
+    scan.header.set_xyzt_units(xyz=unit)
+    nib.save(scan, tmp_path / "in.nii.gz")
+    ref = reader(tmp_path / "in.nii.gz")
+    labels = np.random.default_rng(1).integers(0, 2, ref.array.shape).astype(np.uint8)
+    _writer(registry)(tmp_path / "out" / "pred.nii.gz", labels, ref)
+
+    pred, scan = nib.load(tmp_path / "out" / "pred.nii.gz"), nib.load(tmp_path / "in.nii.gz")
+    assert (int(pred.header["qform_code"]), int(pred.header["sform_code"])) == (1, 4)
+    np.testing.assert_allclose(pred.get_qform(), scan.get_qform(), atol=1e-3)
+    np.testing.assert_allclose(pred.header.get_sform(), scan.header.get_sform(), atol=1e-3)
+    again = reader(tmp_path / "out" / "pred.nii.gz")
+    np.testing.assert_array_equal(again.array, labels)
+    np.testing.assert_allclose(again.spacing, ref.spacing, rtol=1e-6)
+    np.testing.assert_allclose(again.origin, ref.origin, atol=1e-4)
+    back, image = sitk.ReadImage(str(tmp_path / "out" / "pred.nii.gz")), sitk.ReadImage(str(tmp_path / "in.nii.gz"))
+    np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=1e-6)

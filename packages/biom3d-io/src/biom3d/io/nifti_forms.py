@@ -17,11 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from biom3d.core.atomic import atomic_path
+from biom3d.core.nifti_header import apply_forms, header_forms
 
-#: the header fields that place the voxels: the codes, the qform's quaternion, offset and handedness
-#: (``pixdim[0]``), the spacing and its unit (which the offsets and rows are in), the sform's rows
-FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z",
-          "pixdim", "xyzt_units", "srow_x", "srow_y", "srow_z")
 NIFTI1_HEADER = 348
 SUFFIXES = (".nii", ".nii.gz")
 
@@ -38,10 +35,7 @@ def read_forms(path: Path) -> dict[str, Any] | None:
         return None
     if type(header) is not nib.Nifti1Header:
         return None
-    forms = {k: header[k].tolist() for k in FIELDS}
-    forms["pixdim"] = forms["pixdim"][:4]  # handedness and the three spatial spacings
-    forms["dim"] = header["dim"][1:4].tolist()
-    return forms
+    return header_forms(header)
 
 
 def restore_forms(path: Path, forms: dict[str, Any]) -> bool:
@@ -58,15 +52,8 @@ def restore_forms(path: Path, forms: dict[str, Any]) -> bool:
                                                             int.from_bytes(block[:4], "big")):
         return False  # not NIfTI-1
     header = nib.Nifti1Header(binaryblock=block)
-    if header["dim"][1:4].tolist() != forms.get("dim"):
-        return False  # another grid than the input's: its fields would misplace it
-    for key in FIELDS:
-        if key == "pixdim":
-            pixdim = header["pixdim"].copy()
-            pixdim[:4] = forms[key]
-            header["pixdim"] = pixdim
-        else:
-            header[key] = forms[key]
+    if not apply_forms(header, forms):
+        return False
     if header.binaryblock == block:
         return False
     with atomic_path(path) as staged, opener(path, "rb") as src, open(staged, "wb") as raw, \

@@ -56,6 +56,7 @@ def build_sitk_reader(params: Any = None, ctx: Any = None) -> Read:
     def read(path: Path) -> ImageData:
         import SimpleITK as sitk
 
+        from biom3d.core.nifti_header import META_KEY
         from biom3d.io.nifti_forms import read_forms
         from biom3d.io.sitk_io import image_to_data
 
@@ -67,7 +68,7 @@ def build_sitk_reader(params: Any = None, ctx: Any = None) -> Read:
                 path, "SimpleITK", exc, "check that the file is complete and in the format its suffix says"
             ) from exc
         forms = read_forms(path)
-        return image_to_data(image, path, fmt="sitk", **({"nifti": forms} if forms else {}))
+        return image_to_data(image, path, fmt="sitk", **({META_KEY: forms} if forms else {}))
 
     return read
 

@@ -106,6 +106,7 @@ def build_sitk_writer(params: CompressedWriterParams, ctx: Any = None) -> Write:
     def write(path: Path, array: np.ndarray, ref: ImageData | None = None) -> None:
         import SimpleITK as sitk
 
+        from biom3d.core.nifti_header import META_KEY
         from biom3d.io.nifti_forms import SUFFIXES, restore_forms
         from biom3d.io.sitk_io import SITK_DTYPES, data_to_image
 
@@ -115,7 +116,7 @@ def build_sitk_writer(params: CompressedWriterParams, ctx: Any = None) -> Write:
         image = data_to_image(fit_dtype(data, SITK_DTYPES, "SimpleITK", path), has_channel, ref)
         with _atomic_target(path, params.overwrite, suffix=_INLINE.get(suffix, suffix)) as tmp:
             sitk.WriteImage(image, str(tmp), useCompression=params.compress)
-            forms = (ref.meta or {}).get("nifti") if ref is not None and isinstance(ref.meta, dict) else None
+            forms = (ref.meta or {}).get(META_KEY) if ref is not None and isinstance(ref.meta, dict) else None
             if forms and suffix in SUFFIXES:
                 restore_forms(tmp, forms)  # ITK wrote one orientation into both: the input's two, back
 

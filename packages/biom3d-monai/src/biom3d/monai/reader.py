@@ -18,6 +18,7 @@ from monai.transforms import LoadImage
 
 from biom3d.core.errors import DataError
 from biom3d.core.imagedata import ImageData
+from biom3d.core.nifti_header import META_KEY, header_forms
 from biom3d.core.units import mm_per_unit
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -82,6 +83,9 @@ class MonaiReader:
             image.origin = tuple(o * scale + 0.0 for o in origin)
             image.meta["unit"] = "mm"
             image.meta["affine_ras"] = affine.tolist()
+            forms = header_forms(meta) if path.name.lower().endswith((".nii", ".nii.gz")) else None
+            if forms:
+                image.meta[META_KEY] = forms  # both orientations, for the writer (see biom3d.core.nifti_header)
         return image
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from biom3d.core.atomic import atomic_path
 from biom3d.core.errors import InputError
 from biom3d.core.imagedata import ImageData
+from biom3d.core.nifti_header import META_KEY, apply_forms
 from biom3d.core.units import mm_per_unit
 from biom3d.monai.dataparams import SaveImageParams
 
@@ -57,6 +58,9 @@ class NiftiWriter:
         image.header.set_qform(affine, code=1)
         image.header.set_sform(affine, code=1)
         image.header.set_xyzt_units("mm")
+        forms = (ref.meta or {}).get(META_KEY) if ref is not None and isinstance(ref.meta, dict) else None
+        if forms and apply_forms(image.header, forms):  # the input's qform and sform, not one affine in both
+            image = nib.Nifti1Image(image.dataobj, None, header=image.header)  # no affine to put back over them
         payload = image.to_bytes()
         if name.endswith(".gz"):
             payload = gzip.compress(payload, compresslevel=self.compress_level, mtime=0)
