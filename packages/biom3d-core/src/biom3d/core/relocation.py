@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from biom3d.core.errors import InputError
-from biom3d.core.runs import CONFIG, FINGERPRINT, FOLDS
+from biom3d.core.runs import CONFIG, FINGERPRINT, FOLDS, read_record
 
 PREPROCESS_RECORD = "preprocess.json"
 
@@ -48,7 +48,7 @@ def data_differences(run_dir: Path, folder: Path, preprocessor: dict[str, Any], 
             problems.append(f"the run keeps no copy of its {name} to compare with")
         elif _read(theirs) != _read(run_dir / name) and not (name == FINGERPRINT and _rewritten(run_dir / name, theirs)):
             problems.append(f"{theirs.name if theirs.parent == folder else theirs} differs from the run's copy")
-    record = _json(folder / PREPROCESS_RECORD)
+    record = read_record(folder / PREPROCESS_RECORD)
     if record.get("preprocessor") not in (None, preprocessor.get("name")):
         problems.append(f"it was preprocessed by {record['preprocessor']}, the run by {preprocessor.get('name')}")
     params, ran = record.get("params") or {}, preprocessor.get("params") or {}
@@ -75,8 +75,8 @@ def _rewritten(copy: Path, theirs: Path) -> bool:
     since by a version that records more statistics, such as ``spacing_unit``)."""
     from biom3d.core.stages.preprocess_folder import earlier_of
 
-    now = _json(theirs)
-    return bool(now) and earlier_of(_json(copy), now)
+    now = read_record(theirs)
+    return bool(now) and earlier_of(read_record(copy), now)
 
 
 def _read(path: Path) -> bytes | None:
@@ -84,11 +84,3 @@ def _read(path: Path) -> bytes | None:
         return path.read_bytes()
     except OSError:
         return None
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}

@@ -187,10 +187,17 @@ def pipeline_runs(path: str | Path) -> list[Path] | None:
 
 
 def _pipeline_record(path: Path) -> dict[str, Any]:
+    return read_record(path / PIPELINE)
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A JSON record biom3d wrote (pipeline.json, preprocess.json, fingerprint.json), or {} when it is missing,
+    unreadable or not an object: callers treat that as "no record"."""
     try:
-        return json.loads((path / PIPELINE).read_text(encoding="utf-8"))
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return value if isinstance(value, dict) else {}
 
 
 def load_run_config(run_dir: Path, *, registry=None, overrides: dict[str, Any] | None = None,

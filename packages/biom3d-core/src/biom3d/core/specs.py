@@ -30,6 +30,14 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
+def param_defaults(params_model: type[BaseModel]) -> dict[str, Any]:
+    """A params model's defaults as JSON values; {} when some param has none (there is nothing to fill in)."""
+    try:
+        return params_model().model_dump(mode="json")
+    except (TypeError, ValueError):
+        return {}
+
+
 class NoParams(Params):
     """Params model of a component that takes none."""
 

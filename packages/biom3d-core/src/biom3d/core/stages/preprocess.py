@@ -38,7 +38,8 @@ from biom3d.core.folds import make_folds, write_folds
 from biom3d.core.parallel import parallel_map, worker_pool
 from biom3d.core.protocols import FINGERPRINT_KEYS, PLAN_KEYS
 from biom3d.core.scan import Case, scan_dataset
-from biom3d.core.stages.preprocess_folder import claim_output, fingerprint_hash, params_defaults
+from biom3d.core.specs import param_defaults
+from biom3d.core.stages.preprocess_folder import claim_output, fingerprint_hash
 
 log = logging.getLogger("biom3d")
 # a single image is split along its longest axis: the first quarter validates, the rest trains (the paper's
@@ -115,7 +116,7 @@ def preprocess_dataset(
         claim_output(out, {"fingerprint": fingerprint_hash(fingerprint), "preprocessor": comp.qid,
                             "params": prep_params.model_dump(mode="json"), "images": str(images.resolve()),
                             "masks": str(masks.resolve())}, overwrite, fingerprint=fingerprint,
-                      defaults=params_defaults(type(prep_params)))
+                      defaults=param_defaults(type(prep_params)))
         split = len(cases) == 1
         todo = [c for c in cases if overwrite or not _done(out, c.key, split)]
         parallel_map(_process_task, todo, args=(job, fingerprint, out, split), pool=pool, desc="preprocess",

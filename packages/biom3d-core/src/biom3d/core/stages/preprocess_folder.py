@@ -11,6 +11,7 @@ from typing import Any
 
 from biom3d.core.atomic import atomic_write_text, is_temporary, remove_stale_temporaries
 from biom3d.core.errors import DataError
+from biom3d.core.runs import read_record
 
 log = logging.getLogger("biom3d")
 
@@ -61,9 +62,8 @@ def _as_now(previous: Any, state: dict[str, Any], out: Path, fingerprint: dict[s
     now = dict(previous)
     if isinstance(previous.get("params"), dict):
         now["params"] = {**defaults, **previous["params"]}
-    try:
-        kept = json.loads((out / "fingerprint.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    kept = read_record(out / "fingerprint.json")
+    if not kept:
         return now
     if fingerprint_hash(kept) == previous.get("fingerprint") and earlier_of(kept, fingerprint):
         now["fingerprint"] = state["fingerprint"]
@@ -76,13 +76,6 @@ def earlier_of(kept: Any, fingerprint: dict[str, Any]) -> bool:
     today = json.loads(json.dumps(fingerprint))  # as kept on disk: lists, not tuples
     return (isinstance(kept, dict) and kept.keys() < today.keys()
             and all(today[k] == v for k, v in kept.items() if k != "version"))
-
-
-def params_defaults(params_model: type) -> dict[str, Any]:
-    try:
-        return params_model().model_dump(mode="json")
-    except (TypeError, ValueError):  # params that need values: none to fill
-        return {}
 
 
 def fingerprint_hash(fingerprint: dict[str, Any]) -> str:

@@ -277,7 +277,7 @@ def _with_new_defaults(recorded: dict[str, Any], registry) -> dict[str, Any]:
     the behaviour it had before as its default, so a folder made before it is not refused for lacking it (a
     component's own defaults, never a stack's, which may choose otherwise)."""
     from biom3d.core.config import AutoConfigSettings
-    from biom3d.core.specs import SLOTS
+    from biom3d.core.specs import SLOTS, param_defaults
 
     out = dict(recorded)
     for key, value in recorded.items():
@@ -285,10 +285,10 @@ def _with_new_defaults(recorded: dict[str, Any], registry) -> dict[str, Any]:
             out[key] = {**AutoConfigSettings().model_dump(mode="json"), **value}
         elif key in SLOTS and isinstance(value, dict) and isinstance(value.get("params"), dict):
             try:
-                defaults = registry.resolve(SLOTS[key][0], value["name"]).spec.params().model_dump(mode="json")
-            except (Biom3dError, ValueError):  # a component gone or broken, or params that need values: as recorded
+                params_model = registry.resolve(SLOTS[key][0], value["name"]).spec.params
+            except (Biom3dError, ValueError):  # a component gone or broken: as recorded
                 continue
-            out[key] = {**value, "params": {**defaults, **value["params"]}}
+            out[key] = {**value, "params": {**param_defaults(params_model), **value["params"]}}
     return out
 
 
